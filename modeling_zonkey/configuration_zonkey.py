@@ -62,7 +62,7 @@ class ZonkeyConfig(PreTrainedConfig):
             threshold of the splitter as well.
         density_offset: the 0.1 in the density factor (mean_p + 0.1) / (1/L + 0.1).
         probability_eps: p_bos and existence are clipped to [eps, 1 - eps].
-        initializer_range: std of the normal initialisation of linear layers.
+        initializer_factor: linear and conv weights start as N(0, (factor / sqrt(fan_in))^2).
     """
 
     model_type = "zonkey"
@@ -93,7 +93,7 @@ class ZonkeyConfig(PreTrainedConfig):
         existence_threshold: float = 0.5,
         density_offset: float = 0.1,
         probability_eps: float = 1e-4,
-        initializer_range: float = 0.02,
+        initializer_factor: float = 1.0,
         tie_word_embeddings: bool = False,
         **kwargs,
     ):
@@ -121,7 +121,7 @@ class ZonkeyConfig(PreTrainedConfig):
         self.existence_threshold = existence_threshold
         self.density_offset = density_offset
         self.probability_eps = probability_eps
-        self.initializer_range = initializer_range
+        self.initializer_factor = initializer_factor
         self.tie_word_embeddings = tie_word_embeddings
         super().__init__(**kwargs)
         self.validate_zonkey()
@@ -179,6 +179,8 @@ class ZonkeyConfig(PreTrainedConfig):
             fail(f"existence_threshold must be in (0, 1), got {self.existence_threshold}.")
         if not 0.0 < self.probability_eps < 0.01:
             fail(f"probability_eps must be in (0, 0.01), got {self.probability_eps}.")
+        if not self.initializer_factor > 0:
+            fail(f"initializer_factor must be > 0, got {self.initializer_factor}.")
         if self.num_negatives < 1 or self.masked_vector_negatives < 1 or self.ffn_multiplier < 1:
             fail("num_negatives, masked_vector_negatives and ffn_multiplier must be >= 1.")
 

@@ -46,9 +46,9 @@ class ZonkeyPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
         if isinstance(module, (nn.Linear, nn.Conv1d)):
-            init.normal_(module.weight, mean=0.0, std=std)
+            fan_in = module.weight[0].numel()
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_factor * fan_in**-0.5)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):

@@ -1,0 +1,29 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="zonkey",
+    version="0.1.0",
+    description="Zonkey: a hierarchical diffusion language model with a learned (differentiable) tokenizer, "
+    "as a Hugging Face transformers model",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["modeling_zonkey", "modeling_zonkey.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.23,<6",
+        "accelerate>=1.10",
+        "datasets>=4.0",
+        "safetensors>=0.4",
+        "huggingface_hub>=1.0",
+        "numpy",
+        "tqdm",
+    ],
+    extras_require={
+        "tests": ["pytest>=8"],
+        "dev": ["pytest>=8", "ruff"],
+    },
+)
