@@ -33,7 +33,8 @@ class Compressor(nn.Module):
     def forward(self, windows: torch.Tensor, existence: torch.Tensor) -> CompressorOutput:
         """windows (M, L, d) segment vectors, existence (M, L) in [0, 1] -> CompressorOutput."""
         m = windows.shape[0]
-        x = windows + self.conv(windows.transpose(1, 2)).transpose(1, 2) * (existence > 0).unsqueeze(-1)
+        keep = (existence > 0).unsqueeze(-1).to(windows.dtype)  # positions that cannot exist feed nothing in
+        x = windows + self.conv((windows * keep).transpose(1, 2)).transpose(1, 2) * keep
         cls = self.cls_vectors.to(x.dtype).expand(m, -1, -1)
         ones = torch.ones(m, self.num_cls, dtype=existence.dtype, device=existence.device)
         h = self.encoder(torch.cat([cls, x], dim=1), torch.cat([ones, existence], dim=1))

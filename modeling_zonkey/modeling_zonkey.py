@@ -144,15 +144,15 @@ class ZonkeyModel(ZonkeyPreTrainedModel):
 
         latents: one (K, C_l d_l) tensor per row of that level.
         parents: parents[l] (R_l,) maps the rows of level l >= 1 to the row below they are chunks of (default:
-            one row each). gaps: gaps[l][row] the true offsets (K - 1,) of that row's segments, or None to infer
-            them (the stitcher's n_hat). Returns one 1-D tensor of byte ids per level-0 row.
+            one row each). gaps: gaps[l][row] the true offsets (K - 1,) of that row's segments, optionally followed
+            by the last segment's length (K,); missing rows or a count that does not match are inferred. Returns one 1-D tensor of byte ids per level-0 row.
         """
         level = self.config.num_levels - 1 if level is None else level
         rows = latents
         for index in range(level, -1, -1):
             row_gaps = (gaps or {}).get(index) or [None] * len(rows)
-            rows = [self.levels[index].decode(row, row_gap if row_gap is not None and len(row_gap) == len(row) - 1 else None,
-                                              refine) for row, row_gap in zip(rows, row_gaps)]
+            rows = [self.levels[index].decode(row, row_gap if row_gap is not None and len(row_gap) in (len(row) - 1, len(row))
+                                              else None, refine) for row, row_gap in zip(rows, row_gaps)]
             if index > 0 and parents is not None and index in parents:
                 parent = parents[index].tolist()
                 joined = [[] for _ in range(max(parent) + 1)]
@@ -167,8 +167,8 @@ class ZonkeyModel(ZonkeyPreTrainedModel):
                     from_level: int | None = None, true_offsets: bool = True) -> list[torch.Tensor]:
         """Encode (eval-mode boundaries), then decode the latents of `from_level` (default: the top) at t = 0.
 
-        true_offsets: stitch with the encoder's own segment offsets (reconstruction given the segmentation);
-        False infers them as in generation. Returns the byte ids of each input row.
+        true_offsets: stitch with the encoder's own segmentation (offsets and the last segment's length:
+        reconstruction given the segmentation); False infers them from n_hat and existence, as in generation. Returns the byte ids of each input row.
         """
         outputs = self(input_ids, attention_mask).levels
         top = self.config.num_levels - 1 if from_level is None else from_level
@@ -179,5 +179,5 @@ class ZonkeyModel(ZonkeyPreTrainedModel):
             gaps = {}
             for index in range(top + 1):
                 segments = outputs[index].segments
-                gaps[index] = [segments.gap[segments.document == r][:-1] for r in range(len(outputs[index].parent))]
+                gaps[index] = [segments.gap[segments.document == r] for r in range(len(outputs[index].parent))]
         return self.decode_latents(latents, top, parents, gaps)

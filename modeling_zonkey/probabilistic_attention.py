@@ -37,20 +37,29 @@ def existence_bias(
     batch, lq = query_existence.shape
     lk = key_existence.shape[1]
     device = query_existence.device
-    if query_positions is None:
-        query_positions = torch.arange(lq, device=device).expand(batch, lq)
-    if key_positions is None:
-        key_positions = torch.arange(lk, device=device).expand(batch, lk)
+    if query_positions is None and key_positions is None:
+        later = torch.ones(lq, lk, dtype=torch.bool, device=device).triu_(1)  # (Lq, Lk), shared by the batch
+    else:
+        if query_positions is None:
+            query_positions = torch.arange(lq, device=device).expand(batch, lq)
+        if key_positions is None:
+            key_positions = torch.arange(lk, device=device).expand(batch, lk)
+        later = key_positions[:, None, :] > query_positions[:, :, None]
     log_q = torch.log(query_existence.float().clamp_min(eps))
     log_k = torch.log(key_existence.float().clamp_min(eps))
-    later = key_positions[:, None, :] > query_positions[:, :, None]
-    bias = torch.where(later, (log_k[:, None, :] - log_q[:, :, None]).clamp_max(0.0), torch.zeros((), device=device))
-    bias = bias.masked_fill(key_existence[:, None, :] <= 0, NEG_INF)
-    # A query that does not exist attends to its first key only (its output is zeroed afterwards): no NaN rows.
-    dead = (query_existence <= 0)[:, :, None] & (torch.arange(lk, device=device) > 0)
-    bias = bias.masked_fill(dead, NEG_INF)
-    bias = bias.masked_fill((query_existence <= 0)[:, :, None] & (torch.arange(lk, device=device) == 0), 0.0)
-    return bias.unsqueeze(1)
+    diff = log_k[:, None, :] - log_q[:, :, None]
+    key_dead = (key_existence <= 0)[:, None, :]
+    query_dead = (query_existence <= 0)[:, :, None]
+    # Constant part: -inf for keys that do not exist; a query that does not exist attends to its first key
+    # only (its output is zeroed afterwards): no NaN rows.
+    neg_inf = torch.full((), NEG_INF, dtype=diff.dtype, device=device)
+    dead_row = torch.full((lk,), NEG_INF, dtype=diff.dtype, device=device)
+    dead_row[:1] = 0.0
+    fill = torch.where(query_dead, dead_row, torch.where(key_dead, neg_inf, torch.zeros_like(neg_inf)))
+    # One differentiable select (cheap backward): min(0, diff) on later keys, where "<= 0" keeps the gradient
+    # of clamp_max at ties (diff == 0), exactly as (diff).clamp_max(0) would.
+    active = later & (diff <= 0) & ~key_dead & ~query_dead
+    return torch.where(active, diff, fill).unsqueeze(1)
 
 
 @dataclass

@@ -35,7 +35,7 @@ class Segments:
     in_document: torch.Tensor  # (M, L) bool: b + j is a real position
     existence: torch.Tensor  # (M, L) e_j(b), 0 past the document's end
     ownership: torch.Tensor  # (M, L) w_j(b); sums to 1 over the windows covering a real position
-    gap: torch.Tensor  # (M,) b_next - b (the true cut); L for a document's last segment
+    gap: torch.Tensor  # (M,) b_next - b (the true cut); for a document's last segment, its length to the end
     has_next: torch.Tensor  # (M,) bool: the next segment belongs to the same document
     counts: torch.Tensor  # (B,) segments per document
 
@@ -69,7 +69,7 @@ class SegmentSplitter(nn.Module):
         allowed = band[None] & valid[:, None, :] | torch.eye(length, dtype=torch.bool, device=x.device)[None]
         bias = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill(~allowed, float("-inf"))
         h = self.local_attention(x, bias.unsqueeze(1), positions.expand(batch, length))
-        c = self.conv_norm(x * valid.unsqueeze(-1).to(x.dtype)).transpose(1, 2)
+        c = (self.conv_norm(x) * valid.unsqueeze(-1).to(x.dtype)).transpose(1, 2)  # LN(0) = bias: mask after the norm
         features = F.gelu(sum(conv(c) for conv in self.convs)).transpose(1, 2)
         logits = self.head(self.head_norm(h + features)).squeeze(-1).float() + self.prior_logit
         p = torch.sigmoid(logits).clamp(self.eps, 1.0 - self.eps)
@@ -117,7 +117,7 @@ def build_segments(bos_probs: torch.Tensor, boundaries: torch.Tensor, valid: tor
     counts = torch.bincount(document, minlength=batch)
     has_next = torch.zeros_like(document, dtype=torch.bool)
     has_next[:-1] = document[1:] == document[:-1]
-    gap = torch.full_like(start, window_length)
+    gap = valid.sum(1)[document] - start  # the last segment runs to the document's end (<= L, forced BOS)
     gap[:-1] = torch.where(has_next[:-1], start[1:] - start[:-1], gap[:-1])
     return Segments(document, start, positions, in_document, existence, ownership, gap, has_next, counts)
 

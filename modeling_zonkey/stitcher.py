@@ -77,10 +77,15 @@ class Stitcher(nn.Module):
                  cutoff: float = 0.5, refine: bool = True) -> torch.Tensor:
         """One document's decoded segments (K, L, d), existence (K, L) -> its sequence (N', d).
 
-        gaps (K - 1,) are the offsets of each next segment (None: inferred, round(n_hat)).
+        gaps: the offset of each next segment (K - 1,), optionally followed by the last segment's length
+        (K,); None infers the offsets (round(n_hat)). Without a given length the last segment is kept up to
+        where its existence falls to the cutoff.
         """
         count = segments.shape[0]
-        last_keep = int((existence[-1] > cutoff).long().cumprod(0).sum().clamp_min(1))
+        if gaps is not None and len(gaps) == count:
+            gaps, last_keep = gaps[:-1], int(gaps[-1])
+        else:
+            last_keep = int((existence[-1] > cutoff).long().cumprod(0).sum().clamp_min(1))
         if count == 1:
             return segments[0, :last_keep]
         seq1, e1, seq2, e2 = segments[:-1], existence[:-1], segments[1:], existence[1:]

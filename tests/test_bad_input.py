@@ -1,0 +1,138 @@
+"""Invalid configurations and invalid model inputs fail early with a ValueError that names the problem."""
+
+import json
+
+import pytest
+import torch
+
+from modeling_zonkey import ZonkeyConfig, ZonkeyTokenizer
+
+# the micro preset, spelled out so each case changes one thing
+MICRO = dict(num_levels=2, hidden_size=[16, 64], num_attention_heads=[2, 4], window_length=[8, 8],
+             num_cls_vectors=[4, 2], compressor_layers=[1, 1], decompressor_layers=[1, 1], denoiser_layers=[1, 1],
+             document_length=[128, 32], max_decoded_segments=[256, 64], num_negatives=15, masked_vector_negatives=15)
+
+BAD_CONFIGS = {
+    "list_too_long": (dict(hidden_size=[16, 64, 128]), ["hidden_size", "3 entries", "num_levels = 2"]),
+    "list_too_short": (dict(window_length=[8]), ["window_length", "1 entries"]),
+    "levels_vs_lists": (dict(num_levels=3), ["entries", "num_levels = 3"]),
+    "zero_levels": (dict(num_levels=0), ["num_levels"]),
+    "zero_layers": (dict(compressor_layers=[1, 0]), ["compressor_layers", "positive integer"]),
+    "float_in_list": (dict(document_length=[128.0, 32]), ["document_length", "positive integer"]),
+    "heads_do_not_divide": (dict(num_attention_heads=[3, 4]),
+                            ["hidden_size[0]", "num_attention_heads[0]", "divisible"]),
+    "odd_head_size": (dict(hidden_size=[12, 48], num_attention_heads=[4, 4]), ["hidden_size[0]", "even head size"]),
+    "latent_mismatch": (dict(hidden_size=[16, 32]), ["hidden_size[1]", "num_cls_vectors[0] * hidden_size[0]", "64"]),
+    "window_shorter_than_cls": (dict(window_length=[3, 8]), ["num_cls_vectors[0]", "window_length[0]"]),
+    "window_too_short": (dict(window_length=[8, 1], num_cls_vectors=[4, 1]), ["window_length[1]", "at least 2"]),
+    "unknown_loss_weight": (dict(loss_weights={"reconstrution": 1.0}), ["loss_weights", "reconstrution"]),
+    "negative_loss_weight": (dict(loss_weights={"patch": -1.0}), ["loss_weights", ">= 0"]),
+    "bad_ddmm_objective": (dict(ddmm_objective="multi"), ["ddmm_objective", "'multi'"]),
+    "bad_time_embedding": (dict(time_embedding="learned"), ["time_embedding"]),
+    "even_conv_kernel": (dict(splitter_conv_kernels=[3, 4]), ["splitter_conv_kernels", "odd"]),
+    "bad_vocab": (dict(vocab_size=300), ["vocab_size", "pad_token_id"]),
+    "bad_pad": (dict(pad_token_id=0), ["pad_token_id"]),
+    "light_noise_too_big": (dict(light_noise_scale=0.5), ["light_noise_scale"]),
+    "mask_probability_one": (dict(mask_probability=1.0), ["mask_probability"]),
+    "existence_threshold_zero": (dict(existence_threshold=0.0), ["existence_threshold"]),
+    "negative_eps": (dict(probability_eps=-1e-4), ["probability_eps"]),
+    "zero_initializer_factor": (dict(initializer_factor=0.0), ["initializer_factor"]),
+    "zero_negatives": (dict(num_negatives=0), ["num_negatives"]),
+}
+
+
+def test_micro_spelled_out_is_valid():
+    config = ZonkeyConfig(**MICRO)
+    assert config.latent_size(0) == config.hidden_size[1] == 64
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_invalid_config_raises_naming_the_field(case):
+    overrides, fragments = BAD_CONFIGS[case]
+    with pytest.raises(ValueError) as info:
+        ZonkeyConfig(**{**MICRO, **overrides})
+    message = str(info.value)
+    assert message.startswith("ZonkeyConfig:"), message
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_invalid_config_file_raises_on_load(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "zonkey", **MICRO, "hidden_size": [16, 48]}))
+    with pytest.raises(ValueError, match=r"hidden_size\[1\]"):
+        ZonkeyConfig.from_pretrained(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ inputs
+@pytest.fixture(scope="module")
+def model(micro_config):
+    from modeling_zonkey import ZonkeyModel
+
+    torch.manual_seed(0)
+    return ZonkeyModel(micro_config).eval()
+
+
+def raises(model, match: str, *args, **kwargs) -> str:
+    with pytest.raises(ValueError, match=match) as info:
+        model(*args, **kwargs)
+    return str(info.value)
+
+
+def test_empty_string(model, tokenizer):
+    assert tokenizer("")["input_ids"] == []
+    batch = tokenizer([""], return_tensors="pt")
+    assert batch["input_ids"].shape == (1, 0) and batch["input_ids"].dtype == torch.long
+    message = raises(model, "empty", **batch)
+    assert "at least one byte" in message
+
+
+def test_empty_row_in_batch(model, tokenizer):
+    batch = tokenizer(["abc", "", "de"], padding=True, return_tensors="pt")
+    message = raises(model, "empty", **batch)
+    assert "rows [1]" in message
+    # the same without an attention mask (the mask comes from the pad id)
+    raises(model, "empty", batch["input_ids"])
+    # training with the loss validates too
+    model.train()
+    try:
+        raises(model, "empty", **batch, return_loss=True)
+    finally:
+        model.eval()
+
+
+def test_too_long_text(model, tokenizer, micro_config):
+    limit = micro_config.document_length[0]
+    ok = tokenizer(["x" * limit], return_tensors="pt")
+    with torch.no_grad():
+        assert model(**ok).levels[0].bos_probs.shape == (1, limit)  # exactly the limit is fine
+    too_long = tokenizer(["x" * (limit + 1)], return_tensors="pt")
+    message = raises(model, "document_length", **too_long)
+    assert f"{limit + 1} bytes" in message and f"document_length[0] = {limit}" in message
+    # the limit counts bytes, not characters: 65 two-byte characters are 130 bytes
+    wide = tokenizer(["é" * 65], return_tensors="pt")
+    assert wide["input_ids"].shape[1] == 130
+    raises(model, r"document_length\[0\]", **wide)
+
+
+def test_left_padding_raises(model):
+    tokenizer = ZonkeyTokenizer(padding_side="left")
+    batch = tokenizer(["a longer text", "short"], padding=True, return_tensors="pt")
+    assert batch["attention_mask"][1, 0] == 0  # really left-padded
+    message = raises(model, "right-padded", **batch)
+    assert "attention_mask" in message
+    raises(model, "right-padded", batch["input_ids"])  # mask inferred from the pad id
+    # a hole in the mask is not right padding either
+    ids = torch.tensor([[104, 105, 106]])
+    raises(model, "right-padded", ids, attention_mask=torch.tensor([[1, 0, 1]]))
+
+
+@pytest.mark.parametrize("bad_id", [257, 1000, -1])
+def test_ids_out_of_range(model, bad_id):
+    ids = torch.tensor([[104, 105, bad_id, 33]])
+    message = raises(model, "input_ids", ids)
+    assert "[0, 257)" in message and "ZonkeyTokenizer" in message
+
+
+def test_wrong_rank(model):
+    message = raises(model, "input_ids", torch.tensor([104, 105]))
+    assert "(batch, length)" in message and "(2,)" in message

@@ -1,0 +1,235 @@
+"""Compressor (latents on the sphere, anti-collapse, InfoNCE) and DDMM (noise on the sphere, path positive)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modeling_zonkey.compressor import Compressor, anti_collapse_loss, info_nce
+from modeling_zonkey.ddmm import add_noise, light_noise_levels, path_positive
+from modeling_zonkey.segment_splitter import build_segments, force_boundaries
+from modeling_zonkey.sphere import expected_norm, to_sphere
+
+D, HEADS, C, L = 16, 2, 4, 8
+
+
+def make_compressor(seed=0):
+    torch.manual_seed(seed)
+    compressor = Compressor(D, HEADS, 2, C, 2)
+    torch.nn.init.normal_(compressor.cls_vectors)  # (ZonkeyModel._init_weights does this in the model)
+    return compressor
+
+
+def random_segments(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    lengths = [30, 13]
+    valid = torch.arange(30)[None] < torch.tensor(lengths)[:, None]
+    p = torch.rand(2, 30, generator=generator) * 0.5 * valid
+    p[:, 0] = 1.0
+    boundaries = force_boundaries(torch.bernoulli(p, generator=generator).bool(), valid, L)
+    segments = build_segments(p, boundaries, valid, L)
+    x = to_sphere(torch.randn(2, 30, D, generator=generator))
+    return segments, segments.gather(x)
+
+
+def test_expected_norm_matches_closed_forms():
+    assert expected_norm(1) == pytest.approx(math.sqrt(2 / math.pi))
+    assert expected_norm(2) == pytest.approx(math.sqrt(math.pi / 2))
+    for n in (16, 64, 1024):
+        assert expected_norm(n) == pytest.approx(math.sqrt(n - 0.5), rel=1e-3)
+
+
+# -------------------------------------------------------------------------------------------- Compressor
+def test_compressor_latents_on_the_sphere():
+    compressor = make_compressor()
+    segments, windows = random_segments()
+    out = compressor(windows, segments.existence)
+    assert out.latents.shape == (len(windows), C * D)
+    assert out.hidden_states.shape == (len(windows), L, D)
+    norms = out.latents.norm(dim=-1)
+    torch.testing.assert_close(norms, torch.full_like(norms, expected_norm(C * D)), atol=1e-4, rtol=1e-5)
+    assert torch.isfinite(out.latents).all()
+    # positions past the document's end (existence 0) come out as zeros
+    assert (out.hidden_states[segments.existence == 0] == 0).all()
+
+
+def test_compressor_ignores_non_existing_positions():
+    """Content at positions with existence 0 cannot change the latent."""
+    compressor = make_compressor(1).eval()
+    generator = torch.Generator().manual_seed(2)
+    windows = to_sphere(torch.randn(3, L, D, generator=generator))
+    existence = torch.tensor([[1.0, 0.9, 0.8, 0.5, 0.0, 0.0, 0.0, 0.0]]).expand(3, L).contiguous()
+    altered = windows.clone()
+    altered[:, 4:] = to_sphere(torch.randn(3, L - 4, D, generator=generator))
+    with torch.no_grad():
+        a = compressor(windows, existence).latents
+        b = compressor(altered, existence).latents
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_compressor_gradient_reaches_existence():
+    compressor = make_compressor(3)
+    segments, windows = random_segments(3)
+    existence = segments.existence.clone().requires_grad_(True)
+    latents = compressor(windows, existence).latents
+    (latents * torch.randn_like(latents)).sum().backward()
+    assert torch.isfinite(existence.grad).all() and existence.grad.abs().sum() > 0
+
+
+def test_anti_collapse_identical_latents_is_one():
+    v = to_sphere(torch.randn(1, 32))
+    latents = v.expand(6, 32).contiguous()
+    document = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert anti_collapse_loss(latents, document).item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_anti_collapse_orthogonal_or_balanced_latents_is_zero():
+    eye = torch.eye(8) * 3.0
+    # orthogonal latents across documents
+    assert anti_collapse_loss(eye[:4], torch.tensor([0, 1, 2, 3])).item() == pytest.approx(0.0, abs=1e-6)
+    # opposite latents that cancel: doc 0 = {v}, doc 1 = {v, -v} -> mean cosine (1 - 1) / 2 = 0
+    v = eye[0]
+    assert anti_collapse_loss(torch.stack([v, v, -v]), torch.tensor([0, 1, 1])).item() == pytest.approx(0.0, abs=1e-6)
+    # pairs inside one document do not count: doc 0 = {v, v}, doc 1 = {u}, u orthogonal to v
+    within = anti_collapse_loss(torch.stack([v, v, eye[1]]), torch.tensor([0, 0, 1]))
+    assert within.item() == pytest.approx(0.0, abs=1e-6)
+    # a single document has no pairs: zero, finite, and still in the graph
+    latents = torch.randn(3, 8, requires_grad=True)
+    single = anti_collapse_loss(latents, torch.tensor([0, 0, 0]))
+    assert single.item() == 0.0 and single.requires_grad
+
+
+def test_anti_collapse_is_the_mean_cross_document_cosine():
+    generator = torch.Generator().manual_seed(4)
+    latents = torch.randn(7, 10, generator=generator) + 0.5
+    document = torch.tensor([0, 0, 1, 1, 1, 2, 2])
+    unit = F.normalize(latents, dim=-1)
+    cos = unit @ unit.T
+    cross = document[:, None] != document[None, :]
+    expected = cos[cross].mean().abs()
+    assert anti_collapse_loss(latents, document).item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_info_nce_never_uses_the_positive_as_its_own_negative():
+    generator = torch.Generator().manual_seed(5)
+    target = torch.randn(5, D, generator=generator)
+    prediction = torch.randn(5, D, generator=generator, requires_grad=True)
+    for row in range(5):
+        pool = target[row : row + 1].expand(9, D)  # only copies of the target
+        loss = info_nce(prediction[row : row + 1], target[row : row + 1], pool, 12)
+        assert torch.isfinite(loss).all() and loss.item() == pytest.approx(0.0, abs=1e-6)
+    # a pool of every row's target: each row's own target is masked, the others are negatives
+    torch.manual_seed(0)
+    losses = info_nce(prediction, target, target, 20)
+    assert losses.shape == (5,) and torch.isfinite(losses).all() and (losses > 0).all()
+    losses.sum().backward()
+    assert torch.isfinite(prediction.grad).all() and prediction.grad.abs().sum() > 0
+    # a perfect prediction scores better than a wrong one
+    torch.manual_seed(0)
+    perfect = info_nce(target, target, target, 20)
+    assert (perfect < losses.detach()).all()
+
+
+def test_info_nce_positive_override():
+    target = torch.eye(4)[:2]
+    pool = torch.eye(4)
+    prediction = target.clone()
+    torch.manual_seed(1)
+    default = info_nce(prediction, target, pool, 6)
+    torch.manual_seed(1)
+    lowered = info_nce(prediction, target, pool, 6, positive_cos=torch.full((2,), 0.5))
+    assert (lowered > default).all()
+
+
+# ------------------------------------------------------------------------------------------------- noise
+def test_add_noise_identity_at_zero_and_input_free_at_one():
+    generator = torch.Generator().manual_seed(6)
+    a = to_sphere(torch.randn(4, C * D, generator=generator))
+    b = to_sphere(torch.randn(4, C * D, generator=generator))
+    zeros, ones = torch.zeros(4), torch.ones(4)
+    torch.testing.assert_close(add_noise(a, zeros, torch.Generator().manual_seed(9)), a, atol=1e-5, rtol=1e-6)
+    noise_a = add_noise(a, ones, torch.Generator().manual_seed(9))
+    noise_b = add_noise(b, ones, torch.Generator().manual_seed(9))
+    torch.testing.assert_close(noise_a, noise_b)
+    assert F.cosine_similarity(noise_a, a, dim=-1).abs().max() < 0.5  # unrelated to the input
+    assert not torch.allclose(add_noise(a, ones, torch.Generator().manual_seed(10)), noise_a)
+
+
+def test_noised_latents_have_the_right_norm_and_interpolate():
+    generator = torch.Generator().manual_seed(7)
+    z = to_sphere(torch.randn(64, C * D, generator=generator))
+    t = torch.rand(64, generator=generator)
+    noised = add_noise(z, t, generator)
+    norms = noised.norm(dim=-1)
+    torch.testing.assert_close(norms, torch.full_like(norms, expected_norm(C * D)), atol=1e-4, rtol=1e-5)
+    # more noise, less of the signal: the cosine to z falls with t (on average, for a fixed noise draw)
+    grid = torch.tensor([0.0, 0.1, 0.5, 0.9])
+    cosines = [F.cosine_similarity(add_noise(z, torch.full((64,), float(s)), torch.Generator().manual_seed(3)), z,
+                                   dim=-1).mean() for s in grid]
+    assert all(a > b for a, b in zip(cosines, cosines[1:]))
+    assert cosines[0] > 0.999
+
+
+def test_light_noise_levels_mean_and_range():
+    torch.manual_seed(8)
+    t = light_noise_levels(20000, 0.02, torch.device("cpu"))
+    assert t.shape == (20000,) and (t >= 0).all() and (t <= 1).all()
+    assert t.mean().item() == pytest.approx(0.02, rel=0.05)
+    assert t.max().item() <= 0.02 / 0.25 + 1e-6
+
+
+# ------------------------------------------------------------------------------------- path positive
+def orthonormal_pair(d=D, seed=9):
+    generator = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, 2, generator=generator))
+    return q[:, 0], q[:, 1]
+
+
+def test_path_positive_endpoints_and_closed_form_midpoint():
+    x2, x = orthonormal_pair()
+    target = path_positive(x.clone(), x2, x)
+    assert target.lam.item() == pytest.approx(1.0, abs=1e-5) and target.cosine.item() == pytest.approx(1.0, abs=1e-5)
+    previous = path_positive(x2.clone(), x2, x)
+    assert previous.lam.item() == pytest.approx(0.0, abs=1e-5)
+    assert previous.cosine.item() == pytest.approx(1.0, abs=1e-5)
+    middle = F.normalize(x2 + x, dim=0)
+    mid = path_positive(middle, x2, x)
+    assert mid.lam.item() == pytest.approx(0.5, abs=1e-4)
+    assert mid.cosine.item() == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("lam", [0.1, 0.3, 0.75])
+def test_path_positive_recovers_any_point_on_the_path(lam):
+    x2, x = orthonormal_pair(seed=10)
+    scale = expected_norm(D)
+    x2, x = x2 * scale, x * 1.7 * scale  # different norms: lambda is along the straight segment from x2 to x
+    x3 = F.normalize(x2 + lam * (x - x2), dim=0) * 5.0
+    out = path_positive(x3, x2, x)
+    assert out.lam.item() == pytest.approx(lam, abs=1e-4)
+    assert out.cosine.item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_path_positive_is_the_maximum_over_the_segment():
+    generator = torch.Generator().manual_seed(11)
+    x3, x2, x = (torch.randn(32, D, generator=generator) for _ in range(3))
+    out = path_positive(x3, x2, x)
+    assert out.cosine.shape == (32,) and out.lam.shape == (32,)
+    grid = torch.linspace(0, 1, 2001)
+    points = x2[:, None] + grid[None, :, None] * (x - x2)[:, None]  # (32, G, D)
+    brute = F.cosine_similarity(x3[:, None], points, dim=-1)
+    best = brute.max(dim=1).values
+    assert (out.cosine >= best - 1e-5).all()
+    assert (out.cosine <= best + 1e-5).all()  # and it lies on the segment
+    assert ((out.lam >= 0) & (out.lam <= 1)).all()
+    # batched leading dims (M, L, d) work too
+    nested = path_positive(x3.view(4, 8, D), x2.view(4, 8, D), x.view(4, 8, D))
+    torch.testing.assert_close(nested.cosine.flatten(), out.cosine)
+
+
+def test_path_positive_gradient_is_finite():
+    x2, x = orthonormal_pair(seed=12)
+    for x3 in (x.clone(), x2.clone(), F.normalize(x2 + x, dim=0)):
+        x3 = x3.requires_grad_(True)
+        path_positive(x3, x2, x).cosine.backward()
+        assert torch.isfinite(x3.grad).all()
