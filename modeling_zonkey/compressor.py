@@ -86,11 +86,13 @@ def info_nce(prediction: torch.Tensor, target: torch.Tensor, pool: torch.Tensor,
     prediction (Q, d), target (Q, d), pool (P, d) -> (Q,) losses. A negative that equals the positive is
     masked out, so the positive is never its own negative. `positive_cos` (Q,) overrides cos(prediction, target).
     """
-    negatives = pool[torch.randint(len(pool), (len(prediction), num_negatives), device=pool.device)]
+    index = torch.randint(len(pool), (len(prediction), num_negatives), device=pool.device)
     pred = F.normalize(prediction.float(), dim=-1)
+    target_unit = F.normalize(target.float(), dim=-1)
     if positive_cos is None:
-        positive_cos = (pred * F.normalize(target.float(), dim=-1)).sum(-1)
-    negative_cos = torch.einsum("qd,qkd->qk", pred, F.normalize(negatives.float(), dim=-1))
-    same = (negatives == target.unsqueeze(1)).all(-1)
+        positive_cos = (pred * target_unit).sum(-1)
+    pool_unit = F.normalize(pool.float(), dim=-1)
+    negative_cos = torch.einsum("qd,qkd->qk", pred, pool_unit[index])
+    same = (pool[index] == target.unsqueeze(1)).all(-1)
     logits = torch.cat([cosine_logits(positive_cos).unsqueeze(1), cosine_logits(negative_cos).masked_fill(same, float("-inf"))], dim=1)
     return F.cross_entropy(logits, torch.zeros(len(prediction), dtype=torch.long, device=logits.device), reduction="none")
