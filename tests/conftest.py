@@ -7,11 +7,18 @@ import torch
 
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel, ZonkeyTokenizer
 
-# The micro model's tensors are tiny: intra-op threads only add OpenMP spin-waiting, which on a shared
-# 2-core machine made one training step take seconds instead of ~0.1 s.
-torch.set_num_threads(1)
-
 MICRO = Path(__file__).resolve().parents[1] / "configuration" / "zonkey-micro.json"
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Use with `pytestmark = pytest.mark.usefixtures("single_thread")`: the micro model's tensors are tiny, so
+    intra-op threads only add OpenMP spin-waiting (on a busy 2-core machine one training step took seconds
+    instead of ~0.1 s). Module-scoped and restored afterwards, so other test files keep their numerics."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,8 @@ import torch
 
 from modeling_zonkey import ZonkeyConfig, ZonkeyTokenizer
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 # the micro preset, spelled out so each case changes one thing
 MICRO = dict(num_levels=2, hidden_size=[16, 64], num_attention_heads=[2, 4], window_length=[8, 8],
              num_cls_vectors=[4, 2], compressor_layers=[1, 1], decompressor_layers=[1, 1], denoiser_layers=[1, 1],

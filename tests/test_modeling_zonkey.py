@@ -19,6 +19,8 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel, ZonkeyTokenizer
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 TEXTS = [
     "Zonkeys are hybrids of zebras and donkeys; the stripes usually show on the legs, rarely on the body.",
     "Hi, zonkey!",
