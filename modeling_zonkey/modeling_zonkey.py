@@ -127,10 +127,9 @@ class ZonkeyModel(ZonkeyPreTrainedModel):
                 targets = LevelTargets(x) if return_loss else None
         if not return_loss:
             return ZonkeyModelOutput(levels=tuple(outputs))
-        weights = self.config.loss_weights
         terms, total = {}, x.new_zeros((), dtype=torch.float32)
         for index, output in enumerate(outputs):
-            level_total = sum(weights[name] * value for name, value in output.loss_terms.items())
+            level_total = sum(self.config.loss_weight(name) * value for name, value in output.loss_terms.items())
             terms.update({f"level{index}/{name}": value for name, value in output.loss_terms.items()})
             terms[f"loss/level{index}"] = level_total
             total = total + level_total

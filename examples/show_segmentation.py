@@ -1,0 +1,83 @@
+#!/usr/bin/env python
+"""Print what a trained Zonkey learned on a held-out paragraph: its segmentation at every level and its
+reconstruction (encode -> decode at t = 0).
+
+    python examples/show_segmentation.py runs/zonkey-tiny            # a paragraph of the validation split
+    python examples/show_segmentation.py runs/zonkey-tiny --text "Your own text."
+
+Level-0 segment starts are marked with "|", level-1 starts (groups of level-0 segments) with "‖".
+"""
+
+import argparse
+
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+import modeling_zonkey  # noqa: F401  (registers the Auto classes)
+from modeling_zonkey.data import load_text_datasets
+
+
+def level_starts(outputs, row: int) -> list[list[int]]:
+    """Byte positions where each level's segments start, for one input row (level l >= 1 is mapped down
+    through the starts of the segments below)."""
+    starts = [outputs[0].segments.start[outputs[0].segments.document == row].tolist()]
+    rows = [row]
+    for level in range(1, len(outputs)):
+        children = [r for r in range(len(outputs[level].parent)) if int(outputs[level].parent[r]) in rows]
+        positions, offset = [], 0
+        for child in children:
+            segments = outputs[level].segments
+            local = segments.start[segments.document == child].tolist()
+            positions += [starts[-1][offset + s] for s in local]
+            offset += int(outputs[level].valid[child].sum())
+        starts.append(positions)
+        rows = children
+    return starts
+
+
+def marked(text_bytes: bytes, starts: list[list[int]]) -> str:
+    out = []
+    for i in range(len(text_bytes)):
+        if len(starts) > 1 and i in starts[1]:
+            out.append("‖")
+        elif i in starts[0]:
+            out.append("|")
+        out.append(text_bytes[i : i + 1].decode("utf-8", errors="replace"))
+    return "".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="a folder written by save_pretrained (e.g. the training script's --output_dir)")
+    parser.add_argument("--text", default=None, help="text to segment (default: a held-out Wikipedia paragraph)")
+    parser.add_argument("--index", type=int, default=0, help="which validation article (default corpus)")
+    args = parser.parse_args()
+
+    model = AutoModel.from_pretrained(args.model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    limit = model.config.document_length[0]
+    text = args.text or load_text_datasets()["validation"][args.index]["text"]
+    data = text.encode("utf-8")
+    if len(data) > limit:
+        cut = data[:limit].rfind(b" ")
+        data = data[: cut if cut > 0 else limit]
+        print(f"(showing the first {len(data)} of {len(text.encode('utf-8'))} bytes: the model reads documents of "
+              f"at most {limit} bytes)")
+        text = data.decode("utf-8", errors="ignore")
+    batch = tokenizer([text], return_tensors="pt")
+    with torch.no_grad():
+        outputs = model(**batch).levels
+    starts = level_starts(outputs, 0)
+    print("\nSegmentation (| level-0 segment start, ‖ level-1 start):\n")
+    print(marked(data, starts))
+    print("\n" + ", ".join(f"level {l}: {len(s)} segments ({len(data) / max(len(s), 1):.1f} bytes each)"
+                           for l, s in enumerate(starts)))
+    for level in range(model.config.num_levels):
+        ids = model.reconstruct(**batch, from_level=level)[0]
+        decoded = tokenizer.decode(ids, skip_special_tokens=True)
+        same = sum(a == b for a, b in zip(ids.tolist(), batch["input_ids"][0].tolist()))
+        print(f"\nReconstruction from level-{level} latents ({same}/{len(data)} bytes right):\n{decoded}")
+
+
+if __name__ == "__main__":
+    main()
