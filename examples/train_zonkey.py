@@ -406,6 +406,7 @@ def train(args) -> None:
                     bad_grads = table[:, 6].sum() > 0 and accelerator.scaler is None
                     if table[:, 4].sum() > 0 or bad_grads:
                         where = [i for i in range(len(table)) if table[i, 4] > 0 or table[i, 6] > 0]
+                        progress.close()  # ends the bar's line, so the error starts a line of its own
                         raise TrainingError(
                             f"non-finite {'loss' if table[:, 4].sum() > 0 else 'gradient norm'} at step "
                             f"{completed_steps + 1} on process(es) {where} (loss terms here: {bad_terms or 'finite'}): "

@@ -22,9 +22,9 @@ PER_LEVEL_FIELDS = (
 DEFAULT_LOSS_WEIGHTS = {
     "reconstruction": 1.0,  # clean-pass reconstruction (bytes: CE; levels >= 1: InfoNCE)
     "existence": 0.05,  # decoder existence vs splitter existence (BCE)
-    "stitcher_position": 1.0,  # ownership mass between true cut and inferred offset
+    "stitcher_position": 0.1,  # characters between true cut and inferred offset (not given; 1.0 stalled learning)
     "stitcher_sequence": 1.0,  # reconstruction loss of the refined segment
-    "ddmm": 1.0,  # mixed-step (or single-step) denoising objective
+    "ddmm": 0.1,  # mixed-step (or single-step) denoising objective (not given by the paper; 1.0 slowed learning)
     "patch": 10.0,  # P(no BOS in a window of L, L+1, L+2)
     "short_segment": 10.0,  # P(segment shorter than C)
     "compression": 0.03,  # pushes mean p_bos toward 1/L
@@ -53,6 +53,8 @@ class ZonkeyConfig(PreTrainedConfig):
         splitter_conv_kernels: kernel sizes of the splitter's parallel Conv1d features.
         ffn_multiplier: FFN width / model width.
         loss_weights: weight of each named loss term (see `DEFAULT_LOSS_WEIGHTS`).
+        level_weights: multiplies every loss term of a level (levels >= 1 also train the levels below them
+            through their inputs, so a smaller weight keeps them from swamping level 0 early on).
         ddmm_objective: "mixed" (clean, heavy, light passes) or "single_step" (plain denoising at a random t).
         light_noise_scale: mean of the small noise levels t0 and t2, drawn as scale * Beta(1, 3) / 0.25.
         time_embedding: "interpolate" (tau = (1-t) tau_clean + t tau_noisy) or "sinusoidal" (+ MLP).
@@ -84,6 +86,7 @@ class ZonkeyConfig(PreTrainedConfig):
         splitter_conv_kernels: list[int] | None = None,
         ffn_multiplier: int = 4,
         loss_weights: dict[str, float] | None = None,
+        level_weights: list[float] | None = None,
         ddmm_objective: str = "mixed",
         light_noise_scale: float = 0.02,
         time_embedding: str = "interpolate",
@@ -112,6 +115,7 @@ class ZonkeyConfig(PreTrainedConfig):
         self.splitter_conv_kernels = list(splitter_conv_kernels or [3, 5, 7, 9])
         self.ffn_multiplier = ffn_multiplier
         self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **(loss_weights or {})}
+        self.level_weights = list(level_weights or [1.0] * num_levels)
         self.ddmm_objective = ddmm_objective
         self.light_noise_scale = light_noise_scale
         self.time_embedding = time_embedding
@@ -165,6 +169,8 @@ class ZonkeyConfig(PreTrainedConfig):
         unknown = set(self.loss_weights) - set(DEFAULT_LOSS_WEIGHTS)
         if unknown:
             fail(f"unknown loss_weights {sorted(unknown)}; known: {sorted(DEFAULT_LOSS_WEIGHTS)}.")
+        if len(self.level_weights) != self.num_levels or any(not isinstance(w, (int, float)) or w < 0 for w in self.level_weights):
+            fail(f"level_weights must hold one number >= 0 per level, got {self.level_weights}.")
         if any(w < 0 for w in self.loss_weights.values()):
             fail(f"loss_weights must be >= 0, got {self.loss_weights}.")
         if self.ddmm_objective not in ("mixed", "single_step"):

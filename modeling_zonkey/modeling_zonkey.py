@@ -27,7 +27,7 @@ from .stitcher import Stitcher
 class ZonkeyModelOutput(ModelOutput):
     """
     loss: the weighted sum of every loss term (with `return_loss=True`).
-    loss_terms: every named term, unweighted, as "level{l}/{name}" (and "loss/level{l}" per level).
+    loss_terms: every named term, unweighted, as "level{l}/{name}" (and the weighted "loss/level{l}" per level).
     levels: one `ZonkeyLevelOutput` per level, with `bos_probs` (B_l, N_l), `boundaries`, `latents`.
     """
 
@@ -129,7 +129,8 @@ class ZonkeyModel(ZonkeyPreTrainedModel):
             return ZonkeyModelOutput(levels=tuple(outputs))
         terms, total = {}, x.new_zeros((), dtype=torch.float32)
         for index, output in enumerate(outputs):
-            level_total = sum(self.config.loss_weight(name) * value for name, value in output.loss_terms.items())
+            level_total = self.config.level_weights[index] * sum(
+                self.config.loss_weight(name) * value for name, value in output.loss_terms.items())
             terms.update({f"level{index}/{name}": value for name, value in output.loss_terms.items()})
             terms[f"loss/level{index}"] = level_total
             total = total + level_total

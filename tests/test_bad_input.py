@@ -40,6 +40,8 @@ BAD_CONFIGS = {
     "negative_eps": (dict(probability_eps=-1e-4), ["probability_eps"]),
     "zero_initializer_factor": (dict(initializer_factor=0.0), ["initializer_factor"]),
     "zero_negatives": (dict(num_negatives=0), ["num_negatives"]),
+    "level_weights_length": (dict(level_weights=[1.0]), ["level_weights", "per level"]),
+    "negative_level_weight": (dict(level_weights=[1.0, -0.5]), ["level_weights"]),
 }
 
 

@@ -21,6 +21,8 @@ from modeling_zonkey import ZonkeyConfig, ZonkeyModel, ZonkeyTokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
+MICRO_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configuration", "zonkey-micro.json")
+
 TEXTS = [
     "Zonkeys are hybrids of zebras and donkeys; the stripes usually show on the legs, rarely on the body.",
     "Hi, zonkey!",
@@ -386,3 +388,20 @@ def test_training_step_reduces_loss(make_model, tokenizer):
     assert after < 0.75 * before, (before, after)
     changed = sum(not torch.equal(p, initial[name]) for name, p in model.named_parameters())
     assert changed > 0.9 * len(initial)
+
+
+def test_loss_is_the_weighted_sum_of_the_named_terms(micro_config, tokenizer):
+    """loss = sum_l level_weight_l * sum_name weight_name * term; a partial loss_weights override keeps the defaults."""
+    config = ZonkeyConfig.from_pretrained(str(MICRO_PATH), loss_weights={"ddmm": 0.5}, level_weights=[1.0, 0.25])
+    assert config.loss_weight("ddmm") == 0.5 and config.loss_weight("patch") == 10.0
+    torch.manual_seed(0)
+    model = ZonkeyModel(config).train()
+    batch = tokenizer(["the cat sat on the mat.", "a dog."], padding=True, return_tensors="pt")
+    out = model(**batch, return_loss=True)
+    expected = 0.0
+    for level, level_weight in enumerate(config.level_weights):
+        names = [k.split("/", 1)[1] for k in out.loss_terms if k.startswith(f"level{level}/")]
+        level_total = level_weight * sum(config.loss_weight(n) * out.loss_terms[f"level{level}/{n}"] for n in names)
+        torch.testing.assert_close(out.loss_terms[f"loss/level{level}"], level_total)
+        expected = expected + level_total
+    torch.testing.assert_close(out.loss, expected)

@@ -1,0 +1,356 @@
+"""examples/train_zonkey.py end to end on the micro preset and a small local corpus (offline):
+
+- resuming (kill simulated with --stop_after_steps, then --resume_from_checkpoint latest next to a partial
+  checkpoint) reproduces the uninterrupted run: same data, losses, learning rates, EMA and raw weights;
+- an epoch reads every byte of the training split exactly once;
+- a non-finite loss stops the run with one clear line and the last checkpoint intact and resumable;
+- bad data / config files give `error: ...` and exit status 1, not a traceback;
+- two CPU processes (configuration/accelerate-cpu-ddp-2.yaml) read different shards and write one checkpoint;
+- the output folder loads with AutoModel / AutoTokenizer in a fresh process, with a filled model card.
+
+The script runs in subprocesses (as users run it), except where a test patches the model in-process.
+"""
+
+import importlib.util
+import json
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "train_zonkey.py"
+MICRO = ROOT / "configuration" / "zonkey-micro.json"
+DDP2 = ROOT / "configuration" / "accelerate-cpu-ddp-2.yaml"
+WORDS = ["the", "river", "was", "a", "city", "of", "known", "for", "its", "bridges", "Zürich", "café", "naïve",
+         "encyclopedia", "東京", "is", "in", "and", "population", "1999"]
+DOCUMENT_LENGTH = 128  # document_length[0] of the micro preset
+
+
+def write_corpus(folder: Path) -> tuple[Path, Path, list[str]]:
+    """40 articles as .jsonl: 32 train (every 5th longer than a document, one whitespace-only), 8 validation."""
+    rng = random.Random(1234)
+    texts = []
+    for i in range(40):
+        count = rng.randrange(45, 80) if i % 5 == 0 else rng.randrange(4, 22)
+        text = " ".join(rng.choice(WORDS) for _ in range(count))
+        if i % 7 == 3:
+            text += "\n\nA second paragraph."
+        texts.append(text)
+    texts[6] = "   \n "
+    folder.mkdir(parents=True, exist_ok=True)
+    train, validation = folder / "train.jsonl", folder / "validation.jsonl"
+    for path, rows in ((train, texts[:32]), (validation, texts[32:])):
+        path.write_text("".join(json.dumps({"title": f"Article {i}", "text": t}, ensure_ascii=False) + "\n"
+                                for i, t in enumerate(rows)), encoding="utf-8")
+    assert sum(len(t.encode()) > DOCUMENT_LENGTH for t in texts[:32]) >= 5
+    return train, validation, texts[:32]
+
+
+def script_env(tmp: Path) -> dict:
+    """Offline, one thread, caches under tmp, and no distributed variables leaking from the caller."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "FSDP_"))
+           and k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               HF_HOME=str(tmp / "hf"), HF_DATASETS_CACHE=str(tmp / "hf" / "datasets"),
+               TOKENIZERS_PARALLELISM="false", PYTHONHASHSEED="0")
+    return env
+
+
+def run(command: list[str], tmp: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=ROOT, env=script_env(tmp), capture_output=True, text=True, timeout=timeout)
+    return result
+
+
+def train_args(train: Path, validation: Path, output: Path, *extra) -> list[str]:
+    return ["--config_name", str(MICRO), "--train_file", str(train), "--validation_file", str(validation),
+            "--output_dir", str(output), "--per_device_eval_batch_size", "4", "--eval_batches", "1",
+            "--eval_steps", "100", *extra]
+
+
+def read_log(output: Path) -> list[dict]:
+    return [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+
+
+# ---------------------------------------------------------------- resume = uninterrupted run
+
+
+RESUME_ARGS = ("--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2", "--max_train_steps", "8",
+               "--checkpointing_steps", "4", "--ema_decay", "0.9", "--seed", "3", "--num_warmup_steps", "2")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A: 8 optimizer steps in one go. B: the same command stopped after step 4 (same schedule), then resumed
+    from "latest" while a partial .tmp-step_8 and a step_12 without state lie next to step_4."""
+    tmp = tmp_path_factory.mktemp("resume")
+    train, validation, texts = write_corpus(tmp / "data")
+    a, b = tmp / "A", tmp / "B"
+    python = [sys.executable, str(SCRIPT)]
+    result_a = run(python + train_args(train, validation, a, *RESUME_ARGS), tmp)
+    assert_ok(result_a)
+    result_b1 = run(python + train_args(train, validation, b, *RESUME_ARGS, "--stop_after_steps", "4"), tmp)
+    assert_ok(result_b1)
+    (b / ".tmp-step_8").mkdir()
+    (b / ".tmp-step_8" / "model.safetensors").write_bytes(b"half a file")
+    (b / "step_12").mkdir()
+    result_b2 = run(python + train_args(train, validation, b, *RESUME_ARGS, "--resume_from_checkpoint", "latest"), tmp)
+    assert_ok(result_b2)
+    return {"tmp": tmp, "A": a, "B": b, "texts": texts, "B1": result_b1, "B2": result_b2}
+
+
+def test_resume_reproduces_the_uninterrupted_run(runs):
+    a, b = runs["A"], runs["B"]
+    assert "--stop_after_steps: stopped at step 4 of 8" in runs["B1"].stdout
+    assert f"resumed from {b / 'step_4'}: step 4, epoch 0, 8 batches into it" in runs["B2"].stdout
+    log_a, log_b = read_log(a), read_log(b)
+    assert [e["step"] for e in log_a] == list(range(1, 9)) and [e["step"] for e in log_b] == list(range(1, 9))
+    # the resumed part crosses an epoch boundary (seedable sampler + set_epoch + skip_first_batches)
+    assert log_a[3]["epoch"] == 0 and log_a[-1]["epoch"] == 1
+    assert len({e["loss"] for e in log_a}) == 8 and all(np.isfinite(e["loss"]) for e in log_a)
+    for entry_a, entry_b in zip(log_a, log_b):  # same batches, losses, lr schedule, gradient norms, bytes
+        assert entry_a == entry_b
+    # the same weights: raw (step_8 training state) and EMA (the saved model), bit for bit
+    for name in ("step_8/model.safetensors", "model.safetensors"):
+        weights_a, weights_b = load_file(a / name), load_file(b / name)
+        assert weights_a.keys() == weights_b.keys() and len(weights_a) > 50
+        for key in weights_a:
+            assert torch.equal(weights_a[key], weights_b[key]), (name, key)
+    raw, ema = load_file(a / "step_8/model.safetensors"), load_file(a / "model.safetensors")
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw)  # the saved model is the EMA, not the raw weights
+    results_a = json.loads((a / "train_results.json").read_text())
+    results_b = json.loads((b / "train_results.json").read_text())
+    assert results_a["train_bytes"] == results_b["train_bytes"] == log_a[-1]["train_bytes"]
+    assert results_a["final_eval"] == results_b["final_eval"]
+    assert sorted(p.name for p in b.glob("step_*")) == ["step_12", "step_4", "step_8"]
+
+
+def test_an_epoch_reads_every_training_byte_once(runs):
+    log = read_log(runs["A"])
+    texts = [t for t in runs["texts"] if t.strip()]
+    epoch0 = [e for e in log if e["epoch"] == 0]
+    assert sum(sum(e["process_bytes"]) for e in epoch0) == sum(len(t.encode()) for t in texts)
+    assert sum(sum(e["process_checksum"]) for e in epoch0) == sum(sum(t.encode()) for t in texts)
+    train_stats = json.loads((runs["A"] / "train_results.json").read_text())["train_stats"]
+    assert train_stats["articles"] == 32 and train_stats["skipped_empty"] == 1
+    assert train_stats["bytes"] == sum(len(t.encode()) for t in texts)
+
+
+def test_output_folder_loads_in_a_fresh_process(runs):
+    out = runs["A"]
+    code = f"""
+import json, torch, modeling_zonkey
+from transformers import AutoModel, AutoTokenizer
+model, info = AutoModel.from_pretrained({str(out)!r}, output_loading_info=True)
+tok = AutoTokenizer.from_pretrained({str(out)!r})
+model.eval()
+text = "The river Zürich was known for its bridges."
+batch = tok([text, "a city"], return_tensors="pt", padding=True)
+with torch.no_grad():
+    out = model(**batch, return_loss=True)
+    rec = model.reconstruct(**batch)
+print(json.dumps({{"model": type(model).__name__, "tokenizer": type(tok).__name__,
+    "missing": sorted(info["missing_keys"]), "unexpected": sorted(info["unexpected_keys"]), "loss": out.loss.item(),
+    "roundtrip": tok.decode(tok(text)["input_ids"], skip_special_tokens=True),
+    "reconstructed": [len(r) for r in rec], "dtype": str(next(model.parameters()).dtype)}}))
+"""
+    result = run([sys.executable, "-c", code], runs["tmp"])
+    assert_ok(result)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["model"] == "ZonkeyModel" and report["tokenizer"] == "ZonkeyTokenizer"
+    assert report["missing"] == [] and report["unexpected"] == []
+    assert np.isfinite(report["loss"]) and report["dtype"] == "torch.float32"
+    assert report["roundtrip"] == "The river Zürich was known for its bridges."
+    assert len(report["reconstructed"]) == 2 and report["reconstructed"][0] > 0
+    # the loaded weights are the saved ones (EMA), bit for bit
+    saved = load_file(out / "model.safetensors")
+    assert (out / "config.json").is_file() and (out / "tokenizer_config.json").is_file() and len(saved) > 50
+
+
+def test_model_card_is_filled(runs):
+    card = (runs["A"] / "README.md").read_text()
+    assert not re.search(r"\{[a-z_]+\}", card), re.findall(r"\{[a-z_]+\}", card)
+    assert "8 optimizer steps" in card and "batch 4 x 1 process(es) x 2 accumulation" in card
+    final = json.loads((runs["A"] / "train_results.json").read_text())["final_eval"]
+    assert f"| val/loss | {final['val/loss']:.4f} |" in card
+    assert "| parameters | 0.36 M |" in card
+
+
+# ---------------------------------------------------------------- non-finite loss (in-process, patched model)
+
+
+@pytest.fixture
+def in_process(monkeypatch, tmp_path):
+    """Import the script as a module; keep the caller's RNG, threads and accelerate state as they were."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf" / "datasets")
+    for key in [k for k in os.environ if k.startswith("ACCELERATE_")]:
+        monkeypatch.delenv(key)
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state(), torch.get_num_threads()
+    torch.set_num_threads(1)
+    spec = importlib.util.spec_from_file_location("train_zonkey_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    random.setstate(states[0])
+    np.random.set_state(states[1])
+    torch.set_rng_state(states[2])
+    torch.set_num_threads(states[3])
+
+
+def test_nonfinite_loss_stops_with_last_checkpoint_intact(in_process, monkeypatch, tmp_path, capsys):
+    from modeling_zonkey import ZonkeyModel
+
+    train, validation, _ = write_corpus(tmp_path / "data")
+    out = tmp_path / "run"
+    args = train_args(train, validation, out, "--per_device_train_batch_size", "2", "--max_train_steps", "6",
+                      "--checkpointing_steps", "2")
+    forward, calls = ZonkeyModel.forward, []
+
+    def nan_at_fifth_training_step(self, *a, **k):
+        output = forward(self, *a, **k)
+        if self.training:
+            calls.append(1)
+            if len(calls) == 5:
+                output.loss = output.loss * float("nan")
+        return output
+
+    monkeypatch.setattr(ZonkeyModel, "forward", nan_at_fifth_training_step)
+    with pytest.raises(SystemExit) as exit_info:
+        in_process.main(args)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    message = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(message) == 1 and "Traceback" not in err
+    assert message[0].startswith("error: non-finite loss at step 5 on process(es) [0]")
+    assert f"Last good checkpoint: {out / 'step_4'}" in message[0] and "--learning_rate" in message[0]
+    # step_4 is complete and finite; nothing of step 5 was written, no final model
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["step_2", "step_4"]
+    assert json.loads((out / "step_4" / "training_state.json").read_text())["completed_steps"] == 4
+    weights = load_file(out / "step_4" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert not (out / "model.safetensors").exists()
+    assert [e["step"] for e in read_log(out)] == [1, 2, 3, 4]
+    # ... and usable: resume from it (model unpatched) and finish the 6 steps
+    monkeypatch.setattr(ZonkeyModel, "forward", forward)
+    in_process.main(args + ["--resume_from_checkpoint", "latest"])
+    assert [e["step"] for e in read_log(out)] == [1, 2, 3, 4, 5, 6]
+    assert (out / "model.safetensors").is_file() and (out / "step_6").is_dir()
+
+
+# ---------------------------------------------------------------- bad files and configs
+
+
+def bad_inputs(tmp_path: Path) -> dict:
+    good, validation, _ = write_corpus(tmp_path / "data")
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    (tmp_path / "latin1.txt").write_bytes("Zürich café\n\nnaïve".encode("latin-1"))
+    (tmp_path / "blank.jsonl").write_text('{"text": "   "}\n{"text": ""}\n')
+    (tmp_path / "bad.json").write_text('{"model_type": "zonkey", "num_levels": 2,')
+    config = json.loads(MICRO.read_text())
+    config["hidden_size"] = [16]
+    (tmp_path / "invalid.json").write_text(json.dumps(config))
+    return {"good": good, "validation": validation}
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing_train", "error: Data file not found: {tmp}/nope.jsonl"),
+    ("empty_train", "error: Data file {tmp}/empty.jsonl is empty"),
+    ("latin1_train", "error: {tmp}/latin1.txt is not UTF-8 text (invalid byte 0xfc at offset 1)"),
+    ("blank_train", "error: {tmp}/blank.jsonl contains no text"),
+    ("missing_config", "error: --config_name {tmp}/none.json: no such file"),
+    ("bad_json_config", "error: --config_name {tmp}/bad.json is not a valid JSON config file"),
+    ("invalid_config", "error: ZonkeyConfig: hidden_size has 1 entries but num_levels = 2"),
+    ("no_checkpoint", "error: --resume_from_checkpoint latest: no complete checkpoint"),
+])
+def test_bad_inputs_give_one_clear_line(in_process, tmp_path, capsys, case, message):
+    files = bad_inputs(tmp_path)
+    train, config, extra = files["good"], str(MICRO), []
+    train = {"missing_train": tmp_path / "nope.jsonl", "empty_train": tmp_path / "empty.jsonl",
+             "latin1_train": tmp_path / "latin1.txt", "blank_train": tmp_path / "blank.jsonl"}.get(case, train)
+    config = {"missing_config": tmp_path / "none.json", "bad_json_config": tmp_path / "bad.json",
+              "invalid_config": tmp_path / "invalid.json"}.get(case, config)
+    if case == "no_checkpoint":
+        extra = ["--resume_from_checkpoint", "latest"]
+    args = train_args(train, files["validation"], tmp_path / "out", "--max_train_steps", "1", *extra)
+    args[args.index("--config_name") + 1] = str(config)
+    with pytest.raises(SystemExit) as exit_info:
+        in_process.main(args)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err
+    assert errors[0].startswith(message.format(tmp=tmp_path)), errors[0]
+
+
+def test_bad_file_from_the_command_line(tmp_path):
+    """The real CLI: exit status 1 and one `error:` line on stderr, no traceback."""
+    files = bad_inputs(tmp_path)
+    result = run([sys.executable, str(SCRIPT), *train_args(tmp_path / "latin1.txt", files["validation"],
+                                                           tmp_path / "out", "--max_train_steps", "1")], tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path}/latin1.txt is not UTF-8 text")
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+# ---------------------------------------------------------------- two CPU processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_cpu_processes_share_the_data(tmp_path):
+    from transformers import AutoModel
+
+    import modeling_zonkey  # noqa: F401  (registers the Auto classes)
+
+    train, validation, _ = write_corpus(tmp_path / "data")
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP2),
+               "--main_process_port", str(free_port()), str(SCRIPT),
+               *train_args(train, validation, out, "--per_device_train_batch_size", "2", "--max_train_steps", "2",
+                           "--checkpointing_steps", "2")]
+    result = run(command, tmp_path)
+    assert_ok(result)
+    output = result.stdout + result.stderr
+    assert "2 optimizer steps, 12 per epoch, 2 process(es)" in output
+    assert "process 0/2: 12 training batches per epoch" in output
+    assert "process 1/2: 12 training batches per epoch" in output
+    log = read_log(out)
+    assert [e["step"] for e in log] == [1, 2]
+    for entry in log:  # each process trained on its own batch
+        assert len(entry["process_bytes"]) == 2 and min(entry["process_bytes"]) > 0
+        assert entry["process_checksum"][0] != entry["process_checksum"][1]
+    assert log[1]["train_bytes"] == sum(sum(e["process_bytes"]) for e in log)
+    # the lr schedule counts optimizer steps, not process-steps: linear decay over 2 steps
+    assert [e["lr"] for e in log] == pytest.approx([3e-4, 1.5e-4])
+    # one checkpoint, written once, with each process's RNG state
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["step_2"]
+    assert sorted(p.name for p in (out / "step_2").iterdir()) == [
+        "model.safetensors", "optimizer.bin", "random_states_0.pkl", "random_states_1.pkl", "scheduler.bin",
+        "training_state.json"]
+    model = AutoModel.from_pretrained(out)
+    saved = load_file(out / "step_2" / "model.safetensors")
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in saved.items())
