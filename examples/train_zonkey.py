@@ -348,7 +348,9 @@ def train(args) -> None:
         except FileNotFoundError as err:
             raise TrainingError(str(err)) from err
         except RuntimeError as err:  # e.g. size mismatches: a checkpoint of another config
-            raise TrainingError(f"{path} does not fit this model (was it written with another config?): {err}") from err
+            lines = str(err).strip().splitlines()
+            detail = " ".join(line.strip() for line in lines[:3]) + (f" ... ({len(lines) - 3} more)" if len(lines) > 3 else "")
+            raise TrainingError(f"{path} does not fit this model (written with another config?): {detail}") from err
         state = read_state(path)
         completed_steps, start_epoch, train_bytes = state["completed_steps"], state["epoch"], state["train_bytes"]
         resume_batches = state["batches_in_epoch"]
@@ -376,7 +378,9 @@ def train(args) -> None:
     last_eval: dict = {}
     stop = False
     model.train()
-    for epoch in range(start_epoch, epochs):
+    if completed_steps >= max_steps:
+        accelerator.print(f"the checkpoint is at step {completed_steps} >= {max_steps} optimizer steps: nothing to train")
+    for epoch in range(start_epoch, epochs if completed_steps < max_steps else start_epoch):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
         skip = resume_batches if epoch == start_epoch else 0

@@ -151,7 +151,7 @@ class ZonkeyLevel(nn.Module):
             cos = F.normalize(pred.float(), dim=-1) @ F.normalize(sub.targets.vocabulary.float(), dim=-1).T
             ids = sub.ids[real]
             if positive_cos is not None:
-                cos = cos.scatter(1, ids[:, None], positive_cos[real][:, None])
+                cos = cos.scatter(1, ids[:, None], positive_cos[real][:, None].to(cos.dtype))
             losses[real] = F.cross_entropy(cosine_logits(cos), ids, reduction="none")
         else:
             pool = sub.targets.vectors[sub.targets_valid]

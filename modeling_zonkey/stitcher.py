@@ -44,8 +44,9 @@ class Stitcher(nn.Module):
         """seq1 (P, L, d), e1 (P, L) seq1's existence, seq2 (P, L, d) -> OffsetOutput."""
         length = self.window_length
         prior = torch.cat([(e1[:, :-1] - e1[:, 1:]).clamp_min(0.0), e1[:, -1:]], dim=1)  # pi(1..L)
-        a1 = F.normalize(self.proj1(seq1).float(), dim=-1)
-        a2 = F.normalize(self.proj2(seq2[:, :MATCH_POSITIONS]).float(), dim=-1)
+        # eps bounds the gradient where a window is empty (zero vectors past the document's end)
+        a1 = F.normalize(self.proj1(seq1).float(), dim=-1, eps=1e-3)
+        a2 = F.normalize(self.proj2(seq2[:, :MATCH_POSITIONS]).float(), dim=-1, eps=1e-3)
         sims = a2 @ a1.transpose(1, 2)  # (P, 4, L): cos(seq2_j, seq1_i)
         total = torch.zeros_like(prior)
         count = torch.zeros(length, device=prior.device)

@@ -215,7 +215,10 @@ def in_process(monkeypatch, tmp_path):
     torch.set_num_threads(states[3])
 
 
-def test_nonfinite_loss_stops_with_last_checkpoint_intact(in_process, monkeypatch, tmp_path, capsys):
+@pytest.mark.parametrize("what", ["loss", "gradient norm"])
+def test_nonfinite_loss_stops_with_last_checkpoint_intact(in_process, monkeypatch, tmp_path, capsys, what):
+    """At the 5th training step the patched model returns a NaN loss, or a finite loss whose gradient is NaN
+    (0 * sqrt(z) at z = 0, z depending on a weight)."""
     from modeling_zonkey import ZonkeyModel
 
     train, validation, _ = write_corpus(tmp_path / "data")
@@ -228,8 +231,11 @@ def test_nonfinite_loss_stops_with_last_checkpoint_intact(in_process, monkeypatc
         output = forward(self, *a, **k)
         if self.training:
             calls.append(1)
-            if len(calls) == 5:
+            if len(calls) == 5 and what == "loss":
                 output.loss = output.loss * float("nan")
+            elif len(calls) == 5:
+                weight = self.byte_embeddings.weight.sum()
+                output.loss = output.loss + 0.0 * torch.sqrt(weight - weight.detach())
         return output
 
     monkeypatch.setattr(ZonkeyModel, "forward", nan_at_fifth_training_step)
@@ -239,7 +245,7 @@ def test_nonfinite_loss_stops_with_last_checkpoint_intact(in_process, monkeypatc
     err = capsys.readouterr().err
     message = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(message) == 1 and "Traceback" not in err
-    assert message[0].startswith("error: non-finite loss at step 5 on process(es) [0]")
+    assert message[0].startswith(f"error: non-finite {what} at step 5 on process(es) [0]")
     assert f"Last good checkpoint: {out / 'step_4'}" in message[0] and "--learning_rate" in message[0]
     # step_4 is complete and finite; nothing of step 5 was written, no final model
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["step_2", "step_4"]
@@ -354,3 +360,34 @@ def test_two_cpu_processes_share_the_data(tmp_path):
     saved = load_file(out / "step_2" / "model.safetensors")
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in saved.items())
+
+
+def test_checkpoint_of_another_config_is_refused(runs, in_process, tmp_path, capsys):
+    config = json.loads(MICRO.read_text())
+    config["hidden_size"], config["num_cls_vectors"] = [32, 64], [2, 2]  # valid, but another model
+    (tmp_path / "wider.json").write_text(json.dumps(config))
+    train, validation, _ = write_corpus(tmp_path / "data")
+    args = train_args(train, validation, tmp_path / "out", "--max_train_steps", "1",
+                      "--resume_from_checkpoint", str(runs["B"] / "step_4"))
+    args[args.index("--config_name") + 1] = str(tmp_path / "wider.json")
+    with pytest.raises(SystemExit) as exit_info:
+        in_process.main(args)
+    assert exit_info.value.code == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {runs['B'] / 'step_4'} does not fit this model")
+    assert "size mismatch for byte_embeddings.weight" in errors[0] and len(errors[0]) < 1000
+
+
+def test_resuming_a_finished_run_trains_no_further(runs, in_process, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "done"
+    shutil.copytree(runs["A"] / "step_8", out / "step_8")
+    shutil.copy(runs["A"] / "train_log.jsonl", out / "train_log.jsonl")
+    train, validation, _ = write_corpus(tmp_path / "data")
+    in_process.main(train_args(train, validation, out, *RESUME_ARGS, "--resume_from_checkpoint", "latest"))
+    assert "the checkpoint is at step 8 >= 8 optimizer steps: nothing to train" in capsys.readouterr().out
+    assert read_log(out) == read_log(runs["A"])
+    # the EMA came back from the checkpoint: the saved model is the uninterrupted run's, bit for bit
+    saved, reference = load_file(out / "model.safetensors"), load_file(runs["A"] / "model.safetensors")
+    assert all(torch.equal(saved[k], reference[k]) for k in reference)
