@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -482,6 +483,8 @@ def train(args) -> None:
     history = {"completed_steps": completed_steps, "train_bytes": train_bytes, "final_eval": last_eval,
                "train_minutes": (time.time() - started) / 60, "num_processes": accelerator.num_processes,
                "num_parameters": num_parameters,
+               "train_bytes_per_second": train_bytes / max(time.time() - started, 1e-9),
+               "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
                "train_stats": vars(train_stats), "validation_stats": vars(val_stats)}
     if accelerator.is_main_process:
         final.save_pretrained(output_dir, is_main_process=True, save_function=accelerator.save, state_dict=state_dict)
