@@ -99,15 +99,16 @@ class ZonkeyLevel(nn.Module):
         terms["existence"] = F.binary_cross_entropy(clean.existence.clamp(1e-6, 1 - 1e-6),
                                                     sub.existence.detach().clamp(0.0, 1.0))
         terms.update(self.stitcher_terms(segments, windows, chosen, clean, sub, density))
-        terms["ddmm"] = density * sub.average(self.ddmm_loss(clean, sub))
+        terms["ddmm"] = density * sub.average(self.ddmm_loss(clean, sub, z))
         return terms
 
-    def ddmm_loss(self, clean: DecoderOutput, sub: "SegmentBatch") -> torch.Tensor:
-        """(M', L) per-position DDMM loss: mixed-step (heavy then light pass) or single-step."""
+    def ddmm_loss(self, clean: DecoderOutput, sub: "SegmentBatch", latents: torch.Tensor) -> torch.Tensor:
+        """(M', L) per-position DDMM loss: mixed-step (heavy then light pass) or single-step (the segments'
+        own latents (M', C d) denoised from a random t)."""
         count, device = clean.sequence.shape[0], clean.sequence.device
         if self.config.ddmm_objective == "single_step":
             t = torch.rand(count, device=device)
-            noisy = self.decoder(add_noise(self.compressor(sub.windows, sub.existence).latents, t), t)
+            noisy = self.decoder(add_noise(latents, t), t)
             return self.reconstruction(noisy.sequence, sub)
         t1 = torch.rand(count, device=device)
         heavy = self.decoder(add_noise(self.compressor(clean.sequence, clean.existence).latents, t1), t1)
