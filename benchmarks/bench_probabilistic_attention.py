@@ -26,7 +26,6 @@ another process holds a core. The header prints the load average and the policy 
 """
 
 import argparse
-import os
 import statistics
 import time
 
@@ -34,6 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from modeling_zonkey.probabilistic_attention import ProbabilisticAttention, existence_bias
+
+from common import machine_line  # benchmarks/common.py (scripts run from this folder's path)
 
 TARGET = 1.2
 
@@ -82,14 +83,6 @@ def compare(name: str, pa_step, hard_step, warmup: int, repeats: int) -> dict:
     pa_med, hard_med = statistics.median(pa_ms), statistics.median(hard_ms)
     paired = statistics.median(p / h for p, h in zip(pa_ms, hard_ms))
     return {"name": name, "pa": pa_med, "hard": hard_med, "ratio": pa_med / hard_med, "paired": paired}
-
-
-def machine_line() -> str:
-    """Load and OpenMP settings: on a busy machine, OpenMP worker threads that spin (the default
-    OMP_WAIT_POLICY) while a sibling thread is descheduled can make multi-threaded steps many times slower."""
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"machine: {os.cpu_count()} CPUs, load average {load}; "
-            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
 
 
 def main() -> None:

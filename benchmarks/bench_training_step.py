@@ -18,7 +18,6 @@ another process holds a core. The header prints the load average and the policy 
 """
 
 import argparse
-import os
 import random
 import resource
 import statistics
@@ -28,6 +27,8 @@ from pathlib import Path
 import torch
 
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel
+
+from common import machine_line  # benchmarks/common.py (scripts run from this folder's path)
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ("zonkey-micro", "zonkey-tiny", "zonkey-paper")
@@ -121,14 +122,6 @@ def parameter_table() -> None:
             sub = getattr(level, component, None)
             cells.append(f"{count(sub) / 1e6:.2f}M" if isinstance(sub, torch.nn.Module) else "-")
         print(f"| {component} | " + " | ".join(cells) + " |")
-
-
-def machine_line() -> str:
-    """Load and OpenMP settings: on a busy machine, OpenMP worker threads that spin (the default
-    OMP_WAIT_POLICY) while a sibling thread is descheduled can make multi-threaded steps many times slower."""
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"machine: {os.cpu_count()} CPUs, load average {load}; "
-            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
 
 
 def main() -> None:

@@ -1,0 +1,11 @@
+"""What every benchmark prints in its header."""
+
+import os
+
+
+def machine_line() -> str:
+    """Load and OpenMP settings: on a busy machine, OpenMP worker threads that spin (the default
+    OMP_WAIT_POLICY) while a sibling thread is descheduled can make multi-threaded steps many times slower."""
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"machine: {os.cpu_count()} CPUs, load average {load}; "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
