@@ -112,6 +112,17 @@ def runs(tmp_path_factory):
     return {"tmp": tmp, "A": a, "B": b, "texts": texts, "B1": result_b1, "B2": result_b2}
 
 
+
+def run_expecting_one_error(in_process, args, capsys) -> str:
+    """Run the script's main in-process; it must exit 1 with exactly one `error:` line and no traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        in_process.main(args)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
 def test_resume_reproduces_the_uninterrupted_run(runs):
     a, b = runs["A"], runs["B"]
     assert "--stop_after_steps: stopped at step 4 of 8" in runs["B1"].stdout
@@ -239,12 +250,7 @@ def test_nonfinite_loss_stops_with_last_checkpoint_intact(in_process, monkeypatc
         return output
 
     monkeypatch.setattr(ZonkeyModel, "forward", nan_at_fifth_training_step)
-    with pytest.raises(SystemExit) as exit_info:
-        in_process.main(args)
-    assert exit_info.value.code == 1
-    err = capsys.readouterr().err
-    message = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(message) == 1 and "Traceback" not in err
+    message = [run_expecting_one_error(in_process, args, capsys)]
     assert message[0].startswith(f"error: non-finite {what} at step 5 on process(es) [0]")
     assert f"Last good checkpoint: {out / 'step_4'}" in message[0] and "--learning_rate" in message[0]
     # step_4 is complete and finite; nothing of step 5 was written, no final model
@@ -297,12 +303,7 @@ def test_bad_inputs_give_one_clear_line(in_process, tmp_path, capsys, case, mess
         extra = ["--resume_from_checkpoint", "latest"]
     args = train_args(train, files["validation"], tmp_path / "out", "--max_train_steps", "1", *extra)
     args[args.index("--config_name") + 1] = str(config)
-    with pytest.raises(SystemExit) as exit_info:
-        in_process.main(args)
-    assert exit_info.value.code == 1
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in err
+    errors = [run_expecting_one_error(in_process, args, capsys)]
     assert errors[0].startswith(message.format(tmp=tmp_path)), errors[0]
 
 
