@@ -3,6 +3,7 @@
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from .configuration_zonkey import ZonkeyConfig
+from .generation_zonkey import ZonkeyGenerateOutput, ZonkeyGenerationConfig
 from .modeling_zonkey import ZonkeyModel, ZonkeyModelOutput, ZonkeyPreTrainedModel
 from .tokenization_zonkey import ZonkeyTokenizer
 
@@ -15,5 +16,5 @@ ZonkeyConfig.register_for_auto_class()
 ZonkeyModel.register_for_auto_class("AutoModel")
 ZonkeyTokenizer.register_for_auto_class("AutoTokenizer")
 
-__all__ = ["ZonkeyConfig", "ZonkeyModel", "ZonkeyModelOutput", "ZonkeyPreTrainedModel", "ZonkeyTokenizer"]
+__all__ = ["ZonkeyConfig", "ZonkeyGenerateOutput", "ZonkeyGenerationConfig", "ZonkeyModel", "ZonkeyModelOutput", "ZonkeyPreTrainedModel", "ZonkeyTokenizer"]
 __version__ = "0.1.0"

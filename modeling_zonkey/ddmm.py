@@ -16,9 +16,11 @@ import torch.nn.functional as F
 from .sphere import to_sphere
 
 
-def add_noise(latents: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Noise latents on their sphere. latents (M, D), t (M,) -> (M, D) with norm nu(D)."""
-    eps = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+def add_noise(latents: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None,
+              noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Noise latents on their sphere. latents (M, D), t (M,), noise (M, D) eps (default: drawn) -> (M, D), norm nu(D)."""
+    eps = noise if noise is not None else torch.randn(latents.shape, generator=generator, device=latents.device,
+                                                      dtype=latents.dtype)
     t = t.to(latents.dtype)[:, None]
     return to_sphere(t.sqrt() * eps + (1 - t).sqrt() * latents)
 

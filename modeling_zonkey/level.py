@@ -168,10 +168,13 @@ class ZonkeyLevel(nn.Module):
 
     # ------------------------------------------------------------------------------------------ decode
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, gaps: torch.Tensor | None = None, refine: bool = True) -> torch.Tensor:
-        """One row's latents (K, C d) at t = 0 -> the stitched level-l sequence (N', d)."""
+    def decode(self, latents: torch.Tensor, gaps: torch.Tensor | None = None, refine: bool = True,
+               cutoff: float | None = None) -> torch.Tensor:
+        """One row's latents (K, C d) at t = 0 -> the stitched level-l sequence (N', d). cutoff: the existence
+        below which the last segment's tail is dropped (default: config.existence_threshold)."""
         out = self.decoder(latents, torch.zeros(len(latents), device=latents.device))
-        return self.stitcher.assemble(out.sequence, out.existence, gaps, self.config.existence_threshold, refine)
+        cutoff = self.config.existence_threshold if cutoff is None else cutoff
+        return self.stitcher.assemble(out.sequence, out.existence, gaps, cutoff, refine)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from transformers.utils import ModelOutput
 from .compressor import Compressor, MaskedVectorHead
 from .configuration_zonkey import ZonkeyConfig
 from .decoder import TimeEmbedding
+from .generation_zonkey import ZonkeyGenerationConfig, ZonkeyGenerationMixin
 from .level import LevelTargets, ZonkeyLevel, ZonkeyLevelOutput, chunk_documents
 from .sphere import to_sphere
 from .stitcher import Stitcher
@@ -68,7 +69,9 @@ class ZonkeyPreTrainedModel(PreTrainedModel):
             init.constant_(module.rho, 0.1)
 
 
-class ZonkeyModel(ZonkeyPreTrainedModel):
+class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
+    generation_config_class = ZonkeyGenerationConfig
+
     def __init__(self, config: ZonkeyConfig):
         super().__init__(config)
         self.byte_embeddings = nn.Embedding(config.vocab_size, config.hidden_size[0])
@@ -139,28 +142,35 @@ class ZonkeyModel(ZonkeyPreTrainedModel):
     @torch.no_grad()
     def decode_latents(self, latents: list[torch.Tensor], level: int | None = None,
                        parents: dict[int, torch.Tensor] | None = None,
-                       gaps: dict[int, list[torch.Tensor | None]] | None = None, refine: bool = True) -> list[torch.Tensor]:
+                       gaps: dict[int, list[torch.Tensor | None]] | None = None, refine: bool = True,
+                       cutoff: float | None = None) -> list[torch.Tensor]:
         """Latents of `level` (default: the top) -> byte ids, at t = 0, through every decoder and stitcher below.
 
         latents: one (K, C_l d_l) tensor per row of that level.
         parents: parents[l] (R_l,) maps the rows of level l >= 1 to the row below they are chunks of (default:
             one row each). gaps: gaps[l][row] the true offsets (K - 1,) of that row's segments, optionally followed
-            by the last segment's length (K,); missing rows or a count that does not match are inferred. Returns one 1-D tensor of byte ids per level-0 row.
+            by the last segment's length (K,); missing rows or a count that does not match are inferred.
+        cutoff: the existence threshold that ends a row's last segment (default: config.existence_threshold).
+        Returns one 1-D tensor of byte ids per level-0 row.
         """
         level = self.config.num_levels - 1 if level is None else level
         rows = latents
         for index in range(level, -1, -1):
             row_gaps = (gaps or {}).get(index) or [None] * len(rows)
             rows = [self.levels[index].decode(row, row_gap if row_gap is not None and len(row_gap) in (len(row) - 1, len(row))
-                                              else None, refine) for row, row_gap in zip(rows, row_gaps)]
+                                              else None, refine, cutoff) for row, row_gap in zip(rows, row_gaps)]
             if index > 0 and parents is not None and index in parents:
                 parent = parents[index].tolist()
                 joined = [[] for _ in range(max(parent) + 1)]
                 for row, p in zip(rows, parent):
                     joined[p].append(row)
                 rows = [torch.cat(parts) for parts in joined]
+        return [self.nearest_bytes(row) for row in rows]
+
+    def nearest_bytes(self, vectors: torch.Tensor) -> torch.Tensor:
+        """(N, d_0) level-0 vectors -> (N,) the byte ids of their nearest byte embeddings (cosine)."""
         vocabulary = F.normalize(self.byte_embeddings.weight[:256].float(), dim=-1)
-        return [(F.normalize(row.float(), dim=-1) @ vocabulary.T).argmax(-1) for row in rows]
+        return (F.normalize(vectors.float(), dim=-1) @ vocabulary.T).argmax(-1)
 
     @torch.no_grad()
     def reconstruct(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -66,6 +66,7 @@ def assert_same_state_dict(actual: dict, expected: dict) -> None:
 def saved(tmp_path_factory, make_model, tokenizer):
     """A perturbed micro model and tokenizer saved to one folder, with the reference eval outputs."""
     model = make_model(seed=0)
+    model.generation_config.num_steps = 4  # a non-default option that must survive the round trip
     folder = tmp_path_factory.mktemp("zonkey_saved")
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -181,13 +182,16 @@ REMOTE_SCRIPT = textwrap.dedent(
     for index, level in enumerate(output.levels):
         for name in ("bos_probs", "boundaries", "valid", "latents", "latent_mask", "parent"):
             result[f"level{index}/{name}"] = getattr(level, name)
+    # generation ships with the remote code too (generation config class and the saved options)
+    result["generation_config"] = type(model.generation_config).__name__, model.generation_config.num_steps
+    result["generated"] = model.generate(num_return_sequences=2, seed=0)
     torch.save(result, out_path)
     """
 )
 
 
 def test_remote_code_loads_without_the_package(saved, tmp_path):
-    _, folder, batch, reference = saved
+    model, folder, batch, reference = saved
     script = tmp_path / "load_remote.py"
     script.write_text(REMOTE_SCRIPT)
     out_path = tmp_path / "remote_outputs.pt"
@@ -203,6 +207,8 @@ def test_remote_code_loads_without_the_package(saved, tmp_path):
         assert qualified.startswith("transformers_modules."), f"{qualified} did not come from the remote code"
     assert result.pop("vocab") == 257
     assert torch.equal(result.pop("input_ids"), batch["input_ids"])
+    assert result.pop("generation_config") == ("ZonkeyGenerationConfig", model.generation_config.num_steps)
+    assert torch.equal(result.pop("generated"), model.generate(num_return_sequences=2, seed=0))
     assert_same_outputs(result, reference, atol=1e-6)
 
 

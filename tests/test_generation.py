@@ -1,0 +1,253 @@
+"""generate(): seeded determinism, batching, variable length, the saved generation config, prompting and errors."""
+
+import json
+
+import pytest
+import torch
+
+from modeling_zonkey import ZonkeyConfig, ZonkeyGenerateOutput, ZonkeyGenerationConfig, ZonkeyModel
+from modeling_zonkey.decoder import DecoderOutput
+from modeling_zonkey.sampling import noise_schedule
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+FAST = {"num_steps": 4}
+
+
+@pytest.fixture(scope="module")
+def model(make_model):
+    return make_model(seed=3)
+
+
+def texts(tokenizer, ids: torch.Tensor) -> list[str]:
+    return tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+def lengths(ids: torch.Tensor) -> list[int]:
+    return (ids != 256).sum(1).tolist()
+
+
+# ------------------------------------------------------------------------------------- unconditional
+@pytest.mark.parametrize("sampler", ["ddmm", "deterministic"])
+def test_seeded_generation_is_deterministic(model, sampler):
+    first = model.generate(num_return_sequences=3, seed=11, sampler=sampler, return_dict_in_generate=True, **FAST)
+    again = model.generate(num_return_sequences=3, seed=11, sampler=sampler, return_dict_in_generate=True, **FAST)
+    other = model.generate(num_return_sequences=3, seed=12, sampler=sampler, return_dict_in_generate=True, **FAST)
+    assert isinstance(first, ZonkeyGenerateOutput)
+    assert torch.equal(first.sequences, again.sequences) and torch.equal(first.latents, again.latents)
+    assert not torch.allclose(first.latents, other.latents, atol=1e-4)  # the seed reaches the noise
+    # the three samples of one call got different noise
+    assert not torch.allclose(first.latents[0], first.latents[1], atol=1e-4)
+
+
+@pytest.mark.parametrize("sampler", ["deterministic", "ddmm"])
+def test_batch_of_n_equals_n_single_runs(model, sampler):
+    batch = model.generate(num_return_sequences=4, seed=5, sampler=sampler, return_dict_in_generate=True, **FAST)
+    for i in range(4):
+        single = model.generate(num_return_sequences=1, seed=5 + i, sampler=sampler, return_dict_in_generate=True, **FAST)
+        torch.testing.assert_close(single.latents[0], batch.latents[i], atol=1e-5, rtol=1e-5)
+        width = single.sequences.shape[1]
+        assert torch.equal(single.sequences[0], batch.sequences[i, :width])
+        assert (batch.sequences[i, width:] == 256).all()
+
+
+def test_ddmm_sampler_renoises_and_deterministic_does_not(model):
+    ddmm = model.generate(seed=1, sampler="ddmm", return_dict_in_generate=True, **FAST).latents
+    plain = model.generate(seed=1, sampler="deterministic", return_dict_in_generate=True, **FAST).latents
+    assert not torch.allclose(ddmm, plain, atol=1e-4)
+    # with one step there is nothing to re-noise: both samplers agree
+    one = {"num_steps": 1, "seed": 1, "return_dict_in_generate": True}
+    torch.testing.assert_close(model.generate(sampler="ddmm", **one).latents,
+                               model.generate(sampler="deterministic", **one).latents)
+
+
+def test_output_length_follows_predicted_existence(model, monkeypatch):
+    """The number of top-level positions kept is where the decoded existence falls below the threshold."""
+    top = model.levels[-1].decoder
+    original = top.forward
+    window = top.window_length
+
+    def cut_by_latent(noised_latents, t):  # existence 1 up to a latent-dependent position, then 0
+        out = original(noised_latents, t)
+        keep = 1 + (noised_latents[:, 0].abs() * 1000).long() % window
+        existence = (torch.arange(window)[None] < keep[:, None]).float()
+        return DecoderOutput(out.sequence, existence)
+
+    monkeypatch.setattr(top, "forward", cut_by_latent)
+    out = model.generate(num_return_sequences=8, seed=0, return_dict_in_generate=True, **FAST)
+    kept = (out.existence > 0.5).long().cumprod(1).sum(1)
+    assert len(set(kept.tolist())) > 1, "the latent-dependent existence should give different lengths"
+    per_sample = lengths(out.sequences)
+    assert len(set(per_sample)) > 1, f"all samples have the same length {per_sample}"
+    # each kept top-level position is one level-0 latent: at most one level-0 window of bytes
+    max_bytes = model.config.window_length[0]
+    for k, n in zip(kept.tolist(), per_sample):
+        assert 1 <= n <= k * max_bytes, (k, n)
+
+
+def test_max_new_tokens_and_max_length_cap_the_output(model):
+    full = model.generate(num_return_sequences=2, seed=0, **FAST)
+    assert max(lengths(full)) > 5
+    capped = model.generate(num_return_sequences=2, seed=0, max_new_tokens=5, **FAST)
+    assert lengths(capped) == [5, 5] and torch.equal(capped, full[:, :5])
+    assert lengths(model.generate(num_return_sequences=2, seed=0, max_length=3, **FAST)) == [3, 3]
+
+
+def test_progress_bar_and_training_mode_are_restored(model, capsys):
+    model.train()
+    model.generate(seed=0, progress_bar=True, **FAST)
+    assert model.training, "generate() must give the model back in the mode it found it"
+    model.eval()
+    assert "denoising" in capsys.readouterr().err
+
+
+# -------------------------------------------------------------------------------- generation config
+def test_generation_config_round_trips_through_save_and_load(model, tmp_path):
+    from transformers import AutoModel
+
+    model.generation_config = ZonkeyGenerationConfig(num_steps=7, sampler="deterministic", noise_schedule="cosine",
+                                                     existence_threshold=0.4, max_new_tokens=30, seed=9)
+    try:
+        model.save_pretrained(tmp_path)
+    finally:
+        model.generation_config = ZonkeyGenerationConfig.from_model_config(model.config)
+    saved = json.loads((tmp_path / "generation_config.json").read_text())
+    assert saved["num_steps"] == 7 and saved["sampler"] == "deterministic" and saved["seed"] == 9
+    for loaded in (ZonkeyModel.from_pretrained(tmp_path), AutoModel.from_pretrained(tmp_path)):
+        config = loaded.generation_config
+        assert type(config) is ZonkeyGenerationConfig
+        assert (config.num_steps, config.sampler, config.noise_schedule, config.existence_threshold,
+                config.max_new_tokens, config.seed) == (7, "deterministic", "cosine", 0.4, 30, 9)
+        # the loaded options are the defaults of generate()
+        assert torch.equal(loaded.generate(), model.generate(num_steps=7, sampler="deterministic", noise_schedule="cosine",
+                                                             existence_threshold=0.4, max_new_tokens=30, seed=9))
+
+
+def test_model_without_generation_config_file_gets_defaults(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    (tmp_path / "generation_config.json").unlink()
+    loaded = ZonkeyModel.from_pretrained(tmp_path)
+    assert type(loaded.generation_config) is ZonkeyGenerationConfig
+    assert loaded.generation_config.num_steps == 50
+    assert loaded.generation_config.existence_threshold == model.config.existence_threshold
+
+
+def test_noise_schedules_run_from_start_to_zero():
+    linear, cosine = noise_schedule("linear", 4), noise_schedule("cosine", 4, 0.5)
+    assert linear == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
+    assert cosine[0] == pytest.approx(0.5) and cosine[-1] == 0.0
+    assert all(a > b for a, b in zip(cosine, cosine[1:]))
+    assert cosine[2] > 0.25  # cosine spends more steps at high noise than linear
+
+
+# ------------------------------------------------------------------------------- from text / prompts
+def test_noise_level_zero_is_the_models_reconstruction(model, tokenizer):
+    batch = tokenizer(["the cat sat on the mat.", "a dog ran off."], padding=True, return_tensors="pt")
+    for level in (0, 1):
+        expected = model.reconstruct(**batch, from_level=level)
+        got = model.generate(**batch, noise_level=0.0, level=level)
+        for row, ids in enumerate(expected):
+            assert torch.equal(got[row, : len(ids)], ids) and (got[row, len(ids):] == 256).all()
+
+
+def test_noise_level_changes_the_output_with_the_noise(model, tokenizer):
+    batch = tokenizer(["the cat sat on the mat."], return_tensors="pt")
+    clean = model.generate(**batch, noise_level=0.0)
+    light = model.generate(**batch, noise_level=0.3, seed=0, num_return_sequences=2, **FAST)
+    assert light.shape[0] == 2
+    assert not torch.equal(model.generate(**batch, noise_level=0.3, seed=0, **FAST), clean)
+    assert torch.equal(model.generate(**batch, noise_level=0.3, seed=0, **FAST)[0], light[0])
+
+
+def test_continuation_keeps_its_prefix_byte_for_byte(model, tokenizer):
+    prompts = ["the cat sat on ", "once upon a time, é "]
+    batch = tokenizer(prompts, padding=True, return_tensors="pt")
+    out = model.generate(**batch, seed=0, num_return_sequences=2, **FAST)
+    assert out.shape[0] == 4
+    for i, row in enumerate(out):
+        prefix = batch["input_ids"][i // 2][batch["attention_mask"][i // 2].bool()]
+        n = len(prefix)
+        assert torch.equal(row[:n], prefix)
+        assert (row[n:] != 256).sum() >= 1, "a continuation adds at least one byte"
+
+
+def test_the_prompt_conditions_the_generated_latents(model, tokenizer):
+    """Replacement in latent space: with the same seed, different prompts give different generated windows."""
+    outs = [model.generate(**tokenizer([p], return_tensors="pt"), seed=0, return_dict_in_generate=True, **FAST)
+            for p in ("the cat sat on ", "zebras quickly ")]
+    assert not torch.allclose(outs[0].latents, outs[1].latents, atol=1e-4)
+
+
+def test_infilling_keeps_everything_outside_the_gap(model, tokenizer):
+    before = tokenizer(["the cat ", "in 1999, "], padding=True, return_tensors="pt")
+    after = tokenizer(["on the mat.", "he left."], padding=True, return_tensors="pt")
+    out = model.generate(**before, suffix_ids=after["input_ids"], suffix_attention_mask=after["attention_mask"],
+                         seed=0, gap_segments=2, **FAST)
+    for i, row in enumerate(out):
+        prefix = before["input_ids"][i][before["attention_mask"][i].bool()]
+        suffix = after["input_ids"][i][after["attention_mask"][i].bool()]
+        real = row[row != 256]
+        assert torch.equal(real[: len(prefix)], prefix)
+        assert torch.equal(real[len(real) - len(suffix):], suffix)
+        assert len(real) > len(prefix) + len(suffix), "the gap was filled with at least one byte"
+
+
+def test_one_level_model_generates_in_every_mode(tokenizer):
+    config = ZonkeyConfig(num_levels=1, hidden_size=[16], num_attention_heads=[2], window_length=[8],
+                          num_cls_vectors=[4], compressor_layers=[1], decompressor_layers=[1], denoiser_layers=[1],
+                          document_length=[64], max_decoded_segments=[64], level_weights=[1.0])
+    torch.manual_seed(0)
+    model = ZonkeyModel(config).eval()
+    assert 1 <= lengths(model.generate(seed=0, **FAST))[0] <= 8
+    prompt = tokenizer(["the cat "], return_tensors="pt")
+    assert torch.equal(model.generate(**prompt, seed=0, **FAST)[0, :8], prompt["input_ids"][0])
+    suffix = tokenizer(["mat"], return_tensors="pt")["input_ids"]
+    filled = model.generate(**prompt, suffix_ids=suffix, seed=0, gap_segments=3, **FAST)[0]
+    assert len(filled) == 8 + 3 + 3 and torch.equal(filled[-3:], suffix[0])  # 3 gap positions are 3 bytes here
+    assert torch.equal(model.generate(**prompt, noise_level=0.0), model.reconstruct(**prompt)[0][None])
+
+
+# ------------------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("options, message", [
+    ({"num_steps": 0}, "num_steps must be a positive integer"),
+    ({"num_steps": 2.5}, "num_steps must be a positive integer"),
+    ({"max_length": -3}, "max_length must be a positive integer"),
+    ({"max_new_tokens": 0}, "max_new_tokens must be a positive integer"),
+    ({"num_return_sequences": 0}, "num_return_sequences must be a positive integer"),
+    ({"sampler": "euler"}, "sampler must be one of"),
+    ({"noise_schedule": "sigmoid"}, "noise_schedule must be one of"),
+    ({"existence_threshold": 1.5}, "existence_threshold must lie in (0, 1)"),
+    ({"seed": -1}, "seed must be a non-negative integer"),
+    ({"temperature": 0.7}, "unknown argument(s) ['temperature']"),
+])
+def test_invalid_generation_options_get_clear_errors(model, options, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+        model.generate(**options)
+
+
+def test_invalid_prompts_get_clear_errors(model, tokenizer):
+    batch = tokenizer(["the cat sat on the mat."], return_tensors="pt")
+    with pytest.raises(ValueError, match="not fewer than max_length = 10"):
+        model.generate(**batch, max_length=10)
+    with pytest.raises(ValueError, match="noise_level must lie in"):
+        model.generate(**batch, noise_level=1.5)
+    with pytest.raises(ValueError, match="noise_level reconstructs given texts"):
+        model.generate(noise_level=0.5)
+    with pytest.raises(ValueError, match="suffix_ids .* needs input_ids"):
+        model.generate(suffix_ids=batch["input_ids"])
+    with pytest.raises(ValueError, match="gap_segments = 7 leaves no room"):
+        model.generate(**batch, suffix_ids=batch["input_ids"], gap_segments=7)
+    with pytest.raises(ValueError, match="empty input_ids in rows"):
+        model.generate(input_ids=torch.full((1, 4), 256))
+    with pytest.raises(ValueError, match="one suffix per prefix"):
+        model.generate(**batch, suffix_ids=torch.ones(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 257\)"):
+        model.generate(input_ids=torch.tensor([[300, 1]]))
+    with pytest.raises(ValueError, match="level must lie in"):
+        model.generate(**batch, noise_level=0.5, level=2)
+    long_text = tokenizer(["x" * 200], return_tensors="pt")
+    with pytest.raises(ValueError, match="more than document_length"):
+        model.generate(**long_text, noise_level=0.5)
+    # a long prompt is fine for continuation: only its end conditions the window, all of it is returned
+    out = model.generate(**long_text, seed=0, **FAST)
+    assert torch.equal(out[0, :200], long_text["input_ids"][0])
