@@ -15,35 +15,7 @@ from transformers import AutoModel, AutoTokenizer
 
 import modeling_zonkey  # noqa: F401  (registers the Auto classes)
 from modeling_zonkey.data import load_text_datasets
-
-
-def level_starts(outputs, row: int) -> list[list[int]]:
-    """Byte positions where each level's segments start, for one input row (level l >= 1 is mapped down
-    through the starts of the segments below)."""
-    starts = [outputs[0].segments.start[outputs[0].segments.document == row].tolist()]
-    rows = [row]
-    for level in range(1, len(outputs)):
-        children = [r for r in range(len(outputs[level].parent)) if int(outputs[level].parent[r]) in rows]
-        positions, offset = [], 0
-        for child in children:
-            segments = outputs[level].segments
-            local = segments.start[segments.document == child].tolist()
-            positions += [starts[-1][offset + s] for s in local]
-            offset += int(outputs[level].valid[child].sum())
-        starts.append(positions)
-        rows = children
-    return starts
-
-
-def marked(text_bytes: bytes, starts: list[list[int]]) -> str:
-    out = []
-    for i in range(len(text_bytes)):
-        if len(starts) > 1 and i in starts[1]:
-            out.append("‖")
-        elif i in starts[0]:
-            out.append("|")
-        out.append(text_bytes[i : i + 1].decode("utf-8", errors="replace"))
-    return "".join(out)
+from modeling_zonkey.inspection import level_starts, mark_boundaries
 
 
 def main() -> None:
@@ -69,7 +41,7 @@ def main() -> None:
         outputs = model(**batch).levels
     starts = level_starts(outputs, 0)
     print("\nSegmentation (| level-0 segment start, ‖ level-1 start):\n")
-    print(marked(data, starts))
+    print(mark_boundaries(data, starts))
     print("\n" + ", ".join(f"level {l}: {len(s)} segments ({len(data) / max(len(s), 1):.1f} bytes each)"
                            for l, s in enumerate(starts)))
     for level in range(model.config.num_levels):

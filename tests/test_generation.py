@@ -251,3 +251,35 @@ def test_invalid_prompts_get_clear_errors(model, tokenizer):
     # a long prompt is fine for continuation: only its end conditions the window, all of it is returned
     out = model.generate(**long_text, seed=0, **FAST)
     assert torch.equal(out[0, :200], long_text["input_ids"][0])
+
+
+# ------------------------------------------------------------------------------------ example script
+def test_generate_example_runs_every_mode(model, tokenizer, tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    try:
+        import generate as script
+    finally:
+        sys.path.pop(0)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    common = [str(tmp_path), "--num_steps", "3", "--num_samples", "2"]
+    assert script.main(common + ["--show_segmentation"]) == 0
+    assert script.main(common + ["--prompt", "the cat "]) == 0
+    assert script.main(common + ["--infill", "the [GAP] mat."]) == 0
+    assert script.main(common + ["--reconstruct", "the cat sat.", "--noise_level", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("--- sample 1") == 4
+    assert "\nthe cat " in out and "mat.\n" in out
+    reconstruction = tokenizer.decode(model.reconstruct(**tokenizer(["the cat sat."], return_tensors="pt"))[0])
+    assert f"\n{reconstruction}\n" in out
+    assert "|" in out  # the segmentation view
+    assert script.main(common + ["--infill", "no marker here"]) == 1
+    assert script.main(common + ["--num_steps", "0"]) == 1
+    assert script.main([str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err
+    assert "error: --infill needs exactly one [GAP] marker" in err
+    assert "error: num_steps must be a positive integer" in err
+    assert "no model folder" in err
