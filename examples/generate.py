@@ -96,7 +96,8 @@ def main(argv=None) -> int:
         print(text)
         if args.show_segmentation and text:
             data = text.encode("utf-8")[: model.config.document_length[0]]
-            print(mark_boundaries(*segment_text(model, tokenizer, data.decode("utf-8", errors="ignore"))))
+            seg = segment_text(model, tokenizer, data.decode("utf-8", errors="ignore"))
+            print(mark_boundaries(seg.data, seg.starts))
     print(f"({len(texts)} sample(s) in {seconds:.2f} s)")
     return 0
 

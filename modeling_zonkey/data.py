@@ -113,7 +113,9 @@ def _require_text(dataset: datasets.Dataset, source: str) -> None:
     raise ValueError(f"{source} contains no text (every value is empty or whitespace)")
 
 
-def _load_file(path: str | os.PathLike, text_column: str, sample_by: str, cache_dir: str | None) -> datasets.Dataset:
+def load_text_file(path: str | os.PathLike, text_column: str = "text", sample_by: str = "paragraph",
+                   cache_dir: str | None = None) -> datasets.Dataset:
+    """One .txt/.json/.jsonl/.csv file as a Dataset with a ``text`` column (clear errors for bad files)."""
     path = Path(path)
     _check_text_file(path)
     builder = FILE_BUILDERS[path.suffix.lower()]
@@ -193,9 +195,9 @@ def load_text_datasets(
             return datasets.DatasetDict({"train": train, "validation": validation})
         return split_by_article(train, validation_fraction, seed)
     if train_file is not None:
-        train = _load_file(train_file, text_column, sample_by, cache_dir)
+        train = load_text_file(train_file, text_column, sample_by, cache_dir)
         if validation_file is not None:
-            validation = _load_file(validation_file, text_column, sample_by, cache_dir)
+            validation = load_text_file(validation_file, text_column, sample_by, cache_dir)
             return datasets.DatasetDict({"train": train, "validation": validation})
         return split_by_article(train, validation_fraction, seed)
     return split_by_article(load_default_corpus(), validation_fraction, seed)

@@ -1,8 +1,10 @@
 """Look inside a Zonkey: where each level's segments start in a text, printed with boundary marks.
 
-    data, starts = segment_text(model, tokenizer, "Some text.")   # starts[l]: byte positions of level-l starts
-    print(mark_boundaries(data, starts))                          # "|Some |text." with "‖" at level-1 starts
+    seg = segment_text(model, tokenizer, "Some text.")   # seg.starts[l]: byte positions of level-l starts
+    print(mark_boundaries(seg.data, seg.starts))           # "|Some |text." with "‖" at level-1 starts
 """
+
+from dataclasses import dataclass
 
 import torch
 
@@ -27,15 +29,37 @@ def level_starts(outputs: tuple[ZonkeyLevelOutput, ...], row: int) -> list[list[
     return starts
 
 
-def segment_text(model, tokenizer, text: str) -> tuple[bytes, list[list[int]]]:
-    """Encode one text (at most document_length[0] bytes) in eval mode -> (its UTF-8 bytes, level_starts)."""
+def level_probabilities(outputs: tuple[ZonkeyLevelOutput, ...], row: int, starts: list[list[int]],
+                        ) -> list[tuple[list[int], list[float]]]:
+    """p_bos of every level for one input row, placed at byte positions: level 0 at each byte, level l >= 1 at
+    the first byte of each level-(l - 1) segment (the positions level l reads). -> [(positions, p_bos)] per level."""
+    result, rows = [], [row]
+    for level, output in enumerate(outputs):
+        if level > 0:
+            rows = [r for r in range(len(output.parent)) if int(output.parent[r]) in rows]
+        p = torch.cat([output.bos_probs[r][output.valid[r]] for r in rows]).float().cpu().tolist()
+        positions = list(range(len(p))) if level == 0 else starts[level - 1][: len(p)]
+        result.append((positions, p))
+    return result
+
+
+@dataclass
+class TextSegmentation:
+    data: bytes  # the text's UTF-8 bytes
+    starts: list[list[int]]  # per level: byte positions where its segments start
+    probabilities: list[tuple[list[int], list[float]]]  # per level: (byte positions, p_bos)
+
+
+def segment_text(model, tokenizer, text: str) -> TextSegmentation:
+    """Encode one text (at most document_length[0] bytes) in eval mode and read its segmentation."""
     batch = tokenizer([text], return_tensors="pt").to(model.device)
     was_training = model.training
     model.eval()
     with torch.no_grad():
         outputs = model(**batch).levels
     model.train(was_training)
-    return text.encode("utf-8"), level_starts(outputs, 0)
+    starts = level_starts(outputs, 0)
+    return TextSegmentation(text.encode("utf-8"), starts, level_probabilities(outputs, 0, starts))
 
 
 def mark_boundaries(data: bytes, starts: list[list[int]]) -> str:

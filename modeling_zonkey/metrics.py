@@ -1,8 +1,9 @@
-"""Metrics watched while training: boundary precision / recall / F1 against word starts, byte accuracy.
+"""Metrics: boundary scores against word and sentence starts, AUPRC, over-segmentation, R-value, byte accuracy.
 
 Gold word starts (level 0): position 0 and every non-whitespace byte that follows a whitespace byte.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -56,3 +57,68 @@ def byte_accuracy(reconstructed: list[torch.Tensor], input_ids: torch.Tensor, at
         correct += int((row[:n] == target[:n]).sum())
         total += max(len(row), len(target))
     return correct, total
+
+
+SENTENCE_ENDS = frozenset(b".!?")
+
+
+def sentence_starts(data: bytes) -> list[int]:
+    """Positions of the first byte of each sentence: 0, and the first non-space byte after ". ", "! " or "? "."""
+    starts = [0] if data else []
+    for i in range(1, len(data)):
+        if data[i] in WHITESPACE or data[i - 1] not in WHITESPACE:
+            continue
+        j = i - 1
+        while j >= 0 and data[j] in WHITESPACE:
+            j -= 1
+        if j >= 0 and data[j] in SENTENCE_ENDS:
+            starts.append(i)
+    return starts
+
+
+def average_precision(scores: list[float], labels: list[bool]) -> float:
+    """Area under the precision-recall curve (average precision, threshold free): the mean, over positives
+    ranked by descending score, of the precision at their rank. Ties are ranked positives last (pessimistic)."""
+    positives = sum(labels)
+    if positives == 0:
+        return 0.0
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], labels[i]))
+    hits, total = 0, 0.0
+    for rank, i in enumerate(order, start=1):
+        if labels[i]:
+            hits += 1
+            total += hits / rank
+    return total / positives
+
+
+def over_segmentation(predicted: int, gold: int) -> float:
+    """OS = #predicted / #gold - 1 (0: as many boundaries as the reference; > 0: too many)."""
+    return predicted / gold - 1.0 if gold else 0.0
+
+
+def r_value(hit_rate: float, over_seg: float) -> float:
+    """R-value 1 - (|r1| + |r2|) / 2, r1 = sqrt((1 - HR)^2 + OS^2), r2 = (-OS + HR - 1) / sqrt(2); 1 is perfect."""
+    r1 = math.sqrt((1.0 - hit_rate) ** 2 + over_seg**2)
+    r2 = (-over_seg + hit_rate - 1.0) / math.sqrt(2.0)
+    return 1.0 - (abs(r1) + abs(r2)) / 2.0
+
+
+def segment_lengths(starts: list[int], length: int) -> list[int]:
+    """Lengths of the segments that begin at `starts` in a text of `length` bytes (the last runs to the end)."""
+    ordered = sorted(set(starts))
+    return [end - start for start, end in zip(ordered, ordered[1:] + [length])]
+
+
+def binary_entropy(p: torch.Tensor) -> torch.Tensor:
+    """H(p) in bits, elementwise (0 at p = 0 or 1)."""
+    p = p.double().clamp(1e-12, 1 - 1e-12)
+    return -(p * p.log2() + (1 - p) * (1 - p).log2())
+
+
+def mean_and_cv(values: list[float]) -> tuple[float, float]:
+    """Mean and coefficient of variation (std / mean, population std)."""
+    if not values:
+        return 0.0, 0.0
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    return mean, (std / mean if mean else 0.0)

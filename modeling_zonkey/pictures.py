@@ -1,0 +1,138 @@
+"""Pictures: a text with its p_bos and chosen boundaries per level (PNG and a self-contained HTML view), and
+training curves read from the TensorBoard logs the training script writes (--with_tracking).
+
+Needs matplotlib (`pip install zonkey[eval]`); the HTML view needs nothing.
+"""
+
+import html
+from pathlib import Path
+
+from .inspection import TextSegmentation
+
+LEVEL_COLOURS = ("tab:blue", "tab:red", "tab:green")
+
+
+def _characters(data: bytes) -> list[tuple[int, str]]:
+    """(byte position, character) for each character of the text (invalid bytes shown as U+FFFD)."""
+    out, i = [], 0
+    while i < len(data):
+        for size in (1, 2, 3, 4):
+            try:
+                out.append((i, data[i : i + size].decode("utf-8")))
+                i += size
+                break
+            except UnicodeDecodeError:
+                continue
+        else:
+            out.append((i, "\ufffd"))
+            i += 1
+    return out
+
+
+def plot_segmentation(segmentation: TextSegmentation, path: str | Path, title: str = "", width: int = 64) -> Path:
+    """PNG: the text in lines of `width` bytes; under each line, one bar chart per level with p_bos at the byte
+    positions that level reads, and its chosen segment starts as vertical lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data, levels = segmentation.data, len(segmentation.starts)
+    lines = max(1, -(-len(data) // width))
+    figure, axes = plt.subplots(lines * levels, 1, figsize=(width * 0.18, 1.3 * lines * levels), squeeze=False)
+    characters = dict(_characters(data))
+    for line in range(lines):
+        lo, hi = line * width, min(len(data), (line + 1) * width)
+        for level in range(levels):
+            ax = axes[line * levels + level, 0]
+            positions, probs = segmentation.probabilities[level]
+            shown = [(x - lo, p) for x, p in zip(positions, probs) if lo <= x < hi]
+            ax.bar([x for x, _ in shown], [p for _, p in shown], width=0.8, color=LEVEL_COLOURS[level % 3], alpha=0.6)
+            for start in segmentation.starts[level]:
+                if lo <= start < hi:
+                    ax.axvline(start - lo - 0.5, color=LEVEL_COLOURS[level % 3], linewidth=1.5)
+            ax.set_xlim(-0.5, width - 0.5)
+            ax.set_ylim(0, 1.05)
+            ax.set_yticks([0, 1])
+            ax.set_ylabel(f"p_bos L{level}", fontsize=7)
+            ax.set_xticks(range(hi - lo))
+            labels = [characters.get(lo + i, "") for i in range(hi - lo)]
+            ax.set_xticklabels(["␣" if c == " " else c for c in labels] if level == levels - 1 else [], fontsize=7)
+            ax.tick_params(axis="x", length=0)
+    if title:
+        axes[0, 0].set_title(title, fontsize=9, loc="left")
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def segmentation_html(segmentation: TextSegmentation, title: str = "") -> str:
+    """A self-contained HTML page: each character shaded by its level-0 p_bos (hover shows every level's p);
+    a thin bar before each level-0 segment start, a thick red bar before each level-1 start."""
+    probs = [dict(zip(*level)) for level in segmentation.probabilities]
+    starts = [set(s) for s in segmentation.starts]
+    spans = []
+    for position, char in _characters(segmentation.data):
+        p0 = probs[0].get(position, 0.0)
+        tip = ", ".join(f"L{level} p_bos {p[position]:.2f}" for level, p in enumerate(probs) if position in p)
+        css = f"background: rgba(31, 119, 180, {0.15 + 0.6 * p0:.2f});"
+        if len(starts) > 1 and position in starts[1]:
+            css += " border-left: 3px solid #d62728; margin-left: 3px;"
+        elif position in starts[0]:
+            css += " border-left: 1px solid #1f77b4; margin-left: 2px;"
+        text = "&nbsp;" if char == " " else "<br>" if char == "\n" else html.escape(char)
+        spans.append(f'<span style="{css}" title="{html.escape(tip)}">{text}</span>')
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>Zonkey segmentation</title></head>"
+            "<body style='font-family: monospace; font-size: 15px; line-height: 2; max-width: 60em'>"
+            f"<h3>{html.escape(title)}</h3><p>Shade: level-0 p_bos. Thin blue bar: level-0 segment start. Thick red "
+            f"bar: level-1 segment start. Hover a character for its p_bos.</p><p>{''.join(spans)}</p></body></html>\n")
+
+
+def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar logged to TensorBoard under run_dir: tag -> [(step, value)], steps ascending."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: dict[str, dict[int, float]] = {}
+    for events in sorted(Path(run_dir).rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            scalars.setdefault(tag, {}).update({e.step: e.value for e in accumulator.Scalars(tag)})
+    if not scalars:
+        raise ValueError(f"no TensorBoard logs under {run_dir}: train with --with_tracking to record the curves.")
+    return {tag: sorted(values.items()) for tag, values in scalars.items()}
+
+
+def plot_training_curves(scalars: dict[str, list[tuple[int, float]]], path: str | Path, smooth: int = 25) -> Path:
+    """PNG with four panels: training loss (moving average), validation loss, byte accuracy, boundary scores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 4, figsize=(17, 3.4))
+    panels = [("training loss", ["train/loss"]), ("validation loss", ["val/loss"]),
+              ("byte accuracy at t = 0", ["val/byte_accuracy_level0", "val/byte_accuracy_top"]),
+              ("level-0 boundaries vs word starts", ["val/boundary_precision", "val/boundary_recall", "val/boundary_f1"])]
+    for ax, (title, tags) in zip(axes, panels):
+        for tag in tags:
+            if tag not in scalars:
+                continue
+            steps, values = zip(*scalars[tag])
+            if tag == "train/loss" and len(values) > smooth:
+                values = [sum(values[max(0, i - smooth + 1) : i + 1]) / len(values[max(0, i - smooth + 1) : i + 1])
+                          for i in range(len(values))]
+            ax.plot(steps, values, label=tag.split("/")[-1], marker="o" if tag.startswith("val/") else None,
+                    markersize=3)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if len(tags) > 1:
+            ax.legend(fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

@@ -1,0 +1,37 @@
+"""Markdown tables of an evaluation (the dict of evaluation.evaluate_model)."""
+
+
+def _f(value: float, digits: int = 3) -> str:
+    return f"{value:.{digits}f}"
+
+
+def results_markdown(results: dict) -> str:
+    lines = [f"Held-out text: {results['documents']} documents, {results['bytes']:,} bytes.", "",
+             "**Segmentation** (boundaries against word starts at level 0, sentence starts above)", "",
+             "| level | reference | P | R | F1 | F1 +-1 | AUPRC | OS | R-value | bytes/segment (CV) | "
+             "H(p_bos) bits | p_bos in (0.1, 0.9) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, m in results["segmentation"].items():
+        lines.append(f"| {name[5:]} | {m['reference']} | {_f(m['precision'])} | {_f(m['recall'])} | {_f(m['f1'])} | "
+                     f"{_f(m['f1_pm1'])} | {_f(m['auprc'])} | {_f(m['over_segmentation'], 2)} | {_f(m['r_value'])} | "
+                     f"{m['bytes_per_segment']:.1f} ({m['bytes_per_segment_cv']:.2f}) | {_f(m['p_bos_entropy_bits'])} | "
+                     f"{m['p_bos_share_uncertain']:.1%} |")
+    lines += ["", "**Reconstruction** (encode -> noise the latents of a level to t -> denoise -> decode; t = 0 "
+              "uses the encoder's segmentation, t > 0 infers the offsets)", "",
+              "| t | from level | byte accuracy | CER | exact segments |", "|---:|---:|---:|---:|---:|"]
+    for t, per_level in results["reconstruction"].items():
+        for name, m in per_level.items():
+            lines.append(f"| {t[2:]} | {name[5:]} | {m['byte_accuracy']:.1%} | {_f(m['cer'])} | "
+                         f"{m['exact_segment_match']:.1%} |")
+    lines += ["", f"Stitcher overlap disagreement (level 0, t = 0): "
+              f"{results['stitcher']['overlap_disagreement']:.1%} of overlapping positions."]
+    generation = results.get("generation")
+    if generation:
+        lines += ["", f"**Generation** ({generation['samples_per_seed']} samples x {len(generation['seeds'])} seeds, "
+                  f"{generation['num_steps']} steps; real = held-out text cut to the same byte lengths; mean +- std "
+                  "over seeds)", "", "| metric | samples | real text |", "|---|---:|---:|"]
+        for key in generation["samples"]:
+            s, r = generation["samples"][key], generation["real"][key]
+            lines.append(f"| {key} | {s['mean']:.3f} +- {s['std']:.3f} | {r['mean']:.3f} +- {r['std']:.3f} |")
+        lines += ["", "Examples:", ""] + [f"- `{e!r}`" for e in generation["examples"]]
+    return "\n".join(lines) + "\n"

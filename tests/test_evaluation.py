@@ -1,0 +1,160 @@
+"""Evaluation metrics on hand-made cases, the judge's perplexity, and examples/evaluate.py end to end."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from modeling_zonkey.evaluation import judge_perplexity
+from modeling_zonkey.metrics import (average_precision, binary_entropy, boundary_scores, mean_and_cv,
+                                     over_segmentation, r_value, segment_lengths, sentence_starts, word_starts)
+from modeling_zonkey.text_statistics import (diversity, entropy_bits, length_statistics, memorisation,
+                                             training_ngrams, vocabulary_share, words)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+# ------------------------------------------------------------------------------------ segmentation
+def test_word_and_sentence_starts():
+    text = b"The cat sat.  A dog ran! Why? no."
+    assert word_starts(text) == [0, 4, 8, 14, 16, 20, 25, 30]
+    assert sentence_starts(text) == [0, 14, 25, 30]
+    assert sentence_starts(b"") == [] and sentence_starts(b"e.g.x") == [0]
+
+
+def test_boundary_scores_perfect_shifted_oversegmented_and_empty():
+    gold = [[0, 4, 8]]
+    perfect = boundary_scores(gold, gold)
+    assert (perfect.precision, perfect.recall, perfect.f1) == (1.0, 1.0, 1.0)
+    shifted = [[1, 5, 9]]
+    assert boundary_scores(shifted, gold).f1 == 0.0
+    assert boundary_scores(shifted, gold, tolerance=1).f1 == 1.0
+    over = boundary_scores([[0, 2, 4, 6, 8, 10]], gold)
+    assert (over.precision, over.recall) == (0.5, 1.0)
+    assert over_segmentation(over.predicted, over.gold) == 1.0
+    empty = boundary_scores([[]], gold)
+    assert (empty.precision, empty.recall, empty.f1) == (0.0, 0.0, 0.0)
+    assert boundary_scores([], []).f1 == 0.0
+
+
+def test_r_value_and_auprc():
+    assert r_value(1.0, 0.0) == pytest.approx(1.0)
+    assert r_value(0.5, 0.0) < r_value(0.9, 0.0) < 1.0
+    assert r_value(1.0, 1.0) < 1.0  # over-segmentation costs even at full recall
+    labels = [True, False, True, False]
+    assert average_precision([0.9, 0.1, 0.8, 0.2], labels) == 1.0  # positives ranked first
+    assert average_precision([0.1, 0.9, 0.2, 0.8], labels) == pytest.approx((1 / 3 + 2 / 4) / 2)
+    assert average_precision([0.5] * 4, labels) == pytest.approx((1 / 3 + 2 / 4) / 2)  # ties: pessimistic
+    assert average_precision([0.3], [False]) == 0.0
+
+
+def test_segment_lengths_entropy_and_cv():
+    assert segment_lengths([0, 4, 8], 10) == [4, 4, 2]
+    assert mean_and_cv([4, 4, 4]) == (4.0, 0.0)
+    assert mean_and_cv([2, 6])[1] == pytest.approx(0.5)
+    h = binary_entropy(torch.tensor([0.0, 0.5, 1.0]))
+    assert h.tolist() == pytest.approx([0.0, 1.0, 0.0], abs=1e-9)
+
+
+# -------------------------------------------------------------------------------------- generation
+def test_text_statistics_on_known_texts():
+    assert words("It's a Cat, a cat!") == ["it's", "a", "cat", "a", "cat"]
+    assert entropy_bits("abab") == pytest.approx(1.0) and entropy_bits("") == 0.0
+    assert diversity(["one two three four five six"]) == 1.0
+    assert diversity(["la la la la la la"]) == pytest.approx((1 / 5) * (1 / 4) * (1 / 3))
+    seen = training_ngrams(["the cat sat on the mat today"])
+    assert memorisation(["the cat sat on", "dogs run far away"], seen) == 0.5
+    assert vocabulary_share(["the dog"], {"the", "cat"}) == 0.5
+    stats = length_statistics(["ab cd. efgh!"])
+    assert stats["word_length_mean"] == pytest.approx(8 / 3) and stats["sentence_length_mean"] == 1.5
+
+
+def test_judge_perplexity_of_a_uniform_judge_is_its_vocabulary_size(tokenizer):
+    torch.manual_seed(0)
+    judge = GPT2LMHeadModel(GPT2Config(vocab_size=257, n_positions=64, n_embd=32, n_layer=1, n_head=2)).eval()
+    with torch.no_grad():
+        judge.transformer.wte.weight.zero_()  # tied head: every logit 0, a uniform next-byte distribution
+    assert judge_perplexity(judge, tokenizer, ["hello there", "a cat"]) == pytest.approx(257, rel=1e-4)
+    torch.manual_seed(1)
+    trained_like = GPT2LMHeadModel(GPT2Config(vocab_size=257, n_positions=64, n_embd=32, n_layer=1, n_head=2)).eval()
+    assert judge_perplexity(trained_like, tokenizer, ["hello there"]) != pytest.approx(257, rel=1e-3)
+    assert math.isnan(judge_perplexity(judge, tokenizer, ["x"]))  # nothing to score
+
+
+# ---------------------------------------------------------------------------------------- end to end
+def test_evaluate_script_writes_every_key_and_picture(make_model, tokenizer, tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    try:
+        import evaluate as script
+    finally:
+        sys.path.pop(0)
+    model_dir, judge_dir = tmp_path / "model", tmp_path / "judge"
+    make_model(seed=2).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    torch.manual_seed(0)  # a tiny stand-in judge: a random byte-level causal LM with the byte tokenizer
+    GPT2LMHeadModel(GPT2Config(vocab_size=257, n_positions=256, n_embd=32, n_layer=1, n_head=2)).save_pretrained(judge_dir)
+    tokenizer.save_pretrained(judge_dir)
+    corpus = tmp_path / "corpus.txt"
+    paragraphs = [f"The {w} sat on the mat. A dog ran to the {w} and back again, {i} times." for i, w in
+                  enumerate(["cat", "bird", "fox", "cow", "hen", "owl", "pig", "rat"] * 4)]
+    corpus.write_text("\n\n".join(paragraphs))
+    out = tmp_path / "eval"
+    code = script.main([str(model_dir), "--train_file", str(corpus), "--text_file", str(corpus), "--max_documents", "6",
+                        "--noise_levels", "0", "0.3", "--seeds", "0", "1", "--samples_per_seed", "2", "--num_steps", "3",
+                        "--judge_model", str(judge_dir), "--output_dir", str(out)])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((out / "evaluation.json").read_text())
+    assert results["documents"] == 6
+    for level in ("level0", "level1"):
+        metrics = results["segmentation"][level]
+        for key in ("precision", "recall", "f1", "precision_pm1", "recall_pm1", "f1_pm1", "auprc",
+                    "over_segmentation", "r_value", "bytes_per_segment", "bytes_per_segment_cv",
+                    "p_bos_entropy_bits", "p_bos_share_uncertain"):
+            assert math.isfinite(metrics[key]), (level, key)
+        assert 0.0 <= metrics["f1"] <= metrics["f1_pm1"] <= 1.0
+    assert set(results["reconstruction"]) == {"t=0", "t=0.3"}
+    for per_level in results["reconstruction"].values():
+        for metrics in per_level.values():
+            assert set(metrics) == {"byte_accuracy", "cer", "exact_segment_match"}
+            assert 0.0 <= metrics["byte_accuracy"] <= 1.0 and metrics["cer"] >= 0.0
+    assert 0.0 <= results["stitcher"]["overlap_disagreement"] <= 1.0
+    generation = results["generation"]
+    assert generation["seeds"] == [0, 1] and len(generation["examples"]) == 4
+    for side in ("samples", "real"):
+        for key in ("judge_perplexity", "char_entropy", "word_entropy", "vocabulary_share", "div", "mem",
+                    "word_length_mean", "sentence_length_mean"):
+            assert math.isfinite(generation[side][key]["mean"]) and generation[side][key]["std"] >= 0.0, (side, key)
+    # the real text comes from the training corpus here, so all its words are in the training vocabulary
+    assert generation["real"]["vocabulary_share"]["mean"] == 1.0
+    table = (out / "evaluation.md").read_text()
+    assert "| 0 | word starts |" in table and "judge_perplexity" in table
+    for picture in ("segmentation.png", "segmentation.html"):
+        assert (out / picture).stat().st_size > 1000
+    assert (out / "segmentation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "border-left" in (out / "segmentation.html").read_text()
+    assert script.main([str(tmp_path / "nothing")]) == 1
+    assert "config.json missing" in capsys.readouterr().err
+
+
+def test_training_curves_come_from_the_tensorboard_logs(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from modeling_zonkey.pictures import plot_training_curves, read_scalars
+
+    with pytest.raises(ValueError, match="--with_tracking"):
+        read_scalars(tmp_path)
+    writer = SummaryWriter(str(tmp_path / "zonkey"))
+    for step in range(1, 41):
+        writer.add_scalar("train/loss", 10.0 / step, step)
+        if step % 10 == 0:
+            writer.add_scalar("val/boundary_f1", step / 50, step)
+    writer.close()
+    scalars = read_scalars(tmp_path)
+    assert scalars["val/boundary_f1"] == [(10, 0.2), (20, 0.4), (30, pytest.approx(0.6)), (40, 0.8)]
+    assert len(scalars["train/loss"]) == 40
+    path = plot_training_curves(scalars, tmp_path / "curves.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
