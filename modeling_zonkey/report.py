@@ -25,13 +25,17 @@ def results_markdown(results: dict) -> str:
                          f"{m['exact_segment_match']:.1%} |")
     lines += ["", f"Stitcher overlap disagreement (level 0, t = 0): "
               f"{results['stitcher']['overlap_disagreement']:.1%} of overlapping positions."]
-    generation = results.get("generation")
+    generation, baseline = results.get("generation"), results.get("baseline_generation")
     if generation:
         lines += ["", f"**Generation** ({generation['samples_per_seed']} samples x {len(generation['seeds'])} seeds, "
                   f"{generation['num_steps']} steps; real = held-out text cut to the same byte lengths; mean +- std "
-                  "over seeds)", "", "| metric | samples | real text |", "|---|---:|---:|"]
+                  "over seeds" + ("; baseline = the byte-level GPT-2, samples as long as Zonkey's" if baseline else "")
+                  + ")", "", "| metric | Zonkey samples | real text |" + (" baseline samples |" if baseline else ""),
+                  "|---|---:|---:|" + ("---:|" if baseline else "")]
         for key in generation["samples"]:
-            s, r = generation["samples"][key], generation["real"][key]
-            lines.append(f"| {key} | {s['mean']:.3f} +- {s['std']:.3f} | {r['mean']:.3f} +- {r['std']:.3f} |")
-        lines += ["", "Examples:", ""] + [f"- `{e!r}`" for e in generation["examples"]]
+            cells = [generation["samples"][key], generation["real"][key]] + ([baseline["samples"][key]] if baseline else [])
+            lines.append(f"| {key} | " + " | ".join(f"{c['mean']:.3f} +- {c['std']:.3f}" for c in cells) + " |")
+        lines += ["", "Zonkey samples:", ""] + [f"- `{e!r}`" for e in generation["examples"]]
+        if baseline:
+            lines += ["", "Baseline samples:", ""] + [f"- `{e!r}`" for e in baseline["examples"]]
     return "\n".join(lines) + "\n"

@@ -29,3 +29,38 @@ def test_baseline_generates_bytes_with_a_cache():
 def test_too_small_baseline_is_refused():
     with pytest.raises(ValueError, match="too small"):
         baseline_config(1000)
+
+
+def test_train_baseline_script_learns_and_saves(tmp_path, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    import datasets
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    try:
+        import train_baseline as script
+    finally:
+        sys.path.pop(0)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"The {w} sat on the mat. A dog ran to the {w} and back, {i} times."
+                                  for i, w in enumerate(["cat", "bird", "fox", "cow", "hen"] * 8)))
+    out = tmp_path / "baseline"
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert script.main(["--zonkey_config", "configuration/zonkey-micro.json", "--output_dir", str(out),
+                            "--train_file", str(corpus), "--max_train_steps", "24", "--eval_steps", "8",
+                            "--validation_split_percentage", "20", "--num_warmup_steps", "2"]) == 0
+    finally:
+        torch.set_num_threads(previous)
+    import json
+    results = json.loads((out / "train_results.json").read_text())
+    curve = [bits for _, bits in results["curve"]]
+    assert len(curve) == 3 and curve[-1] < 0.8 * curve[0], curve
+    assert abs(results["num_parameters"] - results["zonkey_parameters"]) / results["zonkey_parameters"] < 0.1
+    assert results["train_bytes_per_second"] > 0 and results["validation_bits_per_byte"] == curve[-1]
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    assert loaded.config.vocab_size == 257

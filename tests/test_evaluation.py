@@ -98,6 +98,9 @@ def test_evaluate_script_writes_every_key_and_picture(make_model, tokenizer, tmp
     torch.manual_seed(0)  # a tiny stand-in judge: a random byte-level causal LM with the byte tokenizer
     GPT2LMHeadModel(GPT2Config(vocab_size=257, n_positions=256, n_embd=32, n_layer=1, n_head=2)).save_pretrained(judge_dir)
     tokenizer.save_pretrained(judge_dir)
+    baseline_dir = tmp_path / "baseline"
+    torch.manual_seed(1)
+    GPT2LMHeadModel(GPT2Config(vocab_size=257, n_positions=256, n_embd=32, n_layer=1, n_head=2)).save_pretrained(baseline_dir)
     corpus = tmp_path / "corpus.txt"
     paragraphs = [f"The {w} sat on the mat. A dog ran to the {w} and back again, {i} times." for i, w in
                   enumerate(["cat", "bird", "fox", "cow", "hen", "owl", "pig", "rat"] * 4)]
@@ -105,7 +108,7 @@ def test_evaluate_script_writes_every_key_and_picture(make_model, tokenizer, tmp
     out = tmp_path / "eval"
     code = script.main([str(model_dir), "--train_file", str(corpus), "--text_file", str(corpus), "--max_documents", "6",
                         "--noise_levels", "0", "0.3", "--seeds", "0", "1", "--samples_per_seed", "2", "--num_steps", "3",
-                        "--judge_model", str(judge_dir), "--output_dir", str(out)])
+                        "--judge_model", str(judge_dir), "--output_dir", str(out), "--baseline_model", str(baseline_dir)])
     assert code == 0, capsys.readouterr().err
     results = json.loads((out / "evaluation.json").read_text())
     assert results["documents"] == 6
@@ -128,10 +131,15 @@ def test_evaluate_script_writes_every_key_and_picture(make_model, tokenizer, tmp
         for key in ("judge_perplexity", "char_entropy", "word_entropy", "vocabulary_share", "div", "mem",
                     "word_length_mean", "sentence_length_mean"):
             assert math.isfinite(generation[side][key]["mean"]) and generation[side][key]["std"] >= 0.0, (side, key)
+    baseline = results["baseline_generation"]
+    assert len(baseline["examples"]) == 4 and math.isfinite(baseline["samples"]["judge_perplexity"]["mean"])
+    # baseline samples have as many bytes as Zonkey's on average (an invalid byte run decodes to one character)
+    length = round(generation["samples"]["mean_bytes"]["mean"])
+    assert all(0 < len(e) <= length for e in baseline["examples"]), (length, baseline["examples"])
     # the real text comes from the training corpus here, so all its words are in the training vocabulary
     assert generation["real"]["vocabulary_share"]["mean"] == 1.0
     table = (out / "evaluation.md").read_text()
-    assert "| 0 | word starts |" in table and "judge_perplexity" in table
+    assert "| 0 | word starts |" in table and "judge_perplexity" in table and "baseline samples |" in table
     for picture in ("segmentation.png", "segmentation.html"):
         assert (out / picture).stat().st_size > 1000
     assert (out / "segmentation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

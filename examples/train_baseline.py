@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""Train the flat baseline: a byte-level GPT-2 (modeling_zonkey/baseline.py) of the same size as a Zonkey preset,
+on the same documents (same corpus, split and document length), with the same optimiser, schedule and
+wall-clock budget conventions as examples/train_zonkey.py, under Accelerate.
+
+    python examples/train_baseline.py --zonkey_config configuration/zonkey-tiny.json --output_dir runs/baseline-tiny \\
+        --max_train_steps 1000 --max_train_minutes 10 --learning_rate 2e-3
+
+Reports validation bits per byte (the mean next-byte negative log-likelihood in bits over the validation
+documents: bytes, not characters, so UTF-8 text outside ASCII counts per byte), training bytes/s and peak
+memory in train_results.json, and saves the model with save_pretrained. Its samples are judged by
+`examples/evaluate.py ZONKEY_FOLDER --baseline_model runs/baseline-tiny`. No checkpointing: it is a baseline.
+"""
+
+import argparse
+import json
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from modeling_zonkey import ZonkeyConfig, ZonkeyModel
+from modeling_zonkey.baseline import char_baseline
+from modeling_zonkey.data import ZonkeyDataCollator, build_level0_documents, load_text_datasets
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--zonkey_config", default="configuration/zonkey-tiny.json",
+                        help="the Zonkey preset whose parameter count and document length the baseline matches")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--dataset_name", default=None)
+    parser.add_argument("--train_file", default=None)
+    parser.add_argument("--validation_file", default=None)
+    parser.add_argument("--validation_split_percentage", type=float, default=5.0)
+    parser.add_argument("--per_device_train_batch_size", type=int, default=8)
+    parser.add_argument("--per_device_eval_batch_size", type=int, default=8)
+    parser.add_argument("--learning_rate", type=float, default=2e-3)
+    parser.add_argument("--weight_decay", type=float, default=0.0)
+    parser.add_argument("--lr_scheduler_type", default="cosine")
+    parser.add_argument("--num_warmup_steps", type=int, default=30)
+    parser.add_argument("--max_train_steps", type=int, default=1000)
+    parser.add_argument("--max_train_minutes", type=float, default=None)
+    parser.add_argument("--eval_steps", type=int, default=100)
+    parser.add_argument("--eval_batches", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def next_byte_loss(model, batch) -> tuple[torch.Tensor, int]:
+    """Sum of next-byte NLL (nats) over real bytes after the first, and their count."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+    return loss, int((targets != -100).sum())
+
+
+@torch.no_grad()
+def bits_per_byte(model, loader, accelerator, max_batches: int) -> float:
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    for index, batch in enumerate(loader):
+        if index >= max_batches:
+            break
+        loss, count = next_byte_loss(model, batch)
+        total += torch.tensor([loss.item(), count], dtype=torch.float64, device=accelerator.device)
+    model.train()
+    loss, count = accelerator.reduce(total, reduction="sum").tolist()
+    return loss / max(count, 1) / math.log(2)
+
+
+def train(args) -> dict:
+    accelerator = Accelerator()
+    set_seed(args.seed)
+    config = ZonkeyConfig.from_pretrained(args.zonkey_config)
+    with torch.device("meta"):
+        zonkey_parameters = sum(p.numel() for p in ZonkeyModel(config).parameters())
+    length = config.document_length[0]
+    model = char_baseline(zonkey_parameters, context=length)
+    num_parameters = sum(p.numel() for p in model.parameters())
+    raw = load_text_datasets(args.dataset_name, None, args.train_file, args.validation_file, "text",
+                             args.validation_split_percentage / 100.0, args.seed)
+    documents, stats = build_level0_documents(raw, length)
+    accelerator.print(f"{stats['train'].describe()}\n{stats['validation'].describe()}")
+    collator = ZonkeyDataCollator()
+    train_loader = DataLoader(documents["train"].remove_columns(["article"]), batch_size=args.per_device_train_batch_size,
+                              shuffle=True, collate_fn=collator, generator=torch.Generator().manual_seed(args.seed))
+    val_loader = DataLoader(documents["validation"].remove_columns(["article"]),
+                            batch_size=args.per_device_eval_batch_size, collate_fn=collator)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, eps=1e-7, weight_decay=args.weight_decay)
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.num_warmup_steps,
+                              num_training_steps=args.max_train_steps)
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler)
+    accelerator.print(f"baseline: byte-level GPT-2, {model.config.n_layer} layers x {model.config.n_embd}, "
+                      f"{num_parameters:,} parameters (Zonkey preset: {zonkey_parameters:,})")
+    started, step, train_bytes, curve = time.time(), 0, 0, []
+    progress = tqdm(total=args.max_train_steps, disable=not accelerator.is_local_main_process)
+    model.train()
+    while step < args.max_train_steps:
+        for batch in train_loader:
+            loss, count = next_byte_loss(model, batch)
+            accelerator.backward(loss / max(count, 1))
+            accelerator.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            train_bytes += int(batch["attention_mask"].sum())
+            progress.update(1)
+            progress.set_postfix(bits_per_byte=f"{loss.item() / max(count, 1) / math.log(2):.3f}")
+            out_of_time = args.max_train_minutes is not None and time.time() - started > 60 * args.max_train_minutes
+            if step % args.eval_steps == 0 or step == args.max_train_steps or out_of_time:
+                curve.append((step, bits_per_byte(model, val_loader, accelerator, args.eval_batches)))
+                accelerator.print(f"step {step}: validation bits/byte {curve[-1][1]:.4f}")
+            if step >= args.max_train_steps or out_of_time:
+                break
+        else:
+            continue
+        break
+    progress.close()
+    minutes = (time.time() - started) / 60
+    results = {"completed_steps": step, "train_bytes": train_bytes, "train_minutes": minutes,
+               "train_bytes_per_second": train_bytes / max(minutes * 60, 1e-9), "num_parameters": num_parameters,
+               "zonkey_parameters": zonkey_parameters, "validation_bits_per_byte": curve[-1][1] if curve else None,
+               "curve": curve, "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               "args": vars(args)}
+    output = Path(args.output_dir)
+    if accelerator.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        accelerator.unwrap_model(model).save_pretrained(output)
+        (output / "train_results.json").write_text(json.dumps(results, indent=2))
+    accelerator.print(f"saved to {output}: validation bits/byte {results['validation_bits_per_byte']:.4f}, "
+                      f"{results['train_bytes_per_second']:,.0f} training bytes/s")
+    return results
+
+
+def main(argv=None) -> int:
+    try:
+        train(parse_args(argv))
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
