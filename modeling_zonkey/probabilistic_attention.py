@@ -93,16 +93,21 @@ class ProbabilisticAttention(nn.Module):
         key_positions: torch.Tensor,
         return_weights: bool = False,
     ) -> AttentionOutput:
-        """query_states (B, Lq, d), key_states (B, Lk, d), bias (B, 1, Lq, Lk), positions (B, Lq) / (B, Lk)."""
+        """query_states (B, Lq, d), key_states (B, Lk, d), bias (B, 1, Lq, Lk), positions (B, Lq) / (B, Lk).
+
+        bias: the PA existence bias (float), or a boolean mask (True = attend) for hard masking, the
+        comparison point of the paper's check 1."""
         dtype = query_states.dtype
         q = self._heads(self.q_proj(query_states) + self._codes(query_positions, dtype))
         k = self._heads(self.k_proj(key_states) + self._codes(key_positions, dtype))
         v = self._heads(self.v_proj(key_states))
-        mask = None if bias is None else bias.to(dtype)
+        mask = None if bias is None else bias if bias.dtype == torch.bool else bias.to(dtype)
         weights = None
         if return_weights:
             scores = q @ k.transpose(-1, -2) / self.head_dim**0.5
-            weights = torch.softmax(scores if mask is None else scores + mask, dim=-1)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+            weights = torch.softmax(scores, dim=-1)
             out = weights @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

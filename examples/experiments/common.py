@@ -1,0 +1,57 @@
+"""Shared by the experiments: a one-level model config, a plain training loop, boundary scores on documents."""
+
+import time
+
+import torch
+
+from modeling_zonkey import ZonkeyConfig, ZonkeyModel
+from modeling_zonkey.data import ZonkeyDataCollator
+from modeling_zonkey.metrics import boundary_scores
+
+
+def one_level_config(width: int = 64, window: int = 12, document: int = 256, **overrides) -> ZonkeyConfig:
+    """A single-level Zonkey (bytes -> latents -> bytes): what the splitter and DDMM checks need."""
+    return ZonkeyConfig(num_levels=1, hidden_size=[width], num_attention_heads=[4], window_length=[window],
+                        num_cls_vectors=[2], compressor_layers=[2], decompressor_layers=[1], denoiser_layers=[2],
+                        document_length=[document], max_decoded_segments=[256], level_weights=[1.0],
+                        num_negatives=15, masked_vector_negatives=15, **overrides)
+
+
+def train(config: ZonkeyConfig, documents: list[bytes], steps: int, lr: float = 2e-3, batch_size: int = 8,
+          seed: int = 0, every: int = 0, callback=None) -> ZonkeyModel:
+    """AdamW (eps 1e-7), grad clip 1.0, cosine decay; batches drawn with a seeded generator.
+    callback(step, model) runs every `every` steps (model in eval mode during the call)."""
+    torch.manual_seed(seed)
+    model = ZonkeyModel(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, eps=1e-7)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * s / steps)).item()))
+    collate, generator = ZonkeyDataCollator(), torch.Generator().manual_seed(seed)
+    started = time.time()
+    for step in range(1, steps + 1):
+        model.train()
+        index = torch.randint(len(documents), (batch_size,), generator=generator).tolist()
+        batch = collate([list(documents[i]) for i in index])
+        loss = model(**batch, return_loss=True).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if callback is not None and every and step % every == 0:
+            model.eval()
+            callback(step, model, time.time() - started)
+    return model.eval()
+
+
+@torch.no_grad()
+def level0_boundaries(model: ZonkeyModel, documents: list[bytes], gold: list[list[int]], tolerance: int = 0):
+    """Boundary scores of the model's level-0 segment starts (eval mode) against gold starts."""
+    predicted = []
+    collate = ZonkeyDataCollator()
+    for i in range(0, len(documents), 16):
+        chunk = documents[i : i + 16]
+        out = model(**collate([list(d) for d in chunk])).levels[0]
+        for row, data in enumerate(chunk):
+            predicted.append(out.boundaries[row, : len(data)].nonzero().flatten().tolist())
+    return boundary_scores(predicted, gold, tolerance)
