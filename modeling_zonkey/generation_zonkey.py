@@ -231,17 +231,24 @@ class ZonkeyGenerationMixin:
             budgets.append(budget)
         return budgets
 
-    # ------------------------------------------------------------------------------------------ modes
-    def _generate_from_noise(self, config: ZonkeyGenerationConfig, progress_bar: bool):
+    def _sample_windows(self, config: ZonkeyGenerationConfig, count: int, canvas: Canvas | None, progress_bar: bool):
+        """`count` top-level windows from noise (sample i seeded with seed + i), the canvas's known positions put
+        back at every step. -> final latents (count, C d), decoded windows (count, L, d), existence (count, L)."""
         top = self.config.num_levels - 1
-        count = config.num_return_sequences
         generators = self._seeds(config, count)
         owner = torch.arange(count, device=self.device)
         z = to_sphere(sample_noise(generators, owner, self.config.latent_size(top), self.device, self.dtype))
         with self._progress(config.num_steps, progress_bar) as bar:
             z = denoise(self.levels[top], z, noise_schedule(config.noise_schedule, config.num_steps),
-                        config.sampler, generators, owner, None, bar)
-        sequence, existence = final_decode(self.levels[top], z)
+                        config.sampler, generators, owner, canvas, bar)
+        sequence, existence = final_decode(self.levels[top], z, canvas)
+        return z, sequence, existence
+
+    # ------------------------------------------------------------------------------------------ modes
+    def _generate_from_noise(self, config: ZonkeyGenerationConfig, progress_bar: bool):
+        top = self.config.num_levels - 1
+        count = config.num_return_sequences
+        z, sequence, existence = self._sample_windows(config, count, None, progress_bar)
         keep = kept_length(existence, config.existence_threshold)
         limit = config.max_new_tokens if config.max_length is None else min(config.max_length, config.max_new_tokens or math.inf)
         samples = [self._decode_span(sequence[i, : keep[i]], top, config.existence_threshold) for i in range(count)]
@@ -319,15 +326,8 @@ class ZonkeyGenerationMixin:
             spans.append(k_left)
         repeats = config.num_return_sequences
         known, mask, exists = (torch.stack([c[i] for c in canvases for _ in range(repeats)]) for i in range(3))
-        canvas = Canvas(known, mask, exists)
         count = len(known)
-        generators = self._seeds(config, count)
-        owner = torch.arange(count, device=self.device)
-        z = to_sphere(sample_noise(generators, owner, self.config.latent_size(top), self.device, self.dtype))
-        with self._progress(config.num_steps, progress_bar) as bar:
-            z = denoise(self.levels[top], z, noise_schedule(config.noise_schedule, config.num_steps),
-                        config.sampler, generators, owner, canvas, bar)
-        sequence, existence = final_decode(self.levels[top], z, canvas)
+        z, sequence, existence = self._sample_windows(config, count, Canvas(known, mask, exists), progress_bar)
         samples = []
         for i in range(count):
             prompt, k_left, budget = prompts[i // repeats], spans[i // repeats], budgets[i // repeats]
