@@ -268,6 +268,7 @@ def train(args) -> None:
                                              for k, v in vars(args).items()})
 
     completed_steps, start_epoch, resume_batches, train_bytes = 0, 0, 0, 0
+    resumed_from, seconds_before = None, 0.0  # a resumed run: the step it restarts from, training time before it
     if args.resume_from_checkpoint:
         try:
             path = find_checkpoint(output_dir, args.resume_from_checkpoint)
@@ -280,6 +281,7 @@ def train(args) -> None:
             raise TrainingError(f"{path} does not fit this model (written with another config?): {detail}") from err
         state = read_state(path)
         completed_steps, start_epoch, train_bytes = state["completed_steps"], state["epoch"], state["train_bytes"]
+        resumed_from, seconds_before = completed_steps, state.get("train_seconds")
         resume_batches = state["batches_in_epoch"]
         accelerator.print(f"resumed from {path}: step {completed_steps}, epoch {start_epoch}, "
                           f"{resume_batches} batches into it")
@@ -291,7 +293,8 @@ def train(args) -> None:
     def checkpoint(name: str, epoch: int, batches_in_epoch: int) -> None:
         last_checkpoint[:] = [save_checkpoint(accelerator, output_dir, name, {
             "completed_steps": completed_steps, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
-            "train_bytes": train_bytes})]
+            "train_bytes": train_bytes,
+            "train_seconds": None if seconds_before is None else seconds_before + time.time() - started})]
 
     accelerator.print(f"{num_parameters:,} parameters; {max_steps} optimizer steps, "
                       f"{updates_per_epoch} per epoch, {accelerator.num_processes} process(es)")
@@ -299,6 +302,7 @@ def train(args) -> None:
           f"per epoch", flush=True)
     progress = tqdm(total=max_steps, initial=completed_steps, disable=not accelerator.is_local_main_process)
     started, log_time, log_bytes = time.time(), time.time(), train_bytes
+    bytes_at_start = train_bytes
     # this process's bytes, loss sum, micro-batches, data checksum and non-finite losses since the last step
     pending = torch.zeros(5, dtype=torch.float64)
     bad_terms: dict[str, float] = {}
@@ -407,9 +411,13 @@ def train(args) -> None:
             accelerator.print("EMA weights: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
     state_dict = accelerator.get_state_dict(model)  # every process: gathers the shards under FSDP
     history = {"completed_steps": completed_steps, "train_bytes": train_bytes, "final_eval": last_eval,
-               "train_minutes": (time.time() - started) / 60, "num_processes": accelerator.num_processes,
+               # train_minutes: the whole run's training time (None when resumed from a checkpoint that did not
+               # record it); the rate counts this process's bytes and time only
+               "train_minutes": None if seconds_before is None else (seconds_before + time.time() - started) / 60,
+               "train_minutes_this_run": (time.time() - started) / 60, "resumed_from_step": resumed_from,
+               "num_processes": accelerator.num_processes,
                "num_parameters": num_parameters,
-               "train_bytes_per_second": train_bytes / max(time.time() - started, 1e-9),
+               "train_bytes_per_second": (train_bytes - bytes_at_start) / max(time.time() - started, 1e-9),
                "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
                "train_stats": vars(train_stats), "validation_stats": vars(val_stats),
                "args": {k: v for k, v in vars(args).items() if k != "hub_token" and isinstance(v, (int, float, str, bool, type(None)))}}

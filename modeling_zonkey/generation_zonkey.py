@@ -26,7 +26,7 @@ from .sphere import to_sphere
 _DEFAULTS = {
     "num_steps": 50, "sampler": "ddmm", "noise_schedule": "linear", "existence_threshold": 0.5,
     "max_length": None, "max_new_tokens": None, "seed": None, "noise_level": None, "gap_segments": 2,
-    "num_return_sequences": 1, "return_dict_in_generate": False, "pad_token_id": 256,
+    "num_return_sequences": 1, "return_dict_in_generate": False, "pad_token_id": 256, "clamp": True,
 }
 
 
@@ -41,6 +41,10 @@ class ZonkeyGenerationConfig(GenerationConfig):
     noise_level: with input_ids, reconstruct from latents noised to this t instead of continuing the text.
     gap_segments: how many top-level positions an infilling gap gets. num_return_sequences: samples per
     prompt (or in all, without one). return_dict_in_generate: return a ZonkeyGenerateOutput.
+    clamp: before each re-compression, snap the decoded window to the data (the clamping trick of Diffusion-LM,
+        Li et al. 2022): level-0 vectors to their nearest byte embeddings; at levels >= 1 each vector, a latent
+        of the level below, is decoded there, clamped in turn and compressed again. Without it the compressor
+        reads decoded vectors unlike any input it was trained on and samples collapse (README, Generate).
     """
 
     def __init__(self, **kwargs):
@@ -71,6 +75,8 @@ class ZonkeyGenerationConfig(GenerationConfig):
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}.")
         if self.noise_schedule not in NOISE_SCHEDULES:
             raise ValueError(f"noise_schedule must be one of {NOISE_SCHEDULES}, got {self.noise_schedule!r}.")
+        if not isinstance(self.clamp, bool):
+            raise ValueError(f"clamp must be True or False, got {self.clamp!r}.")
         if not 0.0 < float(self.existence_threshold) < 1.0:
             raise ValueError(f"existence_threshold must lie in (0, 1), got {self.existence_threshold!r}.")
         if self.noise_level is not None and not 0.0 <= float(self.noise_level) <= 1.0:
@@ -165,9 +171,25 @@ class ZonkeyGenerationMixin:
                 pass
 
     # --------------------------------------------------------------------------------------- helpers
+    def clamp_to_data(self, sequence: torch.Tensor, existence: torch.Tensor, level: int) -> torch.Tensor:
+        """Snap decoded level-`level` windows (M, L, d_level) to the data they stand for: nearest byte embeddings
+        at level 0; at levels >= 1 each vector is decoded by the level below (t = 0), clamped there, and
+        compressed again into a latent. existence (M, L) is the windows' decoded existence (unused at level 0)."""
+        if level == 0:
+            return self.embed_bytes(self.nearest_bytes(sequence.flatten(0, 1)).view(sequence.shape[:2])).to(sequence.dtype)
+        below = self.levels[level - 1]
+        flat = sequence.flatten(0, 1)
+        decoded = below.decoder(flat, torch.zeros(len(flat), device=flat.device))
+        windows = self.clamp_to_data(decoded.sequence, decoded.existence, level - 1)
+        latents = below.compressor(windows, decoded.existence.to(windows.dtype)).latents
+        return latents.view(sequence.shape).to(sequence.dtype)
+
     def _seeds(self, config: ZonkeyGenerationConfig, count: int) -> list[torch.Generator]:
         base = config.seed if config.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
         return sample_generators([base + i for i in range(count)], self.device)
+
+    def _clamp(self, config: ZonkeyGenerationConfig, level: int):
+        return (lambda sequence, existence: self.clamp_to_data(sequence, existence, level)) if config.clamp else None
 
     def _progress(self, steps: int, enabled: bool):
         return tqdm(total=steps, desc="denoising", unit="step", disable=not enabled)
@@ -240,7 +262,7 @@ class ZonkeyGenerationMixin:
         z = to_sphere(sample_noise(generators, owner, self.config.latent_size(top), self.device, self.dtype))
         with self._progress(config.num_steps, progress_bar) as bar:
             z = denoise(self.levels[top], z, noise_schedule(config.noise_schedule, config.num_steps),
-                        config.sampler, generators, owner, canvas, bar)
+                        config.sampler, generators, owner, canvas, bar, self._clamp(config, top))
         sequence, existence = final_decode(self.levels[top], z, canvas)
         return z, sequence, existence
 
@@ -278,7 +300,7 @@ class ZonkeyGenerationMixin:
         steps = max(1, math.ceil(config.num_steps * t))
         with self._progress(steps, progress_bar) as bar:
             z = denoise(self.levels[top], z, noise_schedule(config.noise_schedule, steps, t), config.sampler,
-                        generators, owner, None, bar)
+                        generators, owner, None, bar, self._clamp(config, top))
         samples, start = [], 0
         budgets = self._check_room(config, prompts)
         for index, (rows, parents) in enumerate(items):

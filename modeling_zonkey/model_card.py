@@ -31,7 +31,13 @@ def training_summary(history: dict) -> str:
         text += (f", batch {args.get('per_device_train_batch_size')} x {history.get('num_processes', 1)} process(es) x "
                  f"{args.get('gradient_accumulation_steps')} accumulation, lr {args.get('learning_rate')} "
                  f"({args.get('lr_scheduler_type')}, {args.get('num_warmup_steps')} warm-up steps), seed {args.get('seed')}")
-    text += f", {history.get('train_minutes', 0):.1f} minutes."
+    minutes, this_run = history.get("train_minutes"), history.get("train_minutes_this_run")
+    if history.get("resumed_from_step") is not None:
+        text += f", resumed from its step-{history['resumed_from_step']} checkpoint"
+        text += (f", {minutes:.1f} minutes in all." if minutes is not None
+                 else f", {this_run:.1f} minutes after the resume (the time before it was not recorded).")
+    else:
+        text += f", {minutes if minutes is not None else this_run or 0:.1f} minutes."
     if args.get("config_name"):
         text += f" Preset: `{Path(args['config_name']).name}`."
     return text

@@ -61,6 +61,26 @@ def test_ddmm_sampler_renoises_and_deterministic_does_not(model):
                                model.generate(sampler="deterministic", **one).latents)
 
 
+def test_clamping_snaps_decoded_windows_to_the_data(model):
+    from modeling_zonkey.sphere import expected_norm
+
+    torch.manual_seed(0)
+    x0, e0 = torch.randn(3, 8, 16), torch.ones(3, 8)
+    snapped = model.clamp_to_data(x0, e0, level=0)
+    table = model.embed_bytes(torch.arange(256))
+    distances = torch.cdist(snapped.flatten(0, 1), table)
+    assert torch.allclose(distances.min(1).values, torch.zeros(24), atol=1e-2)  # every vector is a byte embedding
+    assert torch.equal(model.clamp_to_data(snapped, e0, level=0), snapped)  # a projection: idempotent
+    x1 = torch.randn(2, 8, 64)
+    latents = model.clamp_to_data(x1, torch.ones(2, 8), level=1)
+    assert latents.shape == x1.shape
+    torch.testing.assert_close(latents.norm(dim=-1), torch.full((2, 8), expected_norm(64)))  # compressor outputs
+    # the sampler uses it by default; clamp=False is the plain decode -> compress loop
+    on = model.generate(seed=2, return_dict_in_generate=True, **FAST).latents
+    off = model.generate(seed=2, clamp=False, return_dict_in_generate=True, **FAST).latents
+    assert not torch.allclose(on, off, atol=1e-4)
+
+
 def test_output_length_follows_predicted_existence(model, monkeypatch):
     """The number of top-level positions kept is where the decoded existence falls below the threshold."""
     top = model.levels[-1].decoder
@@ -218,6 +238,7 @@ def test_one_level_model_generates_in_every_mode(tokenizer):
     ({"noise_schedule": "sigmoid"}, "noise_schedule must be one of"),
     ({"existence_threshold": 1.5}, "existence_threshold must lie in (0, 1)"),
     ({"seed": -1}, "seed must be a non-negative integer"),
+    ({"clamp": "yes"}, "clamp must be True or False"),
     ({"temperature": 0.7}, "unknown argument(s) ['temperature']"),
 ])
 def test_invalid_generation_options_get_clear_errors(model, options, message):

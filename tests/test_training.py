@@ -147,6 +147,11 @@ def test_resume_reproduces_the_uninterrupted_run(runs):
     assert results_a["train_bytes"] == results_b["train_bytes"] == log_a[-1]["train_bytes"]
     assert results_a["final_eval"] == results_b["final_eval"]
     assert sorted(p.name for p in b.glob("step_*")) == ["step_12", "step_4", "step_8"]
+    # the resumed run knows where it restarted and its whole training time (the checkpoint records it)
+    assert results_a["resumed_from_step"] is None and results_b["resumed_from_step"] == 4
+    assert results_b["train_minutes"] > results_b["train_minutes_this_run"] > 0
+    state = json.loads((b / "step_8" / "training_state.json").read_text())
+    assert state["train_seconds"] > 0 and "resumed from its step-4 checkpoint" in (b / "README.md").read_text()
 
 
 def test_an_epoch_reads_every_training_byte_once(runs):
