@@ -5,7 +5,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 from transformers import AutoModel, AutoTokenizer
 
 from modeling_zonkey import ZonkeyGenerationConfig, ZonkeyModel

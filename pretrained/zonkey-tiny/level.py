@@ -1,0 +1,243 @@
+"""One hierarchy level: Segment Splitter -> Compressor -> Decoder (DDMM) -> Stitcher, and its losses.
+
+Level l reads a sequence of vectors (bytes at level 0, level-(l-1) latents above), splits it into
+overlapping windows, compresses each window into one latent and learns to decode latents back. The
+latents of a document, in order, form the input of level l + 1 (no detach: training is end to end).
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .compressor import Compressor, MaskedVectorHead, anti_collapse_loss, info_nce
+from .configuration_zonkey import ZonkeyConfig
+from .ddmm import add_noise, light_noise_levels, path_positive
+from .decoder import Decoder, DecoderOutput
+from .segment_splitter import (SegmentSplitter, Segments, SplitterOutput, build_segments, compression_loss,
+                               density_factor, mean_bos_probability, patch_loss, short_segment_loss)
+from .sphere import cosine_logits
+from .stitcher import Stitcher, position_loss
+
+
+@dataclass
+class LevelTargets:
+    """What a level reconstructs: byte ids against the byte embeddings (level 0) or the input vectors."""
+
+    vectors: torch.Tensor  # (B, N, d) the level's input sequence
+    ids: torch.Tensor | None = None  # (B, N) byte ids (level 0 only)
+    vocabulary: torch.Tensor | None = None  # (V, d) byte embeddings (level 0 only)
+
+
+@dataclass
+class ZonkeyLevelOutput:
+    bos_probs: torch.Tensor  # (B_l, N_l)
+    boundaries: torch.Tensor  # (B_l, N_l) bool
+    valid: torch.Tensor  # (B_l, N_l) bool: real positions
+    latents: torch.Tensor  # (B_l, S_l, C_l d_l): the segment latents of each row, padded
+    latent_mask: torch.Tensor  # (B_l, S_l) bool
+    segments: Segments
+    parent: torch.Tensor  # (B_l,) row of the level below (level 0: the input row)
+    loss_terms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class ZonkeyLevel(nn.Module):
+    def __init__(self, config: ZonkeyConfig, level: int):
+        super().__init__()
+        self.level = level
+        self.config = config
+        d, heads, L, C = (config.hidden_size[level], config.num_attention_heads[level],
+                          config.window_length[level], config.num_cls_vectors[level])
+        self.window_length, self.num_cls = L, C
+        self.splitter = SegmentSplitter(d, heads, L, config.splitter_conv_kernels, config.ffn_multiplier,
+                                        config.probability_eps)
+        self.compressor = Compressor(d, heads, config.compressor_layers[level], C, config.ffn_multiplier)
+        self.decoder = Decoder(d, heads, C, L, config.decompressor_layers[level], config.denoiser_layers[level],
+                               config.ffn_multiplier, config.time_embedding)
+        self.stitcher = Stitcher(d, heads, L)
+        self.masked_vector = (MaskedVectorHead(d, config.mask_probability, config.masked_vector_negatives)
+                              if level >= 1 else None)
+
+    # ----------------------------------------------------------------------------------------- encode
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, parent: torch.Tensor,
+                targets: LevelTargets | None = None) -> ZonkeyLevelOutput:
+        """x (B, N, d) on the sphere, valid (B, N) bool, parent (B,). With targets, computes the loss terms."""
+        threshold = None if self.training else self.config.existence_threshold
+        split: SplitterOutput = self.splitter(x, valid, threshold)
+        segments = build_segments(split.bos_probs, split.boundaries, valid, self.window_length)
+        windows = segments.gather(x)
+        latents = self.compressor(windows, segments.existence).latents
+        padded, mask = pad_by_document(latents, segments.document, segments.counts)
+        output = ZonkeyLevelOutput(split.bos_probs, split.boundaries, valid, padded, mask, segments, parent)
+        if targets is not None:
+            output.loss_terms = self.loss_terms(split, segments, windows, latents, targets, valid)
+        return output
+
+    # ------------------------------------------------------------------------------------------ losses
+    def loss_terms(self, split: SplitterOutput, segments: Segments, windows: torch.Tensor, latents: torch.Tensor,
+                   targets: LevelTargets, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every named loss term of this level (unweighted scalars)."""
+        config, L, p = self.config, self.window_length, split.bos_probs
+        mean_p = mean_bos_probability(p, valid)
+        density = density_factor(mean_p, L, config.density_offset)
+        terms = {
+            "patch": patch_loss(p, valid, L),
+            "short_segment": short_segment_loss(p, valid, self.num_cls),
+            "compression": compression_loss(mean_p, L),
+            "anti_collapse": anti_collapse_loss(latents, segments.document),
+        }
+        if self.masked_vector is not None:
+            terms["masked_vector"] = self.masked_vector(self.compressor, windows, segments.existence).mean()
+
+        chosen = self.choose_decoded(len(latents), config.max_decoded_segments[self.level], latents.device)
+        sub = SegmentBatch.take(segments, windows, chosen, targets, valid)
+        z = latents[chosen]
+        t0 = light_noise_levels(len(z), config.light_noise_scale, z.device)
+        clean = self.decoder(add_noise(z, t0), t0)
+        terms["reconstruction"] = density * sub.average(self.reconstruction(clean.sequence, sub))
+        terms["existence"] = F.binary_cross_entropy(clean.existence.clamp(1e-6, 1 - 1e-6),
+                                                    sub.existence.detach().clamp(0.0, 1.0))
+        terms.update(self.stitcher_terms(segments, windows, chosen, clean, sub, density))
+        terms["ddmm"] = density * sub.average(self.ddmm_loss(clean, sub, z))
+        return terms
+
+    def ddmm_loss(self, clean: DecoderOutput, sub: "SegmentBatch", latents: torch.Tensor) -> torch.Tensor:
+        """(M', L) per-position DDMM loss: mixed-step (heavy then light pass) or single-step (the segments'
+        own latents (M', C d) denoised from a random t)."""
+        count, device = clean.sequence.shape[0], clean.sequence.device
+        if self.config.ddmm_objective == "single_step":
+            t = torch.rand(count, device=device)
+            noisy = self.decoder(add_noise(latents, t), t)
+            return self.reconstruction(noisy.sequence, sub)
+        t1 = torch.rand(count, device=device)
+        heavy = self.decoder(add_noise(self.compressor(clean.sequence, clean.existence).latents, t1), t1)
+        t2 = light_noise_levels(count, self.config.light_noise_scale, device)
+        light = self.decoder(add_noise(self.compressor(heavy.sequence, heavy.existence).latents, t2), t2)
+        positive = path_positive(light.sequence, heavy.sequence, sub.windows)
+        return self.reconstruction(light.sequence, sub, positive_cos=positive.cosine)
+
+    def stitcher_terms(self, segments: Segments, windows: torch.Tensor, chosen: torch.Tensor, clean: DecoderOutput,
+                       sub: "SegmentBatch", density: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Position loss on raw and decoded pairs, sequence loss of the refined decoded segment."""
+        raw = segments.has_next.nonzero().squeeze(1)
+        raw_offset = self.stitcher.infer_offset(windows[raw], segments.existence[raw], windows[raw + 1])
+        raw_loss = position_loss(raw_offset.n_hat, segments.gap[raw], segments.in_document[raw])
+        # decoded pairs: both segments chosen for decoding and consecutive in one document
+        pair = (segments.has_next[chosen[:-1]] & (chosen[1:] == chosen[:-1] + 1)).nonzero().squeeze(1)
+        if len(pair) == 0:
+            zero = clean.sequence.sum() * 0.0
+            return {"stitcher_position": density * raw_loss.mean() if len(raw) else zero, "stitcher_sequence": zero}
+        seq1, e1 = clean.sequence[pair], clean.existence[pair]
+        seq2, e2 = clean.sequence[pair + 1], clean.existence[pair + 1]
+        gap = sub.gap[pair]
+        decoded_offset = self.stitcher.infer_offset(seq1, e1, seq2)
+        decoded_loss = position_loss(decoded_offset.n_hat, gap, sub.in_document[pair])
+        refined = self.stitcher.refine(seq1, e1, seq2, e2, gap)
+        first = sub.subset(pair)
+        return {
+            "stitcher_position": density * torch.cat([raw_loss, decoded_loss]).mean(),
+            "stitcher_sequence": density * first.average(self.reconstruction(refined, first)),
+        }
+
+    def reconstruction(self, prediction: torch.Tensor, sub: "SegmentBatch",
+                       positive_cos: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-position loss (M', L). Level 0: cross-entropy over bytes with 2 atanh(cos) logits against the
+        byte embeddings; levels >= 1: InfoNCE against other positions' vectors. `positive_cos` replaces the
+        target's cosine (the DDMM positive)."""
+        real = sub.in_document
+        losses = prediction.new_zeros(real.shape, dtype=torch.float32)
+        pred = prediction[real]
+        if sub.targets.ids is not None:
+            cos = F.normalize(pred.float(), dim=-1) @ F.normalize(sub.targets.vocabulary.float(), dim=-1).T
+            ids = sub.ids[real]
+            if positive_cos is not None:
+                cos = cos.scatter(1, ids[:, None], positive_cos[real][:, None].to(cos.dtype))
+            losses[real] = F.cross_entropy(cosine_logits(cos), ids, reduction="none")
+        else:
+            pool = sub.targets.vectors[sub.targets_valid]
+            positive = None if positive_cos is None else positive_cos[real]
+            losses[real] = info_nce(pred, sub.windows[real], pool, self.config.num_negatives, positive)
+        return losses
+
+    def choose_decoded(self, count: int, cap: int, device: torch.device) -> torch.Tensor:
+        """Indices (ascending) of the segments that go through the decoder: all, or a random `cap` of them."""
+        if count <= cap:
+            return torch.arange(count, device=device)
+        return torch.randperm(count, device=device)[:cap].sort().values
+
+    # ------------------------------------------------------------------------------------------ decode
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, gaps: torch.Tensor | None = None, refine: bool = True,
+               cutoff: float | None = None) -> torch.Tensor:
+        """One row's latents (K, C d) at t = 0 -> the stitched level-l sequence (N', d). cutoff: the existence
+        below which the last segment's tail is dropped (default: config.existence_threshold)."""
+        out = self.decoder(latents, torch.zeros(len(latents), device=latents.device))
+        cutoff = self.config.existence_threshold if cutoff is None else cutoff
+        return self.stitcher.assemble(out.sequence, out.existence, gaps, cutoff, refine)
+
+
+@dataclass
+class SegmentBatch:
+    """The decoded subset of a level's segments, with what their losses need."""
+
+    windows: torch.Tensor  # (M', L, d) clean segment vectors
+    existence: torch.Tensor  # (M', L) splitter existence
+    ownership: torch.Tensor  # (M', L)
+    in_document: torch.Tensor  # (M', L)
+    gap: torch.Tensor  # (M',)
+    ids: torch.Tensor | None  # (M', L) byte ids at level 0
+    targets: LevelTargets
+    targets_valid: torch.Tensor  # (B, N) real positions of the targets
+
+    @classmethod
+    def take(cls, segments: Segments, windows: torch.Tensor, chosen: torch.Tensor, targets: LevelTargets,
+             valid: torch.Tensor) -> "SegmentBatch":
+        ids = None if targets.ids is None else segments.gather(targets.ids)[chosen]
+        return cls(windows[chosen], segments.existence[chosen], segments.ownership[chosen],
+                   segments.in_document[chosen], segments.gap[chosen], ids, targets, valid)
+
+    def subset(self, index: torch.Tensor) -> "SegmentBatch":
+        return SegmentBatch(self.windows[index], self.existence[index], self.ownership[index], self.in_document[index],
+                            self.gap[index], None if self.ids is None else self.ids[index], self.targets,
+                            self.targets_valid)
+
+    def average(self, losses: torch.Tensor) -> torch.Tensor:
+        """Ownership-weighted mean inside each segment, then the mean over segments. (M', L) -> scalar."""
+        weight = self.ownership
+        per_segment = (losses * weight).sum(1) / weight.sum(1).clamp_min(1e-6)
+        return per_segment.mean()
+
+
+def pad_by_document(values: torch.Tensor, document: torch.Tensor, counts: torch.Tensor,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat per-segment values (M, ...) -> (B, max count, ...) padded with zeros, and the (B, S) mask."""
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(len(document), device=document.device) - starts[document]
+    width = int(counts.max()) if len(counts) else 0
+    padded = values.new_zeros(len(counts), width, *values.shape[1:])
+    padded[document, slot] = values
+    mask = torch.zeros(len(counts), width, dtype=torch.bool, device=values.device)
+    mask[document, slot] = True
+    return padded, mask
+
+
+def chunk_documents(values: torch.Tensor, document: torch.Tensor, counts: torch.Tensor, chunk: int,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split each row's sequence of latents into rows of at most `chunk` slots (chunking, never truncation).
+
+    values (M, D), document (M,), counts (B,) -> (R, chunk, D), valid (R, chunk), parent (R,).
+    """
+    starts = torch.cumsum(counts, 0) - counts
+    index = torch.arange(len(document), device=document.device) - starts[document]
+    chunks_per_row = (counts + chunk - 1) // chunk
+    row_start = torch.cumsum(chunks_per_row, 0) - chunks_per_row
+    row = row_start[document] + index // chunk
+    slot = index % chunk
+    total = int(chunks_per_row.sum())
+    out = values.new_zeros(total, chunk, values.shape[-1])
+    out[row, slot] = values
+    valid = torch.zeros(total, chunk, dtype=torch.bool, device=values.device)
+    valid[row, slot] = True
+    parent = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), chunks_per_row)
+    return out, valid, parent
