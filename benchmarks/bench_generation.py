@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no_clamp", action="store_true", help="sample without clamping (faster, collapsed samples)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -59,7 +60,8 @@ def main() -> None:
     baseline_parameters = sum(p.numel() for p in baseline.parameters())
 
     print(machine_line() + f"; torch threads {torch.get_num_threads()}")
-    print(f"Zonkey: {name}, {zonkey_parameters:,} parameters, {args.steps} denoising steps, DDMM sampler")
+    print(f"Zonkey: {name}, {zonkey_parameters:,} parameters, {args.steps} denoising steps, DDMM sampler, "
+          f"clamping {'off' if args.no_clamp else 'on'}")
     print(f"baseline: byte-level GPT-2, {baseline.config.n_layer} layers x {baseline.config.n_embd}, "
           f"{baseline_parameters:,} parameters, KV cache, sampling\n")
     print("| batch | bytes / sample | Zonkey s | Zonkey bytes/s | baseline s | baseline bytes/s | Zonkey / baseline |")
@@ -67,7 +69,8 @@ def main() -> None:
     notes = []
     for batch in args.batch_sizes:
         zonkey_time, ids = median_seconds(
-            lambda: model.generate(num_return_sequences=batch, num_steps=args.steps, seed=0), args.repeats)
+            lambda: model.generate(num_return_sequences=batch, num_steps=args.steps, seed=0, clamp=not args.no_clamp),
+            args.repeats)
         produced = int((ids != model.config.pad_token_id).sum())
         per_sample = max(1, round(produced / batch))
         prompt = torch.full((batch, 1), ord(" "), dtype=torch.long)
