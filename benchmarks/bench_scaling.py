@@ -33,12 +33,10 @@ def text_batch(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for _ in range(batch):
-        words, size = [], 0
-        while size < length:
-            word = WORDS[int(torch.randint(len(WORDS), (1,), generator=generator))]
-            words.append(word)
-            size += len(word) + 1
-        rows.append(list(" ".join(words).encode()[:length]))
+        text = ""
+        while len(text) < length:
+            text += WORDS[int(torch.randint(len(WORDS), (1,), generator=generator))] + " "
+        rows.append(list(text.encode()[:length]))
     return torch.tensor(rows)
 
 
@@ -98,6 +96,7 @@ def main() -> None:
     print("\n| bytes / document | Zonkey ms / byte | baseline ms / byte | Zonkey / baseline time | Zonkey peak MiB | "
           "baseline peak MiB |")
     print("|---:|---:|---:|---:|---:|---:|")
+    last = None
     for length in args.lengths:
         rows = {}
         for name in ("zonkey", "baseline"):
@@ -117,7 +116,9 @@ def main() -> None:
         per_byte = [1000 * r["step_s"] / (args.batch_size * length) for r in (z, b)]
         print(f"| {length} | {per_byte[0]:.3f} | {per_byte[1]:.3f} | {per_byte[0] / per_byte[1]:.2f}x | "
               f"{z['peak_mib']:,.0f} | {b['peak_mib']:,.0f} |", flush=True)
-    print(f"\nparameters: Zonkey {z['parameters']:,}, baseline {b['parameters']:,} (at the last length)")
+        last = (z, b)
+    if last is not None:
+        print(f"\nparameters: Zonkey {last[0]['parameters']:,}, baseline {last[1]['parameters']:,} (at the last length)")
 
 
 if __name__ == "__main__":
