@@ -136,8 +136,9 @@ def test_evaluate_script_writes_every_key_and_picture(make_model, tokenizer, tmp
     # baseline samples have as many bytes as Zonkey's on average (an invalid byte run decodes to one character)
     length = round(generation["samples"]["mean_bytes"]["mean"])
     assert all(0 < len(e) <= length for e in baseline["examples"]), (length, baseline["examples"])
-    # the real text comes from the training corpus here, so all its words are in the training vocabulary
-    assert generation["real"]["vocabulary_share"]["mean"] == 1.0
+    # the real text comes from the training corpus here: all its words are in the training vocabulary except
+    # where the cut to a sample's length splits the last word
+    assert generation["real"]["vocabulary_share"]["mean"] > 0.8
     table = (out / "evaluation.md").read_text()
     assert "| 0 | word starts |" in table and "judge_perplexity" in table and "baseline samples |" in table
     for picture in ("segmentation.png", "segmentation.html"):
