@@ -101,6 +101,14 @@ def test_push_uploads_the_model_then_the_card(folder, monkeypatch):
     assert after == before, "a push must not modify the local folder"
 
 
+def test_a_pull_request_carries_the_model_and_the_card_together(folder, monkeypatch):
+    path, _, _ = folder
+    hub = FakeHub(monkeypatch)
+    push_folder(path, "org/zonkey-micro", token="hf_test", create_pr=True)
+    assert len(hub.commits) == 1 and hub.commits[0]["create_pr"] is True
+    assert "README.md" in hub.commits[0]["files"] and "model.safetensors" in hub.commits[0]["files"]
+
+
 def test_push_without_token_or_network_fails_clearly_and_keeps_the_folder(folder, monkeypatch):
     path, _, _ = folder
     monkeypatch.delenv("HF_TOKEN", raising=False)
