@@ -34,6 +34,14 @@ def test_the_folder_is_small_complete_and_safetensors():
     assert sorted(everything) == sorted(files), "only shareable files belong in the shipped folder"
 
 
+def test_its_remote_code_is_the_packages():
+    """Users with trust_remote_code run the folder's copies: they must be the package's current files."""
+    package = ROOT / "modeling_zonkey"
+    stale = [f.name for f in PRETRAINED.glob("*.py") if f.read_bytes() != (package / f.name).read_bytes()]
+    assert not stale, (f"{stale} differ from modeling_zonkey/: re-save the checkpoint (AutoModel.from_pretrained(folder)"
+                       ".save_pretrained(folder)) so that its remote code is current")
+
+
 def test_it_loads_segments_and_generates(pretrained):
     model, tokenizer = pretrained
     assert type(model) is ZonkeyModel and not model.training

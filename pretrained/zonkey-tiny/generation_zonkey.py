@@ -19,6 +19,7 @@ from transformers import GenerationConfig
 from transformers.utils import ModelOutput
 from transformers.utils.logging import tqdm  # (remote code may import only transformers, torch, numpy)
 
+from .ddmm import add_noise
 from .sampling import (NOISE_SCHEDULES, SAMPLERS, Canvas, denoise, final_decode, kept_length, noise_schedule,
                        sample_generators, sample_noise)
 from .sphere import to_sphere
@@ -171,16 +172,16 @@ class ZonkeyGenerationMixin:
                 pass
 
     # --------------------------------------------------------------------------------------- helpers
-    def clamp_to_data(self, sequence: torch.Tensor, existence: torch.Tensor, level: int) -> torch.Tensor:
+    def clamp_to_data(self, sequence: torch.Tensor, level: int) -> torch.Tensor:
         """Snap decoded level-`level` windows (M, L, d_level) to the data they stand for: nearest byte embeddings
         at level 0; at levels >= 1 each vector is decoded by the level below (t = 0), clamped there, and
-        compressed again into a latent. existence (M, L) is the windows' decoded existence (unused at level 0)."""
+        compressed again (under its own decoded existence) into a latent."""
         if level == 0:
             return self.embed_bytes(self.nearest_bytes(sequence.flatten(0, 1)).view(sequence.shape[:2])).to(sequence.dtype)
         below = self.levels[level - 1]
         flat = sequence.flatten(0, 1)
         decoded = below.decoder(flat, torch.zeros(len(flat), device=flat.device))
-        windows = self.clamp_to_data(decoded.sequence, decoded.existence, level - 1)
+        windows = self.clamp_to_data(decoded.sequence, level - 1)
         latents = below.compressor(windows, decoded.existence.to(windows.dtype)).latents
         return latents.view(sequence.shape).to(sequence.dtype)
 
@@ -189,7 +190,7 @@ class ZonkeyGenerationMixin:
         return sample_generators([base + i for i in range(count)], self.device)
 
     def _clamp(self, config: ZonkeyGenerationConfig, level: int):
-        return (lambda sequence, existence: self.clamp_to_data(sequence, existence, level)) if config.clamp else None
+        return (lambda sequence: self.clamp_to_data(sequence, level)) if config.clamp else None
 
     def _progress(self, steps: int, enabled: bool):
         return tqdm(total=steps, desc="denoising", unit="step", disable=not enabled)
@@ -283,9 +284,11 @@ class ZonkeyGenerationMixin:
             raise ValueError(f"level must lie in [0, {self.config.num_levels - 1}], got {level}.")
         self._check_documents(prompts)
         repeats = config.num_return_sequences
+        budgets = self._check_room(config, prompts)
         t = float(config.noise_level)
         if t == 0.0:  # the model's own reconstruction, given its segmentation
-            return [self.reconstruct(p.prefix[None], from_level=top)[0] for p in prompts for _ in range(repeats)]
+            clean = [self.reconstruct(p.prefix[None], from_level=top)[0][:budget] for p, budget in zip(prompts, budgets)]
+            return [ids for ids in clean for _ in range(repeats)]
         items = []  # (latent rows, parents) of each sample
         for prompt in prompts:
             outputs = self(prompt.prefix[None]).levels
@@ -296,20 +299,20 @@ class ZonkeyGenerationMixin:
         counts = [sum(len(r) for r in rows) for rows, _ in items]
         owner = torch.repeat_interleave(torch.arange(len(items), device=self.device), torch.tensor(counts, device=self.device))
         z = torch.cat([torch.cat(rows) for rows, _ in items])
-        z = to_sphere(t**0.5 * sample_noise(generators, owner, z.shape[1], self.device, z.dtype) + (1 - t) ** 0.5 * z)
+        z = add_noise(z, torch.full((len(z),), t, device=self.device),
+                      noise=sample_noise(generators, owner, z.shape[1], self.device, z.dtype))
         steps = max(1, math.ceil(config.num_steps * t))
         with self._progress(steps, progress_bar) as bar:
             z = denoise(self.levels[top], z, noise_schedule(config.noise_schedule, steps, t), config.sampler,
                         generators, owner, None, bar, self._clamp(config, top))
         samples, start = [], 0
-        budgets = self._check_room(config, prompts)
         for index, (rows, parents) in enumerate(items):
             sizes = [len(r) for r in rows]
             denoised = list(z[start : start + sum(sizes)].split(sizes))
             start += sum(sizes)
             ids = self.decode_latents(denoised, top, parents, cutoff=config.existence_threshold)[0]
             budget = budgets[index // repeats]
-            samples.append(ids if budget is None else ids[:budget])
+            samples.append(ids[:budget])
         return samples
 
     def _check_documents(self, prompts: list[_Prompt]) -> None:

@@ -2,7 +2,7 @@
 
 The loop (method.md Sec. 7), for t_0 > t_1 > ... > t_K = 0:
     X, e = Dec(z, t_k)                    the decoder's estimate of the clean window and its existence
-    X = clamp(X, e)                       optional: snap the estimate to the data (see ZonkeyGenerationConfig)
+    X = clamp(X)                          optional: snap the estimate to the data (see ZonkeyGenerationConfig)
     X, e = canvas(X, e)                   replacement: known positions keep their vectors (prompting)
     z = Compress(X, e)                    back to a clean latent
     z = renoise(z, t_{k+1})               "ddmm" sampler only; "deterministic" (the paper release) skips it
@@ -76,7 +76,7 @@ def denoise(level: ZonkeyLevel, z: torch.Tensor, schedule: list[float], sampler:
     """Run the sampler from z at t = schedule[0] down to a clean latent. z (M, C d) -> (M, C d).
 
     owner (M,): the sample (index into generators) each latent belongs to, for the re-noising draws.
-    progress: an optional tqdm bar, advanced once per step. clamp: (X (M, L, d), e (M, L)) -> X, or None.
+    progress: an optional tqdm bar, advanced once per step. clamp: X (M, L, d) -> X, or None.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
@@ -84,7 +84,7 @@ def denoise(level: ZonkeyLevel, z: torch.Tensor, schedule: list[float], sampler:
         out = level.decoder(z, torch.full((len(z),), t, device=z.device))
         sequence, existence = out.sequence, out.existence
         if clamp is not None:
-            sequence = clamp(sequence, existence)
+            sequence = clamp(sequence)
         if canvas is not None:
             sequence, existence = canvas.apply(sequence, existence)
         z = level.compressor(sequence, existence.to(sequence.dtype)).latents
