@@ -12,6 +12,18 @@ from .inspection import TextSegmentation
 LEVEL_COLOURS = ("tab:blue", "tab:red", "tab:green")
 
 
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend; a clear error when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ValueError("pictures need matplotlib: pip install -e \".[eval]\" (or pip install matplotlib).") from error
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _characters(data: bytes) -> list[tuple[int, str]]:
     """(byte position, character) for each character of the text (invalid bytes shown as U+FFFD)."""
     out, i = [], 0
@@ -32,11 +44,7 @@ def _characters(data: bytes) -> list[tuple[int, str]]:
 def plot_segmentation(segmentation: TextSegmentation, path: str | Path, title: str = "", width: int = 64) -> Path:
     """PNG: the text in lines of `width` bytes; under each line, one bar chart per level with p_bos at the byte
     positions that level reads, and its chosen segment starts as vertical lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     data, levels = segmentation.data, len(segmentation.starts)
     lines = max(1, -(-len(data) // width))
     figure, axes = plt.subplots(lines * levels, 1, figsize=(width * 0.18, 1.3 * lines * levels), squeeze=False)
@@ -107,11 +115,7 @@ def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
 
 def plot_training_curves(scalars: dict[str, list[tuple[int, float]]], path: str | Path, smooth: int = 25) -> Path:
     """PNG with four panels: training loss (moving average), validation loss, byte accuracy, boundary scores."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     figure, axes = plt.subplots(1, 4, figsize=(17, 3.4))
     panels = [("training loss", ["train/loss"]), ("validation loss", ["val/loss"]),
               ("byte accuracy at t = 0", ["val/byte_accuracy_level0", "val/byte_accuracy_top"]),

@@ -149,6 +149,14 @@ def test_evaluate_script_writes_every_key_and_picture(make_model, tokenizer, tmp
     assert "config.json missing" in capsys.readouterr().err
 
 
+def test_pictures_without_matplotlib_say_what_to_install(monkeypatch):
+    from modeling_zonkey import pictures
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    with pytest.raises(ValueError, match=r"pictures need matplotlib: pip install"):
+        pictures.plot_training_curves({}, "unused.png")
+
+
 def test_training_curves_come_from_the_tensorboard_logs(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
