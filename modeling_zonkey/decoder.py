@@ -4,8 +4,11 @@ It predicts data, not noise:
     prompt  = [tau(t); z_t split into its C vectors, each + tau(t)]           (C + 1 tokens of width d)
     decompressor: a causal transformer that emits L vectors autoregressively (each step reads the
                   previous output, with a key/value cache)
-    denoiser: a PA encoder over prompt + those L vectors; the last L, normalised to nu(d), are X_hat
     existence head: p_end = sigmoid(w . y / sqrt(d) - 2); e_hat_j = prod_{k=1..j}(1 - p_end_k), e_hat_0 = 1
+                  (in log space: log(1 - p_end) = -softplus(logit))
+    denoiser: a PA encoder over prompt + those L vectors under the existence [1 x (C + 1), e_draft], e_draft the
+              existence head applied to the decompressor's vectors (so the predicted length masks the decoding);
+              the last L outputs, normalised to nu(d), are X_hat, and e_hat is the head applied to them
 """
 
 import math
@@ -94,9 +97,11 @@ class Decompressor(nn.Module):
 
 class Decoder(nn.Module):
     def __init__(self, hidden_size: int, num_heads: int, num_cls: int, window_length: int,
-                 decompressor_layers: int, denoiser_layers: int, ffn_multiplier: int, time_embedding: str):
+                 decompressor_layers: int, denoiser_layers: int, ffn_multiplier: int, time_embedding: str,
+                 denoiser_existence: bool = True):
         super().__init__()
         self.num_cls = num_cls
+        self.denoiser_existence = denoiser_existence
         self.window_length = window_length
         self.time = TimeEmbedding(hidden_size, time_embedding)
         self.decompressor = Decompressor(hidden_size, num_heads, decompressor_layers, window_length, ffn_multiplier)
@@ -108,9 +113,15 @@ class Decoder(nn.Module):
         tau = self.time(t.to(noised_latents.dtype)).to(noised_latents.dtype).unsqueeze(1)  # (M, 1, d)
         prompt = torch.cat([tau, noised_latents.unflatten(1, (self.num_cls, -1)) + tau], dim=1)
         emitted = self.decompressor(prompt)
-        y = self.denoiser(torch.cat([prompt, emitted], dim=1))[:, -self.window_length :]
-        d = y.shape[-1]
-        p_end = torch.sigmoid(self.existence_head(y).squeeze(-1).float() / math.sqrt(d) - 2.0)
-        log_survive = torch.log1p(-p_end[:, 1:].clamp(max=1.0 - 1e-6)).cumsum(dim=1)
-        existence = torch.cat([torch.ones_like(p_end[:, :1]), log_survive.exp()], dim=1)
-        return DecoderOutput(to_sphere(y), existence)
+        existence = None
+        if self.denoiser_existence:  # the prompt always exists; the draft length masks the emitted vectors
+            draft = self.existence(emitted).clamp_min(1e-6).to(prompt.dtype)
+            existence = torch.cat([torch.ones_like(draft[:, :1]).expand(-1, prompt.shape[1]), draft], dim=1)
+        y = self.denoiser(torch.cat([prompt, emitted], dim=1), existence)[:, -self.window_length :]
+        return DecoderOutput(to_sphere(y), self.existence(y))
+
+    def existence(self, vectors: torch.Tensor) -> torch.Tensor:
+        """e_hat_j = prod_{k=1..j}(1 - p_end_k), e_hat_0 = 1, p_end = sigmoid(w . y / sqrt(d) - 2). (M, L, d) -> (M, L)."""
+        logits = self.existence_head(vectors).squeeze(-1).float() / math.sqrt(vectors.shape[-1]) - 2.0
+        log_survive = (-F.softplus(logits[:, 1:])).cumsum(dim=1)
+        return torch.cat([torch.ones_like(logits[:, :1]), log_survive.exp()], dim=1)

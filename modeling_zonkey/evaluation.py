@@ -3,9 +3,13 @@
 `evaluate_model` returns one nested dict (written as JSON and as Markdown by examples/evaluate.py):
     segmentation.level{l}: boundary P / R / F1 (exact and +-1) against word starts (level 0) or sentence
         starts (levels >= 1), AUPRC of p_bos, over-segmentation, R-value, bytes per segment and its CV,
-        sharpness (mean binary entropy of p_bos in bits, share of p_bos in (0.1, 0.9));
+        sharpness (mean binary entropy of p_bos in bits, share of p_bos in (0.1, 0.9)), share of p_bos
+        saturated (within 1e-4 of 0 or 1);
     reconstruction["t={t}"].level{l}: byte accuracy, character error rate and exact-segment match of
-        encode -> noise the level-l latents to t -> denoise -> decode (t = 0: the model's reconstruction);
+        encode -> noise the level-l latents to t -> denoise (the sampler, settings.num_steps steps) -> decode
+        (t = 0: the model's reconstruction);
+    denoiser.level{l}["t={t}"]: ONE decode of the level-l latents noised to t, against the clean segments (byte
+        accuracy at level 0, cosine above) and the mean pairwise cosine of the decoded vectors (diagnostics.py);
     stitcher: overlap disagreement of consecutive decoded level-0 segments at t = 0;
     generation: judge perplexity of samples and of real held-out text of the same byte lengths, and the
         text statistics of both (text_statistics.py); mean and std over seeds.
@@ -20,6 +24,7 @@ import torch
 from rapidfuzz.distance import Levenshtein
 
 from .data import ZonkeyDataCollator, split_bytes
+from .diagnostics import bos_saturation_counts, denoiser_curve
 from .inspection import level_probabilities, level_starts
 from .metrics import (average_precision, binary_entropy, boundary_scores, byte_accuracy, mean_and_cv,
                       over_segmentation, r_value, segment_lengths, sentence_starts, word_starts)
@@ -30,7 +35,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 @dataclass
 class EvaluationSettings:
-    noise_levels: tuple[float, ...] = (0.0, 0.1, 0.3, 0.5)
+    noise_levels: tuple[float, ...] = (0.0, 0.1, 0.3, 0.5, 0.7, 1.0)
     seeds: tuple[int, ...] = (0, 1, 2)
     samples_per_seed: int = 16
     num_steps: int = 50
@@ -63,8 +68,12 @@ def _batches(documents: list[bytes], size: int, device: torch.device):
 def segmentation_metrics(model, documents: list[bytes], batch_size: int = 8) -> dict[str, dict[str, float]]:
     levels = model.config.num_levels
     predicted, gold, scores, labels, probs, lengths = ([[] for _ in range(levels)] for _ in range(6))
+    saturated = [[0, 0] for _ in range(levels)]
     for chunk, ids, mask in _batches(documents, batch_size, model.device):
         outputs = model(ids, mask).levels
+        for level, (hits, total) in enumerate(bos_saturation_counts(outputs)):
+            saturated[level][0] += hits
+            saturated[level][1] += total
         for row, data in enumerate(chunk):
             starts = level_starts(outputs, row)
             for level, (positions, p) in enumerate(level_probabilities(outputs, row, starts)):
@@ -91,6 +100,7 @@ def segmentation_metrics(model, documents: list[bytes], batch_size: int = 8) -> 
             "bytes_per_segment": mean_length, "bytes_per_segment_cv": cv,
             "p_bos_entropy_bits": float(binary_entropy(p).mean()) if len(p) else 0.0,
             "p_bos_share_uncertain": float(((p > 0.1) & (p < 0.9)).float().mean()) if len(p) else 0.0,
+            "p_bos_saturated": saturated[level][0] / max(saturated[level][1], 1),
             "segments": exact.predicted, "reference_boundaries": exact.gold,
         }
     return results
@@ -123,6 +133,22 @@ def reconstruction_metrics(model, documents: list[bytes], noise_levels: tuple[fl
             "byte_accuracy": correct / max(total, 1), "cer": edits / max(size, 1),
             "exact_segment_match": right / max(segments, 1)}
     return results
+
+
+@torch.no_grad()
+def denoiser_metrics(model, documents: list[bytes], noise_levels: tuple[float, ...], seed: int = 0,
+                     batch_size: int = 8) -> dict[str, dict[str, dict[str, float]]]:
+    """diagnostics.denoiser_curve over the held-out documents, averaged over batches (weighted by documents)."""
+    totals: dict = {}
+    for index, (chunk, ids, mask) in enumerate(_batches(documents, batch_size, model.device)):
+        curve = denoiser_curve(model, ids, mask, noise_levels, seed + index)
+        for level, per_t in curve.items():
+            for t, values in per_t.items():
+                slot = totals.setdefault(level, {}).setdefault(t, {})
+                for name, value in values.items():
+                    slot[name] = slot.get(name, 0.0) + value * len(chunk)
+    return {level: {t: {name: value / len(documents) for name, value in values.items()} for t, values in per_t.items()}
+            for level, per_t in totals.items()}
 
 
 @torch.no_grad()
@@ -252,6 +278,7 @@ def evaluate_model(model, tokenizer, documents: list[bytes], settings: Evaluatio
             "segmentation": segmentation_metrics(model, documents, settings.batch_size),
             "reconstruction": reconstruction_metrics(model, documents, settings.noise_levels, 0, settings.batch_size,
                                                      settings.num_steps),
+            "denoiser": denoiser_metrics(model, documents, settings.noise_levels, 0, settings.batch_size),
             "stitcher": {"overlap_disagreement": overlap_disagreement(model, documents, settings.batch_size)},
         }
         if judge is not None:

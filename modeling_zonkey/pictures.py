@@ -114,12 +114,15 @@ def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def plot_training_curves(scalars: dict[str, list[tuple[int, float]]], path: str | Path, smooth: int = 25) -> Path:
-    """PNG with four panels: training loss (moving average), validation loss, byte accuracy, boundary scores."""
+    """PNG with five panels: training loss (moving average), validation loss, byte accuracy, boundary scores, and
+    the decoder at noise level t = 0.5 (one-decode accuracy and pairwise cosine of decoded vectors: a collapse)."""
     plt = _pyplot()
-    figure, axes = plt.subplots(1, 4, figsize=(17, 3.4))
+    figure, axes = plt.subplots(1, 5, figsize=(21, 3.4))
     panels = [("training loss", ["train/loss"]), ("validation loss", ["val/loss"]),
               ("byte accuracy at t = 0", ["val/byte_accuracy_level0", "val/byte_accuracy_top"]),
-              ("level-0 boundaries vs word starts", ["val/boundary_precision", "val/boundary_recall", "val/boundary_f1"])]
+              ("level-0 boundaries vs word starts", ["val/boundary_precision", "val/boundary_recall", "val/boundary_f1"]),
+              ("decoder at t = 0.5", ["val/level0/accuracy_t0.5", "val/level0/pairwise_cosine_t0.5",
+                                      "val/level1/cosine_t0.5", "val/level1/pairwise_cosine_t0.5"])]
     for ax, (title, tags) in zip(axes, panels):
         for tag in tags:
             if tag not in scalars:
@@ -128,13 +131,42 @@ def plot_training_curves(scalars: dict[str, list[tuple[int, float]]], path: str 
             if tag == "train/loss" and len(values) > smooth:
                 values = [sum(values[max(0, i - smooth + 1) : i + 1]) / len(values[max(0, i - smooth + 1) : i + 1])
                           for i in range(len(values))]
-            ax.plot(steps, values, label=tag.split("/")[-1], marker="o" if tag.startswith("val/") else None,
+            ax.plot(steps, values, label=tag.removeprefix("val/"), marker="o" if tag.startswith("val/") else None,
                     markersize=3)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         if len(tags) > 1 and ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_noise_curves(results: dict, path: str | Path) -> Path:
+    """PNG with two panels from an evaluation dict: reconstruction against noise level t (the sampler's byte accuracy
+    per level, one decode's byte accuracy / cosine) and the mean pairwise cosine of decoded vectors against t."""
+    plt = _pyplot()
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+    for level in sorted({name for per_t in results["reconstruction"].values() for name in per_t}):
+        points = sorted((float(t[2:]), per_t[level]["byte_accuracy"]) for t, per_t in results["reconstruction"].items())
+        left.plot(*zip(*points), marker="o", label=f"bytes via sampler, from {level}")
+    for level, per_t in results.get("denoiser", {}).items():
+        key = "accuracy" if level == "level0" else "cosine"
+        points = sorted((float(t[2:]), values[key]) for t, values in per_t.items())
+        left.plot(*zip(*points), marker="s", linestyle="--", label=f"one decode, {level} ({key})")
+        diversity = sorted((float(t[2:]), values["pairwise_cosine"]) for t, values in per_t.items())
+        line, = right.plot(*zip(*diversity), marker="s", label=f"{level} decoded")
+        target = sorted((float(t[2:]), values["target_pairwise_cosine"]) for t, values in per_t.items())
+        right.plot(*zip(*target), linestyle=":", color=line.get_color(), label=f"{level} clean targets")
+    left.set_title("reconstruction against noise level", fontsize=10)
+    right.set_title("mean pairwise cosine of decoded vectors (1 = collapsed)", fontsize=10)
+    for ax in (left, right):
+        ax.set_xlabel("noise level t")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=100)

@@ -5,17 +5,21 @@ def _f(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _saturated(m: dict) -> str:
+    return f"{m['p_bos_saturated']:.1%}" if "p_bos_saturated" in m else "-"  # evaluations older than the column
+
+
 def results_markdown(results: dict) -> str:
     lines = [f"Held-out text: {results['documents']} documents, {results['bytes']:,} bytes.", "",
              "**Segmentation** (boundaries against word starts at level 0, sentence starts above)", "",
              "| level | reference | P | R | F1 | F1 +-1 | AUPRC | OS | R-value | bytes/segment (CV) | "
-             "H(p_bos) bits | p_bos in (0.1, 0.9) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "H(p_bos) bits | p_bos in (0.1, 0.9) | p_bos saturated |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in results["segmentation"].items():
         lines.append(f"| {name[5:]} | {m['reference']} | {_f(m['precision'])} | {_f(m['recall'])} | {_f(m['f1'])} | "
                      f"{_f(m['f1_pm1'])} | {_f(m['auprc'])} | {_f(m['over_segmentation'], 2)} | {_f(m['r_value'])} | "
                      f"{m['bytes_per_segment']:.1f} ({m['bytes_per_segment_cv']:.2f}) | {_f(m['p_bos_entropy_bits'])} | "
-                     f"{m['p_bos_share_uncertain']:.1%} |")
+                     f"{m['p_bos_share_uncertain']:.1%} | {_saturated(m)} |")
     lines += ["", "**Reconstruction** (encode -> noise the latents of a level to t -> denoise -> decode; t = 0 "
               "uses the encoder's segmentation, t > 0 infers the offsets)", "",
               "| t | from level | byte accuracy | CER | exact segments |", "|---:|---:|---:|---:|---:|"]
@@ -23,6 +27,20 @@ def results_markdown(results: dict) -> str:
         for name, m in per_level.items():
             lines.append(f"| {t[2:]} | {name[5:]} | {m['byte_accuracy']:.1%} | {_f(m['cer'])} | "
                          f"{m['exact_segment_match']:.1%} |")
+    if results.get("denoiser"):
+        lines += ["", "**Denoiser against noise level** (one decode of the latents of a level noised to t, no sampler: "
+                  "byte accuracy at level 0, cos(X_hat, X) above; pairwise = mean cosine between decoded vectors, "
+                  "1.000 when the decoder emits one vector for everything; the clean targets' own value in brackets)", "",
+                  "| t | " + " | ".join(f"level {name[5:]} {'accuracy' if name == 'level0' else 'cosine'} | "
+                                        f"level {name[5:]} pairwise" for name in results["denoiser"]) + " |",
+                  "|---:|" + "---:|---:|" * len(results["denoiser"])]
+        for t in next(iter(results["denoiser"].values())):
+            cells = []
+            for name, per_t in results["denoiser"].items():
+                m = per_t[t]
+                score = f"{m['accuracy']:.1%}" if "accuracy" in m else f"{m['cosine']:.3f}"
+                cells += [score, f"{m['pairwise_cosine']:.3f} ({m['target_pairwise_cosine']:.3f})"]
+            lines.append(f"| {t[2:]} | " + " | ".join(cells) + " |")
     lines += ["", f"Stitcher overlap disagreement (level 0, t = 0): "
               f"{results['stitcher']['overlap_disagreement']:.1%} of overlapping positions."]
     generation, baseline = results.get("generation"), results.get("baseline_generation")

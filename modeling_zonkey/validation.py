@@ -1,4 +1,5 @@
-"""Validation while training: loss, byte reconstruction accuracy at t = 0 and level-0 boundary scores.
+"""Validation while training: loss, byte reconstruction accuracy at t = 0, level-0 boundary scores, and the
+collapse diagnostics (one-decode reconstruction and diversity against noise level, saturated p_bos).
 
 Runs on every process of an Accelerate job and reduces the counts across them.
 """
@@ -6,13 +7,33 @@ Runs on every process of an Accelerate job and reduces the counts across them.
 import torch
 from torch.distributed.fsdp import FSDPModule
 
+from .diagnostics import bos_saturation, denoiser_curve
 from .metrics import boundary_scores, byte_accuracy, word_starts
+
+# noise levels of the collapse diagnostics logged during training (one decode of the first validation batch)
+DIAGNOSTIC_NOISE_LEVELS = (0.3, 0.5, 1.0)
+
+
+def diagnostic_scalars(model, batch, seed: int) -> dict[str, float]:
+    """val/level{l}/{accuracy|cosine}_t{t}, val/level{l}/pairwise_cosine_t{t} and val/level{l}/p_bos_saturated."""
+    curve = denoiser_curve(model, batch["input_ids"], batch["attention_mask"], DIAGNOSTIC_NOISE_LEVELS, seed)
+    scalars = {}
+    for level, per_t in curve.items():
+        for t, values in per_t.items():
+            for name in ("accuracy", "cosine", "pairwise_cosine"):
+                if name in values:
+                    scalars[f"val/{level}/{name}_t{t[2:]}"] = values[name]
+    outputs = model(batch["input_ids"], batch["attention_mask"]).levels
+    for level, share in enumerate(bos_saturation(outputs)):
+        scalars[f"val/level{level}/p_bos_saturated"] = share
+    return scalars
 
 
 @torch.no_grad()
 def evaluate(model, loader, accelerator, max_batches: int, seed: int) -> dict[str, float]:
     """Validation loss, byte reconstruction accuracy at t = 0 (from level 0 and from the top, true offsets),
-    and level-0 boundary precision / recall / F1 against word starts. Seeded inside a forked RNG (CPU and the
+    level-0 boundary precision / recall / F1 against word starts, and the collapse diagnostics of
+    `diagnostic_scalars` on the first batch (averaged over processes). Seeded inside a forked RNG (CPU and the
     accelerator's device), so evaluating does not move the training RNG: a run that evaluates at a step where
     another does not still draws the same training noise afterwards."""
     raw = accelerator.unwrap_model(model)
@@ -21,6 +42,7 @@ def evaluate(model, loader, accelerator, max_batches: int, seed: int) -> dict[st
     loss_sum = batches = 0.0
     counts = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
     predicted, gold = [], []
+    diagnostics: dict[str, float] = {}
     device = accelerator.device
     fork = (torch.random.fork_rng(devices=[]) if device.type == "cpu" else
             torch.random.fork_rng(devices=[device.index or 0], device_type=device.type))
@@ -33,6 +55,8 @@ def evaluate(model, loader, accelerator, max_batches: int, seed: int) -> dict[st
         for index, batch in enumerate(loader):
             if index >= max_batches:
                 break
+            if index == 0:
+                diagnostics = diagnostic_scalars(raw, batch, seed)
             out = raw(**batch, return_loss=True)
             loss_sum += out.loss.item()
             batches += 1
@@ -53,6 +77,11 @@ def evaluate(model, loader, accelerator, max_batches: int, seed: int) -> dict[st
                           scores.recall * scores.gold, scores.gold], dtype=torch.float64, device=accelerator.device)
     local = accelerator.reduce(torch.cat([local, counts]), reduction="sum")
     loss, n, hit_p, n_pred, hit_g, n_gold, c0, t0, ct, tt = local.tolist()
+    if diagnostics:  # every process evaluates the same number of batches (accelerate's even_batches): mean over them
+        names = sorted(diagnostics)
+        values = torch.tensor([[diagnostics[k] for k in names] + [1.0]], dtype=torch.float64, device=accelerator.device)
+        totals = accelerator.reduce(values, reduction="sum")[0].tolist()
+        diagnostics = {k: v / totals[-1] for k, v in zip(names, totals[:-1])}
     precision, recall = hit_p / max(n_pred, 1), hit_g / max(n_gold, 1)
     return {
         "val/loss": loss / max(n, 1),
@@ -62,4 +91,5 @@ def evaluate(model, loader, accelerator, max_batches: int, seed: int) -> dict[st
         "val/boundary_recall": recall,
         "val/boundary_f1": 2 * precision * recall / max(precision + recall, 1e-12),
         "val/bytes_per_segment": (t0 / max(n_pred, 1)),
+        **diagnostics,
     }

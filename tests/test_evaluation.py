@@ -116,7 +116,7 @@ def test_evaluate_script_writes_every_key_and_picture(make_model, tokenizer, tmp
         metrics = results["segmentation"][level]
         for key in ("precision", "recall", "f1", "precision_pm1", "recall_pm1", "f1_pm1", "auprc",
                     "over_segmentation", "r_value", "bytes_per_segment", "bytes_per_segment_cv",
-                    "p_bos_entropy_bits", "p_bos_share_uncertain"):
+                    "p_bos_entropy_bits", "p_bos_share_uncertain", "p_bos_saturated"):
             assert math.isfinite(metrics[key]), (level, key)
         assert 0.0 <= metrics["f1"] <= metrics["f1_pm1"] <= 1.0
     assert set(results["reconstruction"]) == {"t=0", "t=0.3"}
@@ -125,6 +125,11 @@ def test_evaluate_script_writes_every_key_and_picture(make_model, tokenizer, tmp
             assert set(metrics) == {"byte_accuracy", "cer", "exact_segment_match"}
             assert 0.0 <= metrics["byte_accuracy"] <= 1.0 and metrics["cer"] >= 0.0
     assert 0.0 <= results["stitcher"]["overlap_disagreement"] <= 1.0
+    for level, score in (("level0", "accuracy"), ("level1", "cosine")):
+        assert set(results["denoiser"][level]) == {"t=0", "t=0.3"}
+        for metrics in results["denoiser"][level].values():
+            assert set(metrics) == {score, "pairwise_cosine", "target_pairwise_cosine"}
+            assert all(-1.0 <= value <= 1.0 for value in metrics.values())
     generation = results["generation"]
     assert generation["seeds"] == [0, 1] and len(generation["examples"]) == 4
     for side in ("samples", "real"):
@@ -141,7 +146,8 @@ def test_evaluate_script_writes_every_key_and_picture(make_model, tokenizer, tmp
     assert generation["real"]["vocabulary_share"]["mean"] > 0.8
     table = (out / "evaluation.md").read_text()
     assert "| 0 | word starts |" in table and "judge_perplexity" in table and "baseline samples |" in table
-    for picture in ("segmentation.png", "segmentation.html"):
+    assert "**Denoiser against noise level**" in table and "| 0.3 |" in table
+    for picture in ("segmentation.png", "segmentation.html", "noise_curves.png"):
         assert (out / picture).stat().st_size > 1000
     assert (out / "segmentation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "border-left" in (out / "segmentation.html").read_text()

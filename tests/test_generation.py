@@ -28,11 +28,13 @@ def lengths(ids: torch.Tensor) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------- unconditional
-@pytest.mark.parametrize("sampler", ["ddmm", "deterministic"])
+@pytest.mark.parametrize("sampler", ["ddmm", "ddim", "deterministic"])
 def test_seeded_generation_is_deterministic(model, sampler):
-    first = model.generate(num_return_sequences=3, seed=11, sampler=sampler, return_dict_in_generate=True, **FAST)
-    again = model.generate(num_return_sequences=3, seed=11, sampler=sampler, return_dict_in_generate=True, **FAST)
-    other = model.generate(num_return_sequences=3, seed=12, sampler=sampler, return_dict_in_generate=True, **FAST)
+    # without clamping: the untrained model's clamped chain falls onto one fixed point whatever the seed
+    options = dict(sampler=sampler, return_dict_in_generate=True, clamp=False, **FAST)
+    first = model.generate(num_return_sequences=3, seed=11, **options)
+    again = model.generate(num_return_sequences=3, seed=11, **options)
+    other = model.generate(num_return_sequences=3, seed=12, **options)
     assert isinstance(first, ZonkeyGenerateOutput)
     assert torch.equal(first.sequences, again.sequences) and torch.equal(first.latents, again.latents)
     assert not torch.allclose(first.latents, other.latents, atol=1e-4)  # the seed reaches the noise
@@ -40,7 +42,7 @@ def test_seeded_generation_is_deterministic(model, sampler):
     assert not torch.allclose(first.latents[0], first.latents[1], atol=1e-4)
 
 
-@pytest.mark.parametrize("sampler", ["deterministic", "ddmm"])
+@pytest.mark.parametrize("sampler", ["deterministic", "ddmm", "ddim"])
 def test_batch_of_n_equals_n_single_runs(model, sampler):
     batch = model.generate(num_return_sequences=4, seed=5, sampler=sampler, return_dict_in_generate=True, **FAST)
     for i in range(4):
@@ -55,10 +57,35 @@ def test_ddmm_sampler_renoises_and_deterministic_does_not(model):
     ddmm = model.generate(seed=1, sampler="ddmm", return_dict_in_generate=True, **FAST).latents
     plain = model.generate(seed=1, sampler="deterministic", return_dict_in_generate=True, **FAST).latents
     assert not torch.allclose(ddmm, plain, atol=1e-4)
-    # with one step there is nothing to re-noise: both samplers agree
+    # with one step there is nothing to re-noise: the samplers agree
     one = {"num_steps": 1, "seed": 1, "return_dict_in_generate": True}
-    torch.testing.assert_close(model.generate(sampler="ddmm", **one).latents,
-                               model.generate(sampler="deterministic", **one).latents)
+    for sampler in ("ddmm", "ddim"):
+        torch.testing.assert_close(model.generate(sampler=sampler, **one).latents,
+                                   model.generate(sampler="deterministic", **one).latents)
+
+
+def test_ddim_sampler_reuses_the_implied_noise():
+    """One DDIM step from z at t to t': eps_hat = (z - sqrt(1 - t) z0) / sqrt(t), z' = renoise(z0, t', eps_hat); a
+    z that is exactly noised z0 gives back its own noise, so the step lands on z0 noised with the same eps."""
+    from types import SimpleNamespace
+
+    from modeling_zonkey.ddmm import add_noise
+    from modeling_zonkey.sampling import denoise
+    from modeling_zonkey.sphere import to_sphere
+
+    torch.manual_seed(0)
+    z0 = to_sphere(torch.randn(3, 32))
+    eps = torch.randn(3, 32)
+    eps = eps / eps.norm(dim=-1, keepdim=True) * z0.norm(dim=-1, keepdim=True)
+    eps = eps - (eps * z0).sum(-1, keepdim=True) / (z0 * z0).sum(-1, keepdim=True) * z0  # orthogonal: no renormalising
+    eps = eps / eps.norm(dim=-1, keepdim=True) * z0.norm(dim=-1, keepdim=True)
+    z = add_noise(z0, torch.full((3,), 0.64), noise=eps)
+    level = SimpleNamespace(decoder=lambda z, t: SimpleNamespace(sequence=z, existence=torch.ones(len(z))),
+                            compressor=lambda sequence, existence: SimpleNamespace(latents=z0))
+    out = denoise(level, z, [0.64, 0.36, 0.0], "ddim", [], torch.zeros(3, dtype=torch.long))
+    torch.testing.assert_close(out, z0)  # the last step (t' = 0) returns the estimate
+    one_step = denoise(level, z, [0.64, 0.36], "ddim", [], torch.zeros(3, dtype=torch.long))
+    torch.testing.assert_close(one_step, add_noise(z0, torch.full((3,), 0.36), noise=eps), atol=1e-5, rtol=1e-5)
 
 
 def test_clamping_snaps_decoded_windows_to_the_data(model):

@@ -123,7 +123,7 @@ def test_existence_carries_gradient_to_bos_probs():
 # --------------------------------------------------------------------------------- the BOS classifier
 def make_splitter(seed=0, d=16, window=8):
     torch.manual_seed(seed)
-    return SegmentSplitter(d, 2, window, [3, 5, 7, 9], 2, 1e-4)
+    return SegmentSplitter(d, 2, window, [3, 5, 7, 9], 2)
 
 
 def test_splitter_probabilities_first_one_padding_zero():
@@ -138,10 +138,38 @@ def test_splitter_probabilities_first_one_padding_zero():
     assert (p[~valid] == 0.0).all()
     inner = valid.clone()
     inner[:, 0] = False
-    assert (p[inner] >= 1e-4).all() and (p[inner] <= 1 - 1e-4).all()
+    assert (p[inner] > 0).all() and (p[inner] < 1).all()
+    # log(1 - p) comes from the logit: equal to log1p(-p) where p is not saturated, 0 on padding
+    torch.testing.assert_close(out.log_not_bos[inner], torch.log1p(-p[inner]), atol=1e-5, rtol=1e-4)
+    assert (out.log_not_bos[~valid] == 0).all() and (out.log_not_bos[:, 0] < -20).all()
     # the prior logit puts the initial p_bos near 2/L
     assert abs(p[inner].mean().item() - 2 / 8) < 0.15
     assert not (out.boundaries & ~valid).any() and out.boundaries[:, 0].all()
+
+
+def test_saturated_splitter_still_gets_gradient():
+    """p_bos beyond 1e-4 / 1 - 1e-4 (|logit| > 9.2) still trains: log(1 - p), the existence and the patch loss
+    come from the logit. Clipping p to [1e-4, 1 - 1e-4], as the first checkpoint did, gives them zero gradient."""
+    splitter = make_splitter(3)
+    valid = valid_mask([30, 20], 30)
+    x = torch.randn(2, 30, 16)
+    with torch.no_grad():
+        splitter.head.weight.mul_(30.0)
+    out = splitter(x, valid)
+    inner = valid.clone()
+    inner[:, 0] = False
+    p = out.bos_probs[inner]
+    saturated = (p < 1e-4) | (p > 1 - 1e-4)
+    assert saturated.float().mean() > 0.5, "the test needs saturated probabilities"
+    segments = build_segments(out.bos_probs, out.boundaries, valid, 8, out.log_not_bos)
+    weights = torch.randn_like(segments.existence)
+    loss = out.log_not_bos[inner][saturated].sum() + (segments.existence * weights).sum()
+    loss = loss + patch_loss(out.bos_probs, valid, 8, out.log_not_bos)
+    grad = torch.autograd.grad(loss, splitter.head.weight, retain_graph=True)[0]
+    assert torch.isfinite(grad).all() and grad.norm() > 1.0
+    clipped = out.bos_probs.clamp(1e-4, 1 - 1e-4)  # the old way: no gradient through saturated positions
+    old = torch.autograd.grad(torch.log1p(-clipped[inner][saturated]).sum(), splitter.head.weight, allow_unused=True)[0]
+    assert old is None or old.abs().max() == 0
 
 
 def test_splitter_padding_does_not_change_real_probabilities():
@@ -207,8 +235,12 @@ def test_short_segment_loss_zero_when_spaced_positive_when_adjacent():
         adjacent[0, 9] = 1 - eps  # a BOS right after the one at 8: a segment of length 1 < C
         loss = short_segment_loss(adjacent, valid, num_cls).item()
         assert loss > 0.05
-        # exactly one of the 12 segments is short
-        assert loss == pytest.approx(1 / 12, abs=1e-3)
+        # exactly one of the 12 segments is short (length 1: shorter than C, C - 1 and C - 2)
+        assert loss == pytest.approx(3 / 12, abs=1e-3)
+        # a segment of length 3 is shorter than C = 4 only
+        three = p.clone()
+        three[0, 11] = 1 - eps  # 8 -> 11 (3 bytes), 11 -> 15 (4 bytes)
+        assert short_segment_loss(three, valid, num_cls).item() == pytest.approx(1 / 12, abs=1e-3)
 
 
 def test_compression_loss_zero_below_target_increasing_above():
@@ -282,8 +314,8 @@ def test_reconstruction_reaches_splitter_through_existence_not_only_density(micr
                                                          retain_graph=True)
     assert torch.isfinite(grad_existence).all() and grad_existence.abs().sum() > 0  # PA (compressor)
     assert torch.isfinite(grad_ownership).all() and grad_ownership.abs().sum() > 0  # loss ownership
-    (grad_probs,) = torch.autograd.grad(segments.existence.sum(), level.bos_probs, retain_graph=True)
-    assert grad_probs[level.valid][1:].abs().sum() > 0
+    (grad_head,) = torch.autograd.grad(segments.existence.sum(), model.levels[0].splitter.head.weight, retain_graph=True)
+    assert grad_head.abs().sum() > 0  # existence is a function of the splitter's logits
     model.zero_grad()
     without_density.backward(retain_graph=True)
     head = model.levels[0].splitter.head.weight.grad

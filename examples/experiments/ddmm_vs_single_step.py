@@ -10,6 +10,7 @@ character error rate and byte accuracy per (objective, t, K). A model that benef
 falling CER as K grows.
 
     python examples/experiments/ddmm_vs_single_step.py [--steps 400]
+    python examples/experiments/ddmm_vs_single_step.py --model runs/zonkey-tiny   # the same table for a saved model
 """
 
 import argparse
@@ -18,6 +19,7 @@ import math
 import torch
 
 from common import one_level_config, train  # examples/experiments/common.py
+from modeling_zonkey import ZonkeyModel
 from modeling_zonkey.data import load_text_datasets
 from modeling_zonkey.evaluation import held_out_documents, reconstruction_metrics
 
@@ -36,16 +38,24 @@ def main() -> None:
     parser.add_argument("--noise_levels", type=float, nargs="+", default=[0.25, 0.5])
     parser.add_argument("--sampler_steps", type=int, nargs="+", default=[1, 2, 5, 10, 25])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default=None, help="a saved Zonkey folder: measure it instead of training two")
     args = parser.parse_args()
     torch.set_num_threads(1)
     corpus = load_text_datasets()
     length = 256
-    train_docs = held_out_documents(corpus["train"]["text"], length, 4000)
-    held = held_out_documents(corpus["validation"]["text"], length, args.documents)
     print("| objective | t | sampler steps | CER | byte accuracy | (t = 0: CER, byte acc.) |")
     print("|---|---:|---:|---:|---:|---|")
-    for objective in ("mixed", "single_step"):
-        model = train(one_level_config(ddmm_objective=objective), train_docs, args.steps, seed=args.seed)
+    if args.model:
+        models = [(f"{args.model} ({ZonkeyModel.config_class.from_pretrained(args.model).ddmm_objective})",
+                   lambda: ZonkeyModel.from_pretrained(args.model).eval())]
+    else:
+        train_docs = held_out_documents(corpus["train"]["text"], length, 4000)
+        models = [(objective, lambda objective=objective: train(one_level_config(ddmm_objective=objective), train_docs,
+                                                                 args.steps, seed=args.seed))
+                  for objective in ("mixed", "single_step")]
+    for objective, build in models:
+        model = build()
+        held = held_out_documents(corpus["validation"]["text"], model.config.document_length[0], args.documents)
         clean = scores(model, held, 0.0, 1)
         for t in args.noise_levels:
             for k in args.sampler_steps:

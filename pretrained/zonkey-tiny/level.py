@@ -50,11 +50,11 @@ class ZonkeyLevel(nn.Module):
         d, heads, L, C = (config.hidden_size[level], config.num_attention_heads[level],
                           config.window_length[level], config.num_cls_vectors[level])
         self.window_length, self.num_cls = L, C
-        self.splitter = SegmentSplitter(d, heads, L, config.splitter_conv_kernels, config.ffn_multiplier,
-                                        config.probability_eps)
-        self.compressor = Compressor(d, heads, config.compressor_layers[level], C, config.ffn_multiplier)
+        self.splitter = SegmentSplitter(d, heads, L, config.splitter_conv_kernels, config.ffn_multiplier)
+        self.compressor = Compressor(d, heads, config.compressor_layers[level], C, config.ffn_multiplier,
+                                     config.compressor_conv_norm)
         self.decoder = Decoder(d, heads, C, L, config.decompressor_layers[level], config.denoiser_layers[level],
-                               config.ffn_multiplier, config.time_embedding)
+                               config.ffn_multiplier, config.time_embedding, config.denoiser_existence)
         self.stitcher = Stitcher(d, heads, L)
         self.masked_vector = (MaskedVectorHead(d, config.mask_probability, config.masked_vector_negatives)
                               if level >= 1 else None)
@@ -65,7 +65,7 @@ class ZonkeyLevel(nn.Module):
         """x (B, N, d) on the sphere, valid (B, N) bool, parent (B,). With targets, computes the loss terms."""
         threshold = None if self.training else self.config.existence_threshold
         split: SplitterOutput = self.splitter(x, valid, threshold)
-        segments = build_segments(split.bos_probs, split.boundaries, valid, self.window_length)
+        segments = build_segments(split.bos_probs, split.boundaries, valid, self.window_length, split.log_not_bos)
         windows = segments.gather(x)
         latents = self.compressor(windows, segments.existence).latents
         padded, mask = pad_by_document(latents, segments.document, segments.counts)
@@ -82,8 +82,8 @@ class ZonkeyLevel(nn.Module):
         mean_p = mean_bos_probability(p, valid)
         density = density_factor(mean_p, L, config.density_offset)
         terms = {
-            "patch": patch_loss(p, valid, L),
-            "short_segment": short_segment_loss(p, valid, self.num_cls),
+            "patch": patch_loss(p, valid, L, split.log_not_bos),
+            "short_segment": short_segment_loss(p, valid, self.num_cls, split.log_not_bos),
             "compression": compression_loss(mean_p, L),
             "anti_collapse": anti_collapse_loss(latents, segments.document),
         }
@@ -96,26 +96,40 @@ class ZonkeyLevel(nn.Module):
         t0 = light_noise_levels(len(z), config.light_noise_scale, z.device)
         clean = self.decoder(add_noise(z, t0), t0)
         terms["reconstruction"] = density * sub.average(self.reconstruction(clean.sequence, sub))
-        terms["existence"] = F.binary_cross_entropy(clean.existence.clamp(1e-6, 1 - 1e-6),
-                                                    sub.existence.detach().clamp(0.0, 1.0))
         terms.update(self.stitcher_terms(segments, windows, chosen, clean, sub, density))
-        terms["ddmm"] = density * sub.average(self.ddmm_loss(clean, sub, z))
+        diffusion = self.diffusion_terms(sub, z)
+        terms["denoising"] = density * diffusion.denoising
+        if diffusion.ddmm is not None:
+            terms["ddmm"] = density * diffusion.ddmm
+        terms["existence"] = torch.stack([self.existence_loss(out, sub) for out in (clean, diffusion.heavy)]).mean()
         return terms
 
-    def ddmm_loss(self, clean: DecoderOutput, sub: "SegmentBatch", latents: torch.Tensor) -> torch.Tensor:
-        """(M', L) per-position DDMM loss: mixed-step (heavy then light pass) or single-step (the segments'
-        own latents (M', C d) denoised from a random t)."""
-        count, device = clean.sequence.shape[0], clean.sequence.device
-        if self.config.ddmm_objective == "single_step":
-            t = torch.rand(count, device=device)
-            noisy = self.decoder(add_noise(latents, t), t)
-            return self.reconstruction(noisy.sequence, sub)
+    def existence_loss(self, decoded: DecoderOutput, sub: "SegmentBatch") -> torch.Tensor:
+        """BCE of the decoder's existence against the splitter's (the segment's soft length). -> scalar."""
+        return F.binary_cross_entropy(decoded.existence.clamp(1e-6, 1 - 1e-6), sub.existence.detach().clamp(0.0, 1.0))
+
+    def diffusion_terms(self, sub: "SegmentBatch", latents: torch.Tensor) -> "DiffusionTerms":
+        """The decoder trained at every noise level, and (mixed objective) on its own re-compressed estimates.
+
+        heavy: X2 = Dec(z_t1, t1), t1 ~ U(0, 1), reconstruction loss against the clean segment ("denoising").
+        light ("mixed" only): z'' = Compress(X2) without gradient, t2 ~ U(0, t1) (the next, lower noise level a
+        sampler with any number of steps visits), X3 = Dec(z''_t2, t2) ("ddmm"). Level 0: byte cross-entropy of X3;
+        levels >= 1: InfoNCE whose positive is the best point of the path from X2 (detached) to X. latents (M', C d).
+        """
+        count, device = len(latents), latents.device
         t1 = torch.rand(count, device=device)
-        heavy = self.decoder(add_noise(self.compressor(clean.sequence, clean.existence).latents, t1), t1)
-        t2 = light_noise_levels(count, self.config.light_noise_scale, device)
-        light = self.decoder(add_noise(self.compressor(heavy.sequence, heavy.existence).latents, t2), t2)
-        positive = path_positive(light.sequence, heavy.sequence, sub.windows)
-        return self.reconstruction(light.sequence, sub, positive_cos=positive.cosine)
+        heavy = self.decoder(add_noise(latents, t1), t1)
+        denoising = sub.average(self.reconstruction(heavy.sequence, sub))
+        if self.config.ddmm_objective == "single_step":
+            return DiffusionTerms(heavy, denoising, None)
+        with torch.no_grad():
+            estimate = self.compressor(heavy.sequence, heavy.existence).latents
+        t2 = t1 * torch.rand(count, device=device)
+        light = self.decoder(add_noise(estimate, t2), t2)
+        positive = None
+        if sub.ids is None:
+            positive = path_positive(light.sequence, heavy.sequence.detach(), sub.windows).cosine
+        return DiffusionTerms(heavy, denoising, sub.average(self.reconstruction(light.sequence, sub, positive)))
 
     def stitcher_terms(self, segments: Segments, windows: torch.Tensor, chosen: torch.Tensor, clean: DecoderOutput,
                        sub: "SegmentBatch", density: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -203,10 +217,19 @@ class SegmentBatch:
                             self.targets_valid)
 
     def average(self, losses: torch.Tensor) -> torch.Tensor:
-        """Ownership-weighted mean inside each segment, then the mean over segments. (M', L) -> scalar."""
+        """Per-byte mean: each position weighted by its ownership (a real position's windows share mass 1), so
+        a byte of a long segment weighs as much as a byte of a short one. (M', L) -> scalar."""
         weight = self.ownership
-        per_segment = (losses * weight).sum(1) / weight.sum(1).clamp_min(1e-6)
-        return per_segment.mean()
+        return (losses * weight).sum() / weight.sum().clamp_min(1e-6)
+
+
+@dataclass
+class DiffusionTerms:
+    """What `ZonkeyLevel.diffusion_terms` returns: the heavy pass and the per-byte losses of both passes."""
+
+    heavy: DecoderOutput  # X2 = Dec(z_t1, t1)
+    denoising: torch.Tensor  # scalar: reconstruction loss of X2
+    ddmm: torch.Tensor | None  # scalar: loss of the light pass X3 (None for the single-step objective)
 
 
 def pad_by_document(values: torch.Tensor, document: torch.Tensor, counts: torch.Tensor,

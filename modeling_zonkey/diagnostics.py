@@ -1,0 +1,87 @@
+"""Diagnostics that show a collapsing decoder or a frozen splitter while it happens.
+
+denoiser_curve: encode a batch (eval-mode segmentation), noise the latents of every level to t, decode them
+    ONCE (no sampler, no clamping) and compare with the clean segments:
+        level 0:  byte accuracy of the nearest byte embeddings (ownership-weighted, i.e. per byte);
+        level >= 1: mean cos(X_hat, X) (ownership-weighted);
+        pairwise_cosine: mean cosine between decoded vectors of different positions (1.0: the decoder emits one
+            vector for everything), next to the same number for the clean targets (`target_pairwise_cosine`).
+bos_saturation: the share of p_bos within 1e-4 of 0 or 1 (the first checkpoint's clip bounds, where its splitter
+    got no gradient), per level.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from .ddmm import add_noise
+from .level import chunk_documents
+
+SATURATION = 1e-4
+
+
+def mean_pairwise_cosine(vectors: torch.Tensor, max_vectors: int = 4096) -> float:
+    """Mean cos(u_i, u_j) over pairs i != j of (n, d) vectors (the first max_vectors of them)."""
+    unit = F.normalize(vectors[:max_vectors].float(), dim=-1)
+    n = len(unit)
+    if n < 2:
+        return float("nan")
+    total = unit.sum(0)
+    return float((total @ total - n) / (n * (n - 1)))
+
+
+def level_inputs(model, outputs, input_ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The sequence each level read and, at level 0, its byte ids: [(x (B_l, N_l, d_l), ids or None), ...]."""
+    inputs = [(model.embed_bytes(input_ids), input_ids)]
+    for index in range(1, model.config.num_levels):
+        below = outputs[index - 1]
+        x, _, _ = chunk_documents(below.latents[below.latent_mask], below.segments.document, below.segments.counts,
+                                  model.config.document_length[index])
+        inputs.append((x, None))
+    return inputs
+
+
+@torch.no_grad()
+def denoiser_curve(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, noise_levels: tuple[float, ...],
+                   seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
+    """{"level{l}": {"t={t}": {"accuracy" (level 0) or "cosine" (levels >= 1), "pairwise_cosine",
+    "target_pairwise_cosine"}}} from one decode of the latents noised to each t (seeded noise)."""
+    outputs = model(input_ids, attention_mask).levels
+    generator = torch.Generator(device=input_ids.device).manual_seed(seed)
+    results: dict = {}
+    for index, ((x, ids), output) in enumerate(zip(level_inputs(model, outputs, input_ids), outputs)):
+        level, segments = model.levels[index], output.segments
+        latents = output.latents[output.latent_mask]
+        weight = segments.ownership
+        own = weight > 0.5  # each position's main window: the segment's own bytes (eval-mode boundaries)
+        targets = segments.gather(x)
+        per_t = {}
+        for t in noise_levels:
+            times = torch.full((len(latents),), float(t), device=latents.device)
+            decoded = level.decoder(add_noise(latents, times, generator=generator), times).sequence
+            if ids is not None:
+                hits = (model.nearest_bytes(decoded.flatten(0, 1)).view(weight.shape) == segments.gather(ids)).float()
+                score = {"accuracy": float((hits * weight).sum() / weight.sum())}
+            else:
+                cos = F.cosine_similarity(decoded.float(), targets.float(), dim=-1)
+                score = {"cosine": float((cos * weight).sum() / weight.sum())}
+            per_t[f"t={t:g}"] = {**score, "pairwise_cosine": mean_pairwise_cosine(decoded[own]),
+                                 "target_pairwise_cosine": mean_pairwise_cosine(targets[own])}
+        results[f"level{index}"] = per_t
+    return results
+
+
+@torch.no_grad()
+def bos_saturation_counts(outputs) -> list[tuple[int, int]]:
+    """Per level: (saturated, total) p_bos over real positions after the first; saturated = within 1e-4 of 0 or 1."""
+    counts = []
+    for output in outputs:
+        inner = output.valid.clone()
+        inner[:, 0] = False
+        p = output.bos_probs[inner]
+        counts.append((int(((p < SATURATION) | (p > 1 - SATURATION)).sum()), len(p)))
+    return counts
+
+
+def bos_saturation(outputs) -> list[float]:
+    """Per level: the share of p_bos (real positions after the first) within 1e-4 of 0 or 1."""
+    return [saturated / total if total else float("nan") for saturated, total in bos_saturation_counts(outputs)]
