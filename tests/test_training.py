@@ -205,6 +205,18 @@ def test_model_card_is_filled(runs):
     assert "| parameters | 0.36 M |" in card
 
 
+def test_validation_reports_the_collapse_diagnostics(runs):
+    """Every evaluation logs how the decoder fares at high noise and whether p_bos saturate (issue #10)."""
+    final = json.loads((runs["A"] / "train_results.json").read_text())["final_eval"]
+    for t in ("0.3", "0.5", "1"):
+        assert 0.0 <= final[f"val/level0/accuracy_t{t}"] <= 1.0
+        assert -1.0 <= final[f"val/level1/cosine_t{t}"] <= 1.0
+        for level in (0, 1):
+            assert -1.0 <= final[f"val/level{level}/pairwise_cosine_t{t}"] <= 1.0
+    for level in (0, 1):
+        assert 0.0 <= final[f"val/level{level}/p_bos_saturated"] <= 1.0
+
+
 # ---------------------------------------------------------------- non-finite loss (in-process, patched model)
 
 

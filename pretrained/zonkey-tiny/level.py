@@ -5,7 +5,7 @@ overlapping windows, compresses each window into one latent and learns to decode
 latents of a document, in order, form the input of level l + 1 (no detach: training is end to end).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -97,10 +97,13 @@ class ZonkeyLevel(nn.Module):
         clean = self.decoder(add_noise(z, t0), t0)
         terms["reconstruction"] = density * sub.average(self.reconstruction(clean.sequence, sub))
         terms.update(self.stitcher_terms(segments, windows, chosen, clean, sub, density))
-        diffusion = self.diffusion_terms(sub, z)
-        terms["denoising"] = density * diffusion.denoising
+        # The noisy passes train the decoder (and the compressor through z), not the segmentation: their loss at
+        # high t measures how predictable a window's bytes are without its latent, and through ownership and
+        # density it would reward segments that start with a predictable byte (a space) rather than words.
+        diffusion = self.diffusion_terms(sub.with_fixed_segmentation(), z)
+        terms["denoising"] = density.detach() * diffusion.denoising
         if diffusion.ddmm is not None:
-            terms["ddmm"] = density * diffusion.ddmm
+            terms["ddmm"] = density.detach() * diffusion.ddmm
         terms["existence"] = torch.stack([self.existence_loss(out, sub) for out in (clean, diffusion.heavy)]).mean()
         return terms
 
@@ -210,6 +213,10 @@ class SegmentBatch:
         ids = None if targets.ids is None else segments.gather(targets.ids)[chosen]
         return cls(windows[chosen], segments.existence[chosen], segments.ownership[chosen],
                    segments.in_document[chosen], segments.gap[chosen], ids, targets, valid)
+
+    def with_fixed_segmentation(self) -> "SegmentBatch":
+        """The same batch with its ownership detached: losses averaged with it do not train the splitter."""
+        return replace(self, ownership=self.ownership.detach())
 
     def subset(self, index: torch.Tensor) -> "SegmentBatch":
         return SegmentBatch(self.windows[index], self.existence[index], self.ownership[index], self.in_document[index],

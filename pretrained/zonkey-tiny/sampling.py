@@ -4,8 +4,12 @@ The loop (method.md Sec. 7), for t_0 > t_1 > ... > t_K = 0:
     X, e = Dec(z, t_k)                    the decoder's estimate of the clean window and its existence
     X = clamp(X)                          optional: snap the estimate to the data (see ZonkeyGenerationConfig)
     X, e = canvas(X, e)                   replacement: known positions keep their vectors (prompting)
-    z = Compress(X, e)                    back to a clean latent
-    z = renoise(z, t_{k+1})               "ddmm" sampler only; "deterministic" (the paper release) skips it
+    z0 = Compress(X, e)                   back to a clean latent
+    "ddmm":          z = renoise(z0, t_{k+1}) with fresh noise
+    "ddim":          z = renoise(z0, t_{k+1}) with the noise implied by z and z0 (eps_hat = (z - sqrt(1 - t_k) z0)
+                     / sqrt(t_k)): deterministic given the starting noise, as DDIM; it keeps what the starting
+                     noise decided instead of drawing it anew at every step
+    "deterministic": z = z0 (no re-noising; the paper's release)
 and a final Dec(z, 0) (done by the caller). Sample i draws all its noise from its own generator, so a batch
 of N samples equals N single runs with the same seeds.
 """
@@ -18,7 +22,7 @@ import torch
 from .ddmm import add_noise
 from .level import ZonkeyLevel
 
-SAMPLERS = ("ddmm", "deterministic")
+SAMPLERS = ("ddmm", "ddim", "deterministic")
 NOISE_SCHEDULES = ("linear", "cosine")
 
 
@@ -87,10 +91,15 @@ def denoise(level: ZonkeyLevel, z: torch.Tensor, schedule: list[float], sampler:
             sequence = clamp(sequence)
         if canvas is not None:
             sequence, existence = canvas.apply(sequence, existence)
-        z = level.compressor(sequence, existence.to(sequence.dtype)).latents
-        if sampler == "ddmm" and t_next > 0:
-            eps = sample_noise(generators, owner, z.shape[1], z.device, z.dtype)
-            z = add_noise(z, torch.full((len(z),), t_next, device=z.device), noise=eps)
+        estimate = level.compressor(sequence, existence.to(sequence.dtype)).latents
+        if sampler == "deterministic" or t_next <= 0:
+            z = estimate
+        else:
+            if sampler == "ddmm":
+                eps = sample_noise(generators, owner, z.shape[1], z.device, z.dtype)
+            else:  # both on the sphere of radius nu(D): z ~ sqrt(t) eps + sqrt(1 - t) z0
+                eps = (z - math.sqrt(1.0 - t) * estimate) / math.sqrt(t)
+            z = add_noise(estimate, torch.full((len(z),), t_next, device=z.device), noise=eps)
         if progress is not None:
             progress.update(1)
     return z

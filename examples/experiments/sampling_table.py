@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""Samples from noise of saved Zonkeys under several samplers and step counts, judged side by side.
+
+For every model folder, sampler and step count: the judge LM's perplexity of the samples, character entropy,
+share of words in the training vocabulary and Div (the generation metrics of examples/evaluate.py, mean over
+seeds), next to real held-out text cut to the same byte lengths. One table, one run, so the rows compare.
+
+    python examples/experiments/sampling_table.py runs/zonkey-tiny runs/zonkey-tiny/step_5000 \
+        --samplers ddmm ddim deterministic --num_steps 50
+
+A checkpoint folder step_N (raw weights, written by --checkpointing_steps) is loaded with the config of the
+run folder above it, so a run trained with --ema_decay can be compared with and without its EMA weights.
+"""
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from modeling_zonkey import ZonkeyModel, ZonkeyTokenizer
+from modeling_zonkey.data import load_text_datasets
+from modeling_zonkey.evaluation import (EvaluationSettings, generation_metrics, held_out_documents, load_judge,
+                                        zonkey_sampler)
+from modeling_zonkey.text_statistics import training_ngrams, words
+
+COLUMNS = ("judge_perplexity", "char_entropy", "vocabulary_share", "div", "mean_bytes")
+
+
+def load(folder: str) -> ZonkeyModel:
+    """A saved model, or the raw weights of a step_N checkpoint inside a run folder."""
+    path = Path(folder)
+    if (path / "config.json").is_file():
+        return ZonkeyModel.from_pretrained(path).eval()
+    if not (path / "model.safetensors").is_file():
+        raise SystemExit(f"error: {folder} holds neither a saved model nor a checkpoint's model.safetensors")
+    from safetensors.torch import load_file
+
+    model = ZonkeyModel.from_pretrained(path.parent)
+    model.load_state_dict(load_file(path / "model.safetensors"))
+    return model.eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="+", help="saved model folders or step_N checkpoint folders")
+    parser.add_argument("--samplers", nargs="+", default=["ddmm", "ddim", "deterministic"])
+    parser.add_argument("--num_steps", type=int, nargs="+", default=[50])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--samples_per_seed", type=int, default=16)
+    args = parser.parse_args()
+    corpus = load_text_datasets()
+    vocabulary = {w for text in corpus["train"]["text"] for w in words(text)}
+    seen = training_ngrams(corpus["train"]["text"])
+    judge, judge_tokenizer = load_judge()
+    tokenizer = ZonkeyTokenizer()
+    print("| model | sampler | steps | " + " | ".join(COLUMNS) + " | real: " + " | ".join(COLUMNS[:3]) + " | example |")
+    print("|---|---|---:|" + "---:|" * (len(COLUMNS) + 3) + "---|")
+    for folder in args.models:
+        model = load(folder)
+        real = held_out_documents(corpus["validation"]["text"], model.config.document_length[0], 64)
+        for sampler in args.samplers:
+            for steps in args.num_steps:
+                model.generation_config.sampler = sampler
+                settings = EvaluationSettings(seeds=tuple(args.seeds), samples_per_seed=args.samples_per_seed,
+                                              num_steps=steps)
+                with torch.no_grad():
+                    result = generation_metrics(zonkey_sampler(model, tokenizer, settings), judge, judge_tokenizer,
+                                                real, vocabulary, seen, settings)
+                ours = [result["samples"][c]["mean"] for c in COLUMNS]
+                theirs = [result["real"][c]["mean"] for c in COLUMNS[:3]]
+                cells = [f"{ours[0]:,.0f}", f"{ours[1]:.2f}", f"{ours[2]:.0%}", f"{ours[3]:.2f}", f"{ours[4]:.1f}",
+                         f"{theirs[0]:,.0f}", f"{theirs[1]:.2f}", f"{theirs[2]:.0%}"]
+                print(f"| {folder} | {sampler} | {steps} | " + " | ".join(cells) + f" | `{result['examples'][0]!r}` |",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
