@@ -10,7 +10,10 @@
         (t = 0: the model's reconstruction);
     denoiser.level{l}["t={t}"]: ONE decode of the level-l latents noised to t, against the clean segments (byte
         accuracy at level 0, cosine above) and the mean pairwise cosine of the decoded vectors (diagnostics.py);
-    stitcher: overlap disagreement of consecutive decoded level-0 segments at t = 0;
+    stitcher: overlap disagreement of consecutive decoded level-0 segments at t = 0, and the reconstruction at
+        t = 0 from each level with the offsets inferred by the stitcher (as at t > 0 and in generation) instead
+        of the encoder's: byte accuracy is position-wise, so a misplaced cut shifts every byte after it, while the
+        CER counts it once;
     generation: judge perplexity of samples and of real held-out text of the same byte lengths, and the
         text statistics of both (text_statistics.py); mean and std over seeds.
 """
@@ -152,6 +155,22 @@ def denoiser_metrics(model, documents: list[bytes], noise_levels: tuple[float, .
 
 
 @torch.no_grad()
+def inferred_offset_reconstruction(model, documents: list[bytes], batch_size: int = 8) -> dict[str, dict[str, float]]:
+    """{"level{l}": {"byte_accuracy", "cer"}} of model.reconstruct(from_level=l, true_offsets=False) at t = 0."""
+    results = {}
+    for level in range(model.config.num_levels):
+        correct = total = edits = 0
+        for chunk, ids, mask in _batches(documents, batch_size, model.device):
+            rows = model.reconstruct(ids, mask, from_level=level, true_offsets=False)
+            c, n = byte_accuracy(rows, ids, mask)
+            correct, total = correct + c, total + n
+            edits += sum(Levenshtein.distance(bytes(row.tolist()), data) for row, data in zip(rows, chunk))
+        results[f"level{level}"] = {"byte_accuracy": correct / max(total, 1),
+                                    "cer": edits / max(sum(len(d) for d in documents), 1)}
+    return results
+
+
+@torch.no_grad()
 def overlap_disagreement(model, documents: list[bytes], batch_size: int = 8) -> float:
     """Share of overlapping positions of consecutive level-0 segments (true offsets) decoded at t = 0 whose
     nearest bytes differ: how much the stitcher has to arbitrate."""
@@ -279,7 +298,8 @@ def evaluate_model(model, tokenizer, documents: list[bytes], settings: Evaluatio
             "reconstruction": reconstruction_metrics(model, documents, settings.noise_levels, 0, settings.batch_size,
                                                      settings.num_steps),
             "denoiser": denoiser_metrics(model, documents, settings.noise_levels, 0, settings.batch_size),
-            "stitcher": {"overlap_disagreement": overlap_disagreement(model, documents, settings.batch_size)},
+            "stitcher": {"overlap_disagreement": overlap_disagreement(model, documents, settings.batch_size),
+                         "inferred_offsets": inferred_offset_reconstruction(model, documents, settings.batch_size)},
         }
         if judge is not None:
             vocabulary = {w for text in train_texts or [] for w in words(text)}

@@ -24,6 +24,15 @@ def _pyplot():
     return plt
 
 
+def _save(plt, figure, path: str | Path, dpi: int) -> Path:
+    """Lay out, write as PNG and close a figure."""
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)
+    return path
+
+
 def _characters(data: bytes) -> list[tuple[int, str]]:
     """(byte position, character) for each character of the text (invalid bytes shown as U+FFFD)."""
     out, i = [], 0
@@ -69,11 +78,7 @@ def plot_segmentation(segmentation: TextSegmentation, path: str | Path, title: s
             ax.tick_params(axis="x", length=0)
     if title:
         axes[0, 0].set_title(title, fontsize=9, loc="left")
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path, dpi=110)
 
 
 def segmentation_html(segmentation: TextSegmentation, title: str = "") -> str:
@@ -138,11 +143,7 @@ def plot_training_curves(scalars: dict[str, list[tuple[int, float]]], path: str 
         ax.grid(alpha=0.3)
         if len(tags) > 1 and ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path, dpi=100)
 
 
 def plot_noise_curves(results: dict, path: str | Path) -> Path:
@@ -167,8 +168,4 @@ def plot_noise_curves(results: dict, path: str | Path) -> Path:
         ax.set_xlabel("noise level t")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path, dpi=100)

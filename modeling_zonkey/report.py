@@ -20,8 +20,9 @@ def results_markdown(results: dict) -> str:
                      f"{_f(m['f1_pm1'])} | {_f(m['auprc'])} | {_f(m['over_segmentation'], 2)} | {_f(m['r_value'])} | "
                      f"{m['bytes_per_segment']:.1f} ({m['bytes_per_segment_cv']:.2f}) | {_f(m['p_bos_entropy_bits'])} | "
                      f"{m['p_bos_share_uncertain']:.1%} | {_saturated(m)} |")
-    lines += ["", "**Reconstruction** (encode -> noise the latents of a level to t -> denoise -> decode; t = 0 "
-              "uses the encoder's segmentation, t > 0 infers the offsets)", "",
+    lines += ["", "**Reconstruction** (encode -> noise the latents of a level to t -> denoise with the sampler -> "
+              "decode; t = 0 uses the encoder's segmentation, t > 0 infers the offsets, so read the CER there: byte "
+              "accuracy is position-wise and one misplaced cut shifts every byte after it)", "",
               "| t | from level | byte accuracy | CER | exact segments |", "|---:|---:|---:|---:|---:|"]
     for t, per_level in results["reconstruction"].items():
         for name, m in per_level.items():
@@ -43,6 +44,9 @@ def results_markdown(results: dict) -> str:
             lines.append(f"| {t[2:]} | " + " | ".join(cells) + " |")
     lines += ["", f"Stitcher overlap disagreement (level 0, t = 0): "
               f"{results['stitcher']['overlap_disagreement']:.1%} of overlapping positions."]
+    for name, m in results["stitcher"].get("inferred_offsets", {}).items():
+        lines.append(f"Reconstruction at t = 0 from level {name[5:]} with the stitcher's inferred offsets: byte accuracy "
+                     f"{m['byte_accuracy']:.1%}, CER {m['cer']:.3f}.")
     generation, baseline = results.get("generation"), results.get("baseline_generation")
     if generation:
         lines += ["", f"**Generation** ({generation['samples_per_seed']} samples x {len(generation['seeds'])} seeds, "

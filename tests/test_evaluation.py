@@ -125,6 +125,9 @@ def test_evaluate_script_writes_every_key_and_picture(make_model, tokenizer, tmp
             assert set(metrics) == {"byte_accuracy", "cer", "exact_segment_match"}
             assert 0.0 <= metrics["byte_accuracy"] <= 1.0 and metrics["cer"] >= 0.0
     assert 0.0 <= results["stitcher"]["overlap_disagreement"] <= 1.0
+    for level in ("level0", "level1"):
+        inferred = results["stitcher"]["inferred_offsets"][level]
+        assert 0.0 <= inferred["byte_accuracy"] <= 1.0 and inferred["cer"] >= 0.0
     for level, score in (("level0", "accuracy"), ("level1", "cosine")):
         assert set(results["denoiser"][level]) == {"t=0", "t=0.3"}
         for metrics in results["denoiser"][level].values():
