@@ -25,7 +25,8 @@ from modeling_zonkey.evaluation import held_out_documents, reconstruction_metric
 
 
 def scores(model, documents: list[bytes], t: float, steps: int, seed: int = 0) -> tuple[float, float]:
-    """(CER, byte accuracy) of encode -> noise level-0 latents to t -> `steps` sampler steps -> decode."""
+    """(CER, byte accuracy) of encode -> noise level-0 latents to t -> `steps` sampler steps -> decode (the
+    sampler of model.generation_config)."""
     num_steps = max(1, math.floor(steps / t)) if t > 0 else 1  # generate() runs ceil(num_steps * t) steps from t
     result = reconstruction_metrics(model, documents, (t,), seed, num_steps=num_steps)[f"t={t:g}"]["level0"]
     return result["cer"], result["byte_accuracy"]
@@ -39,12 +40,13 @@ def main() -> None:
     parser.add_argument("--sampler_steps", type=int, nargs="+", default=[1, 2, 5, 10, 25])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default=None, help="a saved Zonkey folder: measure it instead of training two")
+    parser.add_argument("--samplers", nargs="+", default=["ddmm"], help="ddmm, ddim and/or deterministic")
     args = parser.parse_args()
     torch.set_num_threads(1)
     corpus = load_text_datasets()
     length = 256
-    print("| objective | t | sampler steps | CER | byte accuracy | (t = 0: CER, byte acc.) |")
-    print("|---|---:|---:|---:|---:|---|")
+    print("| objective | sampler | t | sampler steps | CER | byte accuracy | (t = 0: CER, byte acc.) |")
+    print("|---|---|---:|---:|---:|---:|---|")
     if args.model:
         models = [(f"{args.model} ({ZonkeyModel.config_class.from_pretrained(args.model).ddmm_objective})",
                    lambda: ZonkeyModel.from_pretrained(args.model).eval())]
@@ -57,11 +59,13 @@ def main() -> None:
         model = build()
         held = held_out_documents(corpus["validation"]["text"], model.config.document_length[0], args.documents)
         clean = scores(model, held, 0.0, 1)
-        for t in args.noise_levels:
-            for k in args.sampler_steps:
-                cer, accuracy = scores(model, held, t, k, args.seed)
-                print(f"| {objective} | {t:g} | {k} | {cer:.3f} | {accuracy:.1%} | {clean[0]:.3f}, {clean[1]:.1%} |",
-                      flush=True)
+        for sampler in args.samplers:
+            model.generation_config.sampler = sampler
+            for t in args.noise_levels:
+                for k in args.sampler_steps:
+                    cer, accuracy = scores(model, held, t, k, args.seed)
+                    print(f"| {objective} | {sampler} | {t:g} | {k} | {cer:.3f} | {accuracy:.1%} | {clean[0]:.3f}, "
+                          f"{clean[1]:.1%} |", flush=True)
 
 
 if __name__ == "__main__":
