@@ -3,6 +3,9 @@
 
     python examples/train_zonkey.py --config_name configuration/zonkey-tiny.json --output_dir runs/tiny \
         --max_train_minutes 10
+    python examples/train_zonkey.py --model_name_or_path pretrained/zonkey-tiny --output_dir runs/ft ...   # fine-tune
+    python examples/train_zonkey.py --model_name_or_path pretrained/zonkey-tiny \
+        --config_name configuration/zonkey-tiny-sentences.json ...   # its weights under another config
     accelerate launch --config_file configuration/accelerate-cpu-ddp-2.yaml examples/train_zonkey.py ...  # 2 CPU processes
     accelerate launch --config_file configuration/accelerate-multi-gpu.yaml examples/train_zonkey.py ...  # DDP, all GPUs
     accelerate launch --config_file configuration/accelerate-fsdp.yaml examples/train_zonkey.py ...       # FSDP2, GPUs
@@ -73,7 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="held-out share of the articles when there is no validation split")
     model = p.add_argument_group("model")
     model.add_argument("--config_name", default=None, help="a preset, e.g. configuration/zonkey-tiny.json")
-    model.add_argument("--model_name_or_path", default=None, help="a saved checkpoint folder to fine-tune")
+    model.add_argument("--model_name_or_path", default=None,
+                       help="a saved checkpoint folder to fine-tune (with --config_name: its weights, that config)")
     train = p.add_argument_group("training")
     train.add_argument("--per_device_train_batch_size", type=int, default=8)
     train.add_argument("--per_device_eval_batch_size", type=int, default=8)
@@ -109,8 +113,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--hub_private", action="store_true", help="create the Hub repository as private")
     run.add_argument("--logging_steps", type=int, default=10)
     args = p.parse_args(argv)
-    if (args.config_name is None) == (args.model_name_or_path is None):
-        p.error("give exactly one of --config_name (train from scratch) or --model_name_or_path (fine-tune)")
+    if args.config_name is None and args.model_name_or_path is None:
+        p.error("give --config_name (train from scratch), --model_name_or_path (fine-tune), or both (fine-tune the "
+                "folder's weights under the preset's config, e.g. a longer level-1 window)")
     if args.checkpointing_steps not in (None, "epoch") and not (
             str(args.checkpointing_steps).isdigit() and int(args.checkpointing_steps) > 0):
         p.error('--checkpointing_steps must be a positive integer or "epoch"')
@@ -129,27 +134,33 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_model(args) -> tuple[ZonkeyModel, ZonkeyTokenizer]:
-    """The model to train (from a preset, or a saved folder to fine-tune) and its byte tokenizer. Raises
-    FileNotFoundError / ValueError / OSError with what to fix."""
+    """The model to train (from a preset, or a saved folder to fine-tune, optionally under a preset's config) and its
+    byte tokenizer. Raises FileNotFoundError / ValueError / OSError with what to fix."""
+    config = read_preset(args.config_name) if args.config_name else None
     if args.model_name_or_path:
         if not (Path(args.model_name_or_path) / "config.json").is_file():
             raise FileNotFoundError(f"--model_name_or_path {args.model_name_or_path}: no config.json there (pass a "
                                     "folder written by save_pretrained or by this script).")
-        model = ZonkeyModel.from_pretrained(args.model_name_or_path, dtype=torch.float32)
+        kwargs = {} if config is None else {"config": config}
+        model = ZonkeyModel.from_pretrained(args.model_name_or_path, dtype=torch.float32, **kwargs)
         tokenizer = ZonkeyTokenizer.from_pretrained(args.model_name_or_path)
-    else:
-        path = Path(args.config_name)
-        if not path.is_file():
-            raise FileNotFoundError(f"--config_name {args.config_name}: no such file (presets are in configuration/).")
-        try:
-            model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type", "zonkey")
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"--config_name {args.config_name} is not a valid JSON config file ({err}).") from err
-        if model_type != "zonkey":
-            raise ValueError(f"--config_name {args.config_name} has model_type '{model_type}', not 'zonkey'.")
-        model = ZonkeyModel(ZonkeyConfig.from_pretrained(str(path)))
-        tokenizer = ZonkeyTokenizer(model_max_length=model.config.document_length[0])
-    return model, tokenizer
+        tokenizer.model_max_length = model.config.document_length[0]
+        return model, tokenizer
+    return ZonkeyModel(config), ZonkeyTokenizer(model_max_length=config.document_length[0])
+
+
+def read_preset(name: str) -> ZonkeyConfig:
+    """A ZonkeyConfig from a preset JSON file, with a clear error for a missing or foreign file."""
+    path = Path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config_name {name}: no such file (presets are in configuration/).")
+    try:
+        model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type", "zonkey")
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"--config_name {name} is not a valid JSON config file ({err}).") from err
+    if model_type != "zonkey":
+        raise ValueError(f"--config_name {name} has model_type '{model_type}', not 'zonkey'.")
+    return ZonkeyConfig.from_pretrained(str(path))
 
 
 def open_train_log(output_dir: Path, resumed_steps: int | None) -> Path:

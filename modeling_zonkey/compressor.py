@@ -84,20 +84,26 @@ class MaskedVectorHead(nn.Module):
         return info_nce(prediction, windows[chosen], pool, self.num_negatives)
 
 
-def info_nce(prediction: torch.Tensor, target: torch.Tensor, pool: torch.Tensor, num_negatives: int,
+def info_nce(prediction: torch.Tensor, target: torch.Tensor, pool: torch.Tensor, num_negatives: int | None,
              positive_cos: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-row InfoNCE with 2 atanh(cos) logits against negatives drawn from `pool`.
+    """Per-row InfoNCE with 2 atanh(cos) logits against negatives from `pool`.
 
-    prediction (Q, d), target (Q, d), pool (P, d) -> (Q,) losses. A negative that equals the positive is
-    masked out, so the positive is never its own negative. `positive_cos` (Q,) overrides cos(prediction, target).
+    prediction (Q, d), target (Q, d), pool (P, d) -> (Q,) losses. num_negatives: that many negatives drawn at
+    random per row, or None for every pool vector (a (Q, P) cosine matrix). A negative equal to the positive (the
+    target itself, or a duplicate of it) is masked out, so the positive is never its own negative.
+    `positive_cos` (Q,) overrides cos(prediction, target).
     """
-    index = torch.randint(len(pool), (len(prediction), num_negatives), device=pool.device)
     pred = F.normalize(prediction.float(), dim=-1)
     target_unit = F.normalize(target.float(), dim=-1)
     if positive_cos is None:
         positive_cos = (pred * target_unit).sum(-1)
     pool_unit = F.normalize(pool.float(), dim=-1)
-    negative_cos = torch.einsum("qd,qkd->qk", pred, pool_unit[index])
-    same = (pool[index] == target.unsqueeze(1)).all(-1)
+    if num_negatives is None:
+        negative_cos = pred @ pool_unit.T
+        same = (target_unit @ pool_unit.T) > 1.0 - 1e-6
+    else:
+        index = torch.randint(len(pool), (len(prediction), num_negatives), device=pool.device)
+        negative_cos = torch.einsum("qd,qkd->qk", pred, pool_unit[index])
+        same = (pool[index] == target.unsqueeze(1)).all(-1)
     logits = torch.cat([cosine_logits(positive_cos).unsqueeze(1), cosine_logits(negative_cos).masked_fill(same, float("-inf"))], dim=1)
     return F.cross_entropy(logits, torch.zeros(len(prediction), dtype=torch.long, device=logits.device), reduction="none")

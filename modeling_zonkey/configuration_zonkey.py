@@ -33,6 +33,9 @@ DEFAULT_LOSS_WEIGHTS = {
     "masked_vector": 1.0,  # masked-vector prediction at levels >= 1
 }
 
+# the splitter's priors and the latent-spread term: scaled by `regularizer_level_weights`, not `level_weights`
+REGULARIZER_TERMS = ("patch", "short_segment", "compression", "anti_collapse")
+
 
 class ZonkeyConfig(PreTrainedConfig):
     r"""Configuration of a [`ZonkeyModel`].
@@ -54,13 +57,18 @@ class ZonkeyConfig(PreTrainedConfig):
         splitter_conv_kernels: kernel sizes of the splitter's parallel Conv1d features.
         ffn_multiplier: FFN width / model width.
         loss_weights: weight of each named loss term (see `DEFAULT_LOSS_WEIGHTS`).
-        level_weights: multiplies every loss term of a level (levels >= 1 also train the levels below them
-            through their inputs, so a smaller weight keeps them from swamping level 0 early on).
+        level_weights: multiplies a level's reconstruction terms (every term but the regularisers; levels >= 1 also
+            train the levels below them through their inputs, so a smaller weight keeps them from swamping level 0).
+        regularizer_level_weights: multiplies a level's regularisers (`REGULARIZER_TERMS`: patch, short-segment,
+            compression, anti-collapse), which only shape that level's own segments and latents (default 1 per level;
+            the first shipped checkpoint used `level_weights` for both).
         ddmm_objective: "mixed" (clean, heavy and light passes) or "single_step" (clean and heavy passes: plain
             denoising at a random t, without the light pass on the decoder's own estimates).
         light_noise_scale: mean of the small noise levels t0 and t2, drawn as scale * Beta(1, 3) / 0.25.
         time_embedding: "interpolate" (tau = (1-t) tau_clean + t tau_noisy) or "sinusoidal" (+ MLP).
         num_negatives: InfoNCE negatives for the reconstruction at levels >= 1 and for the DDMM loss.
+        infonce_negatives: "sampled" (num_negatives drawn at random from the batch's target vectors) or "all" (every
+            other target vector of the batch is a negative: the neighbours of the same segment and document included).
         masked_vector_negatives / mask_probability: masked-vector prediction at levels >= 1.
         existence_threshold: a decoded position is kept while its existence exceeds it; inference BOS
             threshold of the splitter as well.
@@ -91,10 +99,12 @@ class ZonkeyConfig(PreTrainedConfig):
         ffn_multiplier: int = 4,
         loss_weights: dict[str, float] | None = None,
         level_weights: list[float] | None = None,
+        regularizer_level_weights: list[float] | None = None,
         ddmm_objective: str = "mixed",
         light_noise_scale: float = 0.02,
         time_embedding: str = "interpolate",
         num_negatives: int = 63,
+        infonce_negatives: str = "sampled",
         masked_vector_negatives: int = 100,
         mask_probability: float = 0.2,
         existence_threshold: float = 0.5,
@@ -121,10 +131,12 @@ class ZonkeyConfig(PreTrainedConfig):
         self.ffn_multiplier = ffn_multiplier
         self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **(loss_weights or {})}
         self.level_weights = list(level_weights or [1.0] * num_levels)
+        self.regularizer_level_weights = list(regularizer_level_weights or [1.0] * num_levels)
         self.ddmm_objective = ddmm_objective
         self.light_noise_scale = light_noise_scale
         self.time_embedding = time_embedding
         self.num_negatives = num_negatives
+        self.infonce_negatives = infonce_negatives
         self.masked_vector_negatives = masked_vector_negatives
         self.mask_probability = mask_probability
         self.existence_threshold = existence_threshold
@@ -175,12 +187,16 @@ class ZonkeyConfig(PreTrainedConfig):
         unknown = set(self.loss_weights) - set(DEFAULT_LOSS_WEIGHTS)
         if unknown:
             fail(f"unknown loss_weights {sorted(unknown)}; known: {sorted(DEFAULT_LOSS_WEIGHTS)}.")
-        if len(self.level_weights) != self.num_levels or any(not isinstance(w, (int, float)) or w < 0 for w in self.level_weights):
-            fail(f"level_weights must hold one number >= 0 per level, got {self.level_weights}.")
+        for name in ("level_weights", "regularizer_level_weights"):
+            weights = getattr(self, name)
+            if len(weights) != self.num_levels or any(not isinstance(w, (int, float)) or w < 0 for w in weights):
+                fail(f"{name} must hold one number >= 0 per level, got {weights}.")
         if any(w < 0 for w in self.loss_weights.values()):
             fail(f"loss_weights must be >= 0, got {self.loss_weights}.")
         if self.ddmm_objective not in ("mixed", "single_step"):
             fail(f"ddmm_objective must be 'mixed' or 'single_step', got {self.ddmm_objective!r}.")
+        if self.infonce_negatives not in ("sampled", "all"):
+            fail(f"infonce_negatives must be 'sampled' or 'all', got {self.infonce_negatives!r}.")
         if self.time_embedding not in ("interpolate", "sinusoidal"):
             fail(f"time_embedding must be 'interpolate' or 'sinusoidal', got {self.time_embedding!r}.")
         if not 0.0 < self.light_noise_scale <= 0.25:
@@ -200,6 +216,12 @@ class ZonkeyConfig(PreTrainedConfig):
     def loss_weight(self, name: str) -> float:
         """Weight of a named loss term (the default when `loss_weights` was replaced without it)."""
         return float(self.loss_weights.get(name, DEFAULT_LOSS_WEIGHTS[name]))
+
+    def term_weight(self, level: int, name: str) -> float:
+        """Weight of a named loss term of `level` in the total: its loss weight times the level's weight for
+        regularisers (`regularizer_level_weights`) or for everything else (`level_weights`)."""
+        scale = self.regularizer_level_weights if name in REGULARIZER_TERMS else self.level_weights
+        return scale[level] * self.loss_weight(name)
 
     def latent_size(self, level: int) -> int:
         """Size C_l * d_l of a level-l latent."""

@@ -1,5 +1,5 @@
-"""Validation while training: loss, byte reconstruction accuracy at t = 0, level-0 boundary scores, and the
-collapse diagnostics (one-decode reconstruction and diversity against noise level, saturated p_bos).
+"""Validation while training: loss, byte reconstruction accuracy at t = 0, boundary scores (level 0 against word
+starts, levels >= 1 against sentence starts), and the collapse diagnostics (one-decode reconstruction and diversity against noise level, saturated p_bos).
 
 Runs on every process of an Accelerate job and reduces the counts across them.
 """
@@ -8,7 +8,8 @@ import torch
 from torch.distributed.fsdp import FSDPModule
 
 from .diagnostics import bos_saturation, denoiser_curve
-from .metrics import boundary_scores, byte_accuracy, word_starts
+from .inspection import level_starts
+from .metrics import boundary_scores, byte_accuracy, sentence_starts, word_starts
 
 # noise levels of the collapse diagnostics logged during training (one decode of the first validation batch)
 DIAGNOSTIC_NOISE_LEVELS = (0.3, 0.5, 1.0)
@@ -32,7 +33,8 @@ def diagnostic_scalars(model, batch, seed: int) -> dict[str, float]:
 @torch.no_grad()
 def evaluate(model, loader, accelerator, max_batches: int, seed: int) -> dict[str, float]:
     """Validation loss, byte reconstruction accuracy at t = 0 (from level 0 and from the top, true offsets),
-    level-0 boundary precision / recall / F1 against word starts, and the collapse diagnostics of
+    level-0 boundary precision / recall / F1 against word starts (val/boundary_*), level l >= 1 F1 against sentence
+    starts (val/level{l}/boundary_f1), and the collapse diagnostics of
     `diagnostic_scalars` on the first batch (averaged over processes). Seeded inside a forked RNG (CPU and the
     accelerator's device), so evaluating does not move the training RNG: a run that evaluates at a step where
     another does not still draws the same training noise afterwards."""
@@ -41,7 +43,8 @@ def evaluate(model, loader, accelerator, max_batches: int, seed: int) -> dict[st
     raw.eval()
     loss_sum = batches = 0.0
     counts = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
-    predicted, gold = [], []
+    levels = raw.config.num_levels
+    predicted, gold = [[] for _ in range(levels)], [[] for _ in range(levels)]
     diagnostics: dict[str, float] = {}
     device = accelerator.device
     fork = (torch.random.fork_rng(devices=[]) if device.type == "cpu" else
@@ -65,31 +68,41 @@ def evaluate(model, loader, accelerator, max_batches: int, seed: int) -> dict[st
                 counts[offset] += c
                 counts[offset + 1] += t
             mask = batch["attention_mask"].bool()
-            for ids, row_mask, bounds in zip(batch["input_ids"], mask, out.levels[0].boundaries):
+            for row, (ids, row_mask) in enumerate(zip(batch["input_ids"], mask)):
                 data = bytes(ids[row_mask].tolist())
-                predicted.append(bounds[: len(data)].nonzero().flatten().tolist())
-                gold.append(word_starts(data))
+                for level, starts in enumerate(level_starts(out.levels, row)):
+                    predicted[level].append(starts)
+                    gold[level].append(word_starts(data) if level == 0 else sentence_starts(data))
     for unit in units:
         unit.reshard()
     raw.train(was_training)
-    scores = boundary_scores(predicted, gold)
-    local = torch.tensor([loss_sum, batches, scores.precision * scores.predicted, scores.predicted,
-                          scores.recall * scores.gold, scores.gold], dtype=torch.float64, device=accelerator.device)
-    local = accelerator.reduce(torch.cat([local, counts]), reduction="sum")
-    loss, n, hit_p, n_pred, hit_g, n_gold, c0, t0, ct, tt = local.tolist()
+    hits = []  # per level: precision hits, predicted, recall hits, gold
+    for level in range(levels):
+        scores = boundary_scores(predicted[level], gold[level])
+        hits += [scores.precision * scores.predicted, scores.predicted, scores.recall * scores.gold, scores.gold]
+    local = torch.tensor([loss_sum, batches, *hits], dtype=torch.float64, device=accelerator.device)
+    local = accelerator.reduce(torch.cat([local, counts]), reduction="sum").tolist()
+    loss, n, (c0, t0, ct, tt) = local[0], local[1], local[-4:]
+    f1 = {}
+    for level in range(levels):
+        hit_p, n_pred, hit_g, n_gold = local[2 + 4 * level : 6 + 4 * level]
+        precision, recall = hit_p / max(n_pred, 1), hit_g / max(n_gold, 1)
+        f1[level] = (precision, recall, 2 * precision * recall / max(precision + recall, 1e-12), n_pred)
     if diagnostics:  # every process evaluates the same number of batches (accelerate's even_batches): mean over them
         names = sorted(diagnostics)
         values = torch.tensor([[diagnostics[k] for k in names] + [1.0]], dtype=torch.float64, device=accelerator.device)
         totals = accelerator.reduce(values, reduction="sum")[0].tolist()
         diagnostics = {k: v / totals[-1] for k, v in zip(names, totals[:-1])}
-    precision, recall = hit_p / max(n_pred, 1), hit_g / max(n_gold, 1)
+    precision, recall, level0_f1, n_pred = f1[0]
     return {
         "val/loss": loss / max(n, 1),
         "val/byte_accuracy_level0": c0 / max(t0, 1),
         "val/byte_accuracy_top": ct / max(tt, 1),
         "val/boundary_precision": precision,
         "val/boundary_recall": recall,
-        "val/boundary_f1": 2 * precision * recall / max(precision + recall, 1e-12),
+        "val/boundary_f1": level0_f1,
         "val/bytes_per_segment": (t0 / max(n_pred, 1)),
+        **{f"val/level{level}/boundary_f1": f1[level][2] for level in range(1, levels)},
+        **{f"val/level{level}/bytes_per_segment": t0 / max(f1[level][3], 1) for level in range(1, levels)},
         **diagnostics,
     }

@@ -42,6 +42,8 @@ BAD_CONFIGS = {
     "zero_negatives": (dict(num_negatives=0), ["num_negatives"]),
     "level_weights_length": (dict(level_weights=[1.0]), ["level_weights", "per level"]),
     "negative_level_weight": (dict(level_weights=[1.0, -0.5]), ["level_weights"]),
+    "regularizer_weights_length": (dict(regularizer_level_weights=[1.0]), ["regularizer_level_weights", "per level"]),
+    "bad_infonce_negatives": (dict(infonce_negatives="hard"), ["infonce_negatives", "'hard'"]),
 }
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from modeling_zonkey.compressor import Compressor, anti_collapse_loss, info_nce
 from modeling_zonkey.ddmm import add_noise, light_noise_levels, path_positive
 from modeling_zonkey.segment_splitter import build_segments, force_boundaries
-from modeling_zonkey.sphere import expected_norm, to_sphere
+from modeling_zonkey.sphere import cosine_logits, expected_norm, to_sphere
 
 D, HEADS, C, L = 16, 2, 4, 8
 
@@ -129,6 +129,24 @@ def test_info_nce_never_uses_the_positive_as_its_own_negative():
     torch.manual_seed(0)
     perfect = info_nce(target, target, target, 20)
     assert (perfect < losses.detach()).all()
+
+
+def test_info_nce_against_every_pool_vector():
+    """num_negatives=None: the softmax runs over the positive and every pool vector except copies of the target."""
+    generator = torch.Generator().manual_seed(7)
+    target = torch.randn(4, D, generator=generator)
+    pool = torch.cat([target, torch.randn(6, D, generator=generator), target[:1]])  # row 0's target appears twice
+    prediction = torch.randn(4, D, generator=generator, requires_grad=True)
+    losses = info_nce(prediction, target, pool, None)
+    pred, unit = F.normalize(prediction, dim=-1), F.normalize(pool, dim=-1)
+    for row in range(4):
+        keep = ~(F.normalize(target[row], dim=-1) @ unit.T > 1 - 1e-6)
+        assert int((~keep).sum()) == (2 if row == 0 else 1)
+        logits = cosine_logits(torch.cat([(pred[row] * F.normalize(target[row], dim=-1)).sum()[None],
+                                          (pred[row] @ unit.T)[keep]]))
+        torch.testing.assert_close(losses[row], -torch.log_softmax(logits, 0)[0])
+    losses.sum().backward()
+    assert prediction.grad.abs().sum() > 0
 
 
 def test_info_nce_positive_override():

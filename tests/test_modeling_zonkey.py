@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel, ZonkeyTokenizer
+from modeling_zonkey.configuration_zonkey import REGULARIZER_TERMS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -397,20 +398,27 @@ def test_training_step_reduces_loss(make_model, tokenizer):
 
 
 def test_loss_is_the_weighted_sum_of_the_named_terms(micro_config, tokenizer):
-    """loss = sum_l level_weight_l * sum_name weight_name * term; a partial loss_weights override keeps the defaults."""
-    config = ZonkeyConfig.from_pretrained(str(MICRO_PATH), loss_weights={"ddmm": 0.5}, level_weights=[1.0, 0.25])
+    """loss = sum_l sum_name w_l(name) * weight_name * term, where w_l is regularizer_level_weights[l] for the
+    regularisers (patch, short-segment, compression, anti-collapse) and level_weights[l] for every other term; a
+    partial loss_weights override keeps the defaults."""
+    config = ZonkeyConfig.from_pretrained(str(MICRO_PATH), loss_weights={"ddmm": 0.5}, level_weights=[1.0, 0.25],
+                                          regularizer_level_weights=[0.5, 2.0])
     assert config.loss_weight("ddmm") == 0.5 and config.loss_weight("patch") == 10.0
     torch.manual_seed(0)
     model = ZonkeyModel(config).train()
     batch = tokenizer(["the cat sat on the mat.", "a dog."], padding=True, return_tensors="pt")
     out = model(**batch, return_loss=True)
     expected = 0.0
-    for level, level_weight in enumerate(config.level_weights):
+    for level in range(config.num_levels):
         names = [k.split("/", 1)[1] for k in out.loss_terms if k.startswith(f"level{level}/")]
-        level_total = level_weight * sum(config.loss_weight(n) * out.loss_terms[f"level{level}/{n}"] for n in names)
+        assert {"patch", "compression", "reconstruction", "denoising"} <= set(names)
+        scale = {n: (config.regularizer_level_weights if n in REGULARIZER_TERMS else config.level_weights)[level]
+                 for n in names}
+        level_total = sum(scale[n] * config.loss_weight(n) * out.loss_terms[f"level{level}/{n}"] for n in names)
         torch.testing.assert_close(out.loss_terms[f"loss/level{level}"], level_total)
         expected = expected + level_total
     torch.testing.assert_close(out.loss, expected)
+    assert ZonkeyConfig.from_pretrained(str(MICRO_PATH)).regularizer_level_weights == [1.0, 1.0]
 
 
 @pytest.mark.parametrize("overrides", [dict(ddmm_objective="single_step"), dict(time_embedding="sinusoidal")])

@@ -215,6 +215,9 @@ def test_validation_reports_the_collapse_diagnostics(runs):
             assert -1.0 <= final[f"val/level{level}/pairwise_cosine_t{t}"] <= 1.0
     for level in (0, 1):
         assert 0.0 <= final[f"val/level{level}/p_bos_saturated"] <= 1.0
+    # level 1 is scored against sentence starts; its segments are at least as long as level 0's
+    assert 0.0 <= final["val/level1/boundary_f1"] <= 1.0
+    assert final["val/level1/bytes_per_segment"] >= final["val/bytes_per_segment"] > 1.0
 
 
 # ---------------------------------------------------------------- non-finite loss (in-process, patched model)
@@ -409,6 +412,26 @@ def test_checkpoint_of_another_config_is_refused(runs, in_process, tmp_path, cap
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: {runs['B'] / 'step_4'} does not fit this model")
     assert "size mismatch for byte_embeddings.weight" in errors[0] and len(errors[0]) < 1000
+
+
+def test_fine_tuning_a_folder_under_a_preset(runs, in_process, tmp_path):
+    """--model_name_or_path with --config_name: the folder's weights under the preset's config (a longer level-1
+    window, longer documents), as transformers' run_clm reads the two flags."""
+    import argparse
+
+    config = json.loads(MICRO.read_text())
+    config["window_length"][1], config["document_length"] = 9, [256, 96]
+    (tmp_path / "longer.json").write_text(json.dumps(config))
+    folder = runs["A"]
+    model, tokenizer = in_process.build_model(argparse.Namespace(config_name=str(tmp_path / "longer.json"),
+                                                                 model_name_or_path=str(folder)))
+    assert model.config.window_length[1] == 9 and model.config.document_length == [256, 96]
+    assert tokenizer.model_max_length == 256
+    saved = load_file(folder / "model.safetensors")
+    state = model.state_dict()
+    assert saved.keys() == state.keys() and all(torch.equal(state[k], v) for k, v in saved.items())
+    alone, _ = in_process.build_model(argparse.Namespace(config_name=None, model_name_or_path=str(folder)))
+    assert alone.config.window_length == json.loads((folder / "config.json").read_text())["window_length"]
 
 
 def test_resuming_a_finished_run_trains_no_further(runs, in_process, tmp_path, capsys):

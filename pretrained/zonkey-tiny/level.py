@@ -174,7 +174,8 @@ class ZonkeyLevel(nn.Module):
         else:
             pool = sub.targets.vectors[sub.targets_valid]
             positive = None if positive_cos is None else positive_cos[real]
-            losses[real] = info_nce(pred, sub.windows[real], pool, self.config.num_negatives, positive)
+            negatives = None if self.config.infonce_negatives == "all" else self.config.num_negatives
+            losses[real] = info_nce(pred, sub.windows[real], pool, negatives, positive)
         return losses
 
     def choose_decoded(self, count: int, cap: int, device: torch.device) -> torch.Tensor:

@@ -132,8 +132,7 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
             return ZonkeyModelOutput(levels=tuple(outputs))
         terms, total = {}, x.new_zeros((), dtype=torch.float32)
         for index, output in enumerate(outputs):
-            level_total = self.config.level_weights[index] * sum(
-                self.config.loss_weight(name) * value for name, value in output.loss_terms.items())
+            level_total = sum(self.config.term_weight(index, name) * value for name, value in output.loss_terms.items())
             terms.update({f"level{index}/{name}": value for name, value in output.loss_terms.items()})
             terms[f"loss/level{index}"] = level_total
             total = total + level_total
