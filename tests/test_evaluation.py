@@ -114,11 +114,14 @@ def test_evaluate_script_writes_every_key_and_picture(make_model, tokenizer, tmp
     assert results["documents"] == 6
     for level in ("level0", "level1"):
         metrics = results["segmentation"][level]
-        for key in ("precision", "recall", "f1", "precision_pm1", "recall_pm1", "f1_pm1", "auprc",
+        for key in ("precision", "recall", "f1", "precision_pm1", "recall_pm1", "f1_pm1", "precision_inner",
+                    "recall_inner", "f1_inner", "auprc",
                     "over_segmentation", "r_value", "bytes_per_segment", "bytes_per_segment_cv",
                     "p_bos_entropy_bits", "p_bos_share_uncertain", "p_bos_saturated"):
             assert math.isfinite(metrics[key]), (level, key)
         assert 0.0 <= metrics["f1"] <= metrics["f1_pm1"] <= 1.0
+        # every document's first byte is a forced hit: without it, precision and recall can only fall
+        assert metrics["precision_inner"] <= metrics["precision"] and metrics["recall_inner"] <= metrics["recall"]
     assert set(results["reconstruction"]) == {"t=0", "t=0.3"}
     for per_level in results["reconstruction"].values():
         for metrics in per_level.values():

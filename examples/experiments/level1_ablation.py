@@ -16,6 +16,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
+from modeling_zonkey import ZonkeyModel
+from modeling_zonkey.data import load_text_datasets
+from modeling_zonkey.evaluation import held_out_documents, segmentation_metrics
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # arm -> (config overrides, extra training arguments); each undoes one change of the sentence preset. Arms with
@@ -53,12 +59,14 @@ def main() -> None:
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--eval_batches", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--score_bytes", type=int, default=65536, help="held-out bytes for the boundary table")
     args = parser.parse_args()
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     preset = json.loads(Path(args.config_name).read_text(encoding="utf-8"))
     print("| arm | " + " | ".join(COLUMNS) + " |")
     print("|---|" + "---:|" * len(COLUMNS))
+    folders = {}
     for name in args.arms:
         overrides, extra = ARMS[name]
         folder = output / name.replace(" ", "-").replace("(", "").replace(")", "")
@@ -74,8 +82,26 @@ def main() -> None:
                        "--per_device_train_batch_size", str(args.per_device_train_batch_size),
                        "--eval_steps", str(args.stop_after_steps), "--eval_batches", str(args.eval_batches), *extra]
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        folders[name] = folder
         final = json.loads(results.read_text())["final_eval"]
         print(f"| {name} | " + " | ".join(f"{final.get(key, float('nan')):.3f}" for key in COLUMNS.values()) + " |",
+              flush=True)
+    score_boundaries(folders, args.score_bytes)
+
+
+def score_boundaries(folders: dict[str, Path], budget: int) -> None:
+    """Level-1 boundaries against sentence starts on the first `budget` bytes of the validation split."""
+    torch.set_num_threads(1)
+    texts = load_text_datasets()["validation"]["text"]
+    print("\n| arm | level-1 P / R / F1 | inner P / R / F1 | bytes / level-1 segment | level-0 F1 |")
+    print("|---|---:|---:|---:|---:|")
+    for name, folder in folders.items():
+        model = ZonkeyModel.from_pretrained(folder).eval()
+        length = model.config.document_length[0]
+        metrics = segmentation_metrics(model, held_out_documents(texts, length, budget // length))
+        one, zero = metrics["level1"], metrics["level0"]
+        print(f"| {name} | {one['precision']:.3f} / {one['recall']:.3f} / {one['f1']:.3f} | {one['precision_inner']:.3f} "
+              f"/ {one['recall_inner']:.3f} / {one['f1_inner']:.3f} | {one['bytes_per_segment']:.1f} | {zero['f1']:.3f} |",
               flush=True)
 
 
