@@ -2,7 +2,8 @@
 
 `evaluate_model` returns one nested dict (written as JSON and as Markdown by examples/evaluate.py):
     segmentation.level{l}: boundary P / R / F1 (exact, +-1, and "inner": without each document's first byte, a
-        forced BOS) against word starts (level 0) or sentence starts (levels >= 1), AUPRC of p_bos, over-segmentation, R-value, bytes per segment and its CV,
+        forced BOS, next to the inner P and F1 of as many boundaries placed at random among the positions the level
+        can cut at) against word starts (level 0) or sentence starts (levels >= 1), AUPRC of p_bos, over-segmentation, R-value, bytes per segment and its CV,
         sharpness (mean binary entropy of p_bos in bits, share of p_bos in (0.1, 0.9)), share of p_bos
         saturated (within 1e-4 of 0 or 1);
     reconstruction["t={t}"].level{l}: byte accuracy, character error rate and exact-segment match of
@@ -72,6 +73,7 @@ def segmentation_metrics(model, documents: list[bytes], batch_size: int = 8) -> 
     levels = model.config.num_levels
     predicted, gold, scores, labels, probs, lengths = ([[] for _ in range(levels)] for _ in range(6))
     saturated = [[0, 0] for _ in range(levels)]
+    candidates = [[0, 0] for _ in range(levels)]  # positions level l can start a segment at (not 0), reference ones
     for chunk, ids, mask in _batches(documents, batch_size, model.device):
         outputs = model(ids, mask).levels
         for level, (hits, total) in enumerate(bos_saturation_counts(outputs)):
@@ -87,6 +89,8 @@ def segmentation_metrics(model, documents: list[bytes], batch_size: int = 8) -> 
                 reference_set = set(reference)
                 scores[level] += p
                 labels[level] += [pos in reference_set for pos in positions]
+                candidates[level][0] += sum(1 for pos in positions if pos)
+                candidates[level][1] += sum(1 for pos in positions if pos and pos in reference_set)
                 probs[level].append(torch.tensor(p))
     results = {}
     for level in range(levels):
@@ -95,6 +99,10 @@ def segmentation_metrics(model, documents: list[bytes], batch_size: int = 8) -> 
         # is half of the sentence starts of a 256-byte document and an eighth of those of a 1,024-byte one
         inner = boundary_scores([[p for p in row if p] for row in predicted[level]],
                                 [[g for g in row if g] for row in gold[level]])
+        # chance: as many inner boundaries, drawn uniformly among the positions this level can cut at
+        share = candidates[level][1] / max(candidates[level][0], 1)
+        chance_recall = inner.predicted * share / max(inner.gold, 1)
+        chance_f1 = 2 * share * chance_recall / (share + chance_recall) if share + chance_recall else 0.0
         p = torch.cat(probs[level])
         os_ = over_segmentation(exact.predicted, exact.gold)
         mean_length, cv = mean_and_cv(lengths[level])
@@ -103,6 +111,7 @@ def segmentation_metrics(model, documents: list[bytes], batch_size: int = 8) -> 
             "precision": exact.precision, "recall": exact.recall, "f1": exact.f1,
             "precision_pm1": near.precision, "recall_pm1": near.recall, "f1_pm1": near.f1,
             "precision_inner": inner.precision, "recall_inner": inner.recall, "f1_inner": inner.f1,
+            "precision_inner_chance": share, "f1_inner_chance": chance_f1,
             "auprc": average_precision(scores[level], labels[level]),
             "over_segmentation": os_, "r_value": r_value(exact.recall, os_),
             "bytes_per_segment": mean_length, "bytes_per_segment_cv": cv,

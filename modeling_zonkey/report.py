@@ -5,6 +5,10 @@ def _f(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _inner(m: dict) -> str:
+    return f"{m['f1_inner']:.3f} ({m['f1_inner_chance']:.3f})" if "f1_inner" in m else "-"  # older evaluations
+
+
 def _saturated(m: dict) -> str:
     return f"{m['p_bos_saturated']:.1%}" if "p_bos_saturated" in m else "-"  # evaluations older than the column
 
@@ -12,15 +16,16 @@ def _saturated(m: dict) -> str:
 def results_markdown(results: dict) -> str:
     lines = [f"Held-out text: {results['documents']} documents, {results['bytes']:,} bytes.", "",
              "**Segmentation** (boundaries against word starts at level 0, sentence starts above)", "",
-             "| level | reference | P | R | F1 | F1 +-1 | F1 inner | AUPRC | OS | R-value | bytes/segment (CV) | "
+             "| level | reference | P | R | F1 | F1 +-1 | F1 inner (chance) | AUPRC | OS | R-value | bytes/segment (CV) | "
              "H(p_bos) bits | p_bos in (0.1, 0.9) | p_bos saturated |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in results["segmentation"].items():
         lines.append(f"| {name[5:]} | {m['reference']} | {_f(m['precision'])} | {_f(m['recall'])} | {_f(m['f1'])} | "
-                     f"{_f(m['f1_pm1'])} | {_f(m['f1_inner']) if 'f1_inner' in m else '-'} | {_f(m['auprc'])} | {_f(m['over_segmentation'], 2)} | {_f(m['r_value'])} | "
+                     f"{_f(m['f1_pm1'])} | {_inner(m)} | {_f(m['auprc'])} | {_f(m['over_segmentation'], 2)} | {_f(m['r_value'])} | "
                      f"{m['bytes_per_segment']:.1f} ({m['bytes_per_segment_cv']:.2f}) | {_f(m['p_bos_entropy_bits'])} | "
                      f"{m['p_bos_share_uncertain']:.1%} | {_saturated(m)} |")
-    lines += ["", "F1 inner: without each document's first byte (a forced BOS at every level, and a sentence start).",
+    lines += ["", "F1 inner: without each document's first byte (a forced BOS at every level, and a sentence start); "
+              "chance: as many boundaries placed at random among the positions the level can cut at.",
               "", "**Reconstruction** (encode -> noise the latents of a level to t -> denoise with the sampler -> "
               "decode; t = 0 uses the encoder's segmentation, t > 0 infers the offsets, so read the CER there: byte "
               "accuracy is position-wise and one misplaced cut shifts every byte after it)", "",

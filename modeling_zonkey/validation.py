@@ -34,8 +34,8 @@ def diagnostic_scalars(model, batch, seed: int) -> dict[str, float]:
 def evaluate(model, loader, accelerator, max_batches: int, seed: int) -> dict[str, float]:
     """Validation loss, byte reconstruction accuracy at t = 0 (from level 0 and from the top, true offsets),
     level-0 boundary precision / recall / F1 against word starts (val/boundary_*), level l >= 1 F1 against sentence
-    starts (val/level{l}/boundary_f1), and the collapse diagnostics of
-    `diagnostic_scalars` on the first batch (averaged over processes). Seeded inside a forked RNG (CPU and the
+    starts (val/level{l}/boundary_f1, and boundary_f1_inner without each document's forced first boundary), and the
+    collapse diagnostics of `diagnostic_scalars` on the first batch (averaged over processes). Seeded inside a forked RNG (CPU and the
     accelerator's device), so evaluating does not move the training RNG: a run that evaluates at a step where
     another does not still draws the same training noise afterwards."""
     raw = accelerator.unwrap_model(model)
@@ -76,24 +76,25 @@ def evaluate(model, loader, accelerator, max_batches: int, seed: int) -> dict[st
     for unit in units:
         unit.reshard()
     raw.train(was_training)
-    hits = []  # per level: precision hits, predicted, recall hits, gold
+    hits = []  # per level, all boundaries then without each document's forced first one: P hits, predicted, R hits, gold
     for level in range(levels):
-        scores = boundary_scores(predicted[level], gold[level])
-        hits += [scores.precision * scores.predicted, scores.predicted, scores.recall * scores.gold, scores.gold]
+        inner = ([[p for p in row if p] for row in predicted[level]], [[g for g in row if g] for row in gold[level]])
+        for scores in (boundary_scores(predicted[level], gold[level]), boundary_scores(*inner)):
+            hits += [scores.precision * scores.predicted, scores.predicted, scores.recall * scores.gold, scores.gold]
     local = torch.tensor([loss_sum, batches, *hits], dtype=torch.float64, device=accelerator.device)
     local = accelerator.reduce(torch.cat([local, counts]), reduction="sum").tolist()
     loss, n, (c0, t0, ct, tt) = local[0], local[1], local[-4:]
-    f1 = {}
-    for level in range(levels):
-        hit_p, n_pred, hit_g, n_gold = local[2 + 4 * level : 6 + 4 * level]
+    f1 = {}  # (level, inner) -> precision, recall, F1, predicted
+    for index in range(2 * levels):
+        hit_p, n_pred, hit_g, n_gold = local[2 + 4 * index : 6 + 4 * index]
         precision, recall = hit_p / max(n_pred, 1), hit_g / max(n_gold, 1)
-        f1[level] = (precision, recall, 2 * precision * recall / max(precision + recall, 1e-12), n_pred)
+        f1[divmod(index, 2)] = (precision, recall, 2 * precision * recall / max(precision + recall, 1e-12), n_pred)
     if diagnostics:  # every process evaluates the same number of batches (accelerate's even_batches): mean over them
         names = sorted(diagnostics)
         values = torch.tensor([[diagnostics[k] for k in names] + [1.0]], dtype=torch.float64, device=accelerator.device)
         totals = accelerator.reduce(values, reduction="sum")[0].tolist()
         diagnostics = {k: v / totals[-1] for k, v in zip(names, totals[:-1])}
-    precision, recall, level0_f1, n_pred = f1[0]
+    precision, recall, level0_f1, n_pred = f1[0, 0]
     return {
         "val/loss": loss / max(n, 1),
         "val/byte_accuracy_level0": c0 / max(t0, 1),
@@ -102,7 +103,8 @@ def evaluate(model, loader, accelerator, max_batches: int, seed: int) -> dict[st
         "val/boundary_recall": recall,
         "val/boundary_f1": level0_f1,
         "val/bytes_per_segment": (t0 / max(n_pred, 1)),
-        **{f"val/level{level}/boundary_f1": f1[level][2] for level in range(1, levels)},
-        **{f"val/level{level}/bytes_per_segment": t0 / max(f1[level][3], 1) for level in range(1, levels)},
+        **{f"val/level{level}/boundary_f1": f1[level, 0][2] for level in range(1, levels)},
+        **{f"val/level{level}/boundary_f1_inner": f1[level, 1][2] for level in range(1, levels)},
+        **{f"val/level{level}/bytes_per_segment": t0 / max(f1[level, 0][3], 1) for level in range(1, levels)},
         **diagnostics,
     }

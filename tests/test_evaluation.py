@@ -122,6 +122,7 @@ def test_evaluate_script_writes_every_key_and_picture(make_model, tokenizer, tmp
         assert 0.0 <= metrics["f1"] <= metrics["f1_pm1"] <= 1.0
         # every document's first byte is a forced hit: without it, precision and recall can only fall
         assert metrics["precision_inner"] <= metrics["precision"] and metrics["recall_inner"] <= metrics["recall"]
+        assert 0.0 <= metrics["precision_inner_chance"] <= 1.0 and 0.0 <= metrics["f1_inner_chance"] <= 1.0
     assert set(results["reconstruction"]) == {"t=0", "t=0.3"}
     for per_level in results["reconstruction"].values():
         for metrics in per_level.values():
@@ -188,3 +189,18 @@ def test_training_curves_come_from_the_tensorboard_logs(tmp_path):
     assert len(scalars["train/loss"]) == 40
     path = plot_training_curves(scalars, tmp_path / "curves.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_chance_boundaries_at_level_0_are_the_share_of_word_starts(make_model):
+    """F1 inner's chance reference: at level 0 every byte but the first is a candidate, so chance precision is the
+    share of those bytes that start a word."""
+    from modeling_zonkey.evaluation import segmentation_metrics
+
+    documents = [b"The cat sat on the mat.", b"A dog ran to the fox and back again, 3 times."]
+    metrics = segmentation_metrics(make_model(seed=2).eval(), documents)["level0"]
+    share = sum(len(word_starts(d)) - 1 for d in documents) / sum(len(d) - 1 for d in documents)
+    assert metrics["precision_inner_chance"] == pytest.approx(share)
+    inner_predicted = metrics["segments"] - len(documents)
+    expected_recall = inner_predicted * share / (metrics["reference_boundaries"] - len(documents))
+    expected = 2 * share * expected_recall / (share + expected_recall)
+    assert metrics["f1_inner_chance"] == pytest.approx(expected)
