@@ -38,7 +38,11 @@ def training_summary(history: dict) -> str:
                  else f", {this_run:.1f} minutes after the resume (the time before it was not recorded).")
     else:
         text += f", {minutes if minutes is not None else this_run or 0:.1f} minutes."
-    if args.get("config_name"):
+    if args.get("model_name_or_path"):
+        text += (f" It continues the weights of `{Path(args['model_name_or_path']).name}`, whose own training is not "
+                 "counted above")
+        text += f", under the preset `{Path(args['config_name']).name}`." if args.get("config_name") else "."
+    elif args.get("config_name"):
         text += f" Preset: `{Path(args['config_name']).name}`."
     return text
 

@@ -1,4 +1,5 @@
-"""The pretrained checkpoint shipped in the repository: it loads, its card tells the truth, the README's example holds."""
+"""The pretrained checkpoints shipped in the repository: they load, their cards tell the truth, the README's examples
+hold."""
 
 import json
 import re
@@ -14,47 +15,57 @@ from modeling_zonkey.hub import files_to_push
 from modeling_zonkey.inspection import mark_boundaries, segment_text
 
 ROOT = Path(__file__).resolve().parents[1]
-PRETRAINED = ROOT / "pretrained" / "zonkey-tiny"
-README_SENTENCE = "The river flows through the old town and into the sea."
+SHIPPED = [ROOT / "pretrained" / name for name in ("zonkey-tiny", "zonkey-tiny-sentences")]
+README_TEXTS = {  # the held-out text each checkpoint's README example segments
+    "zonkey-tiny": "The river flows through the old town and into the sea.",
+    "zonkey-tiny-sentences": ("The river flows through the old town and into the sea. The town was founded in 1850 by "
+                              "farmers from the north. Today it is known for its bridges, its market and a small museum "
+                              "of local history. It has a population of about 12,000."),
+}
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
+@pytest.fixture(scope="module", params=SHIPPED, ids=lambda path: path.name)
+def folder(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def pretrained():
-    model = AutoModel.from_pretrained(PRETRAINED)
-    return model, AutoTokenizer.from_pretrained(PRETRAINED)
+def pretrained(folder):
+    model = AutoModel.from_pretrained(folder)
+    return model, AutoTokenizer.from_pretrained(folder)
 
 
-def test_the_folder_is_small_complete_and_safetensors():
-    files = [PRETRAINED / name for name in files_to_push(PRETRAINED)]
+def test_the_folder_is_small_complete_and_safetensors(folder):
+    files = [folder / name for name in files_to_push(folder)]
     assert sum(f.stat().st_size for f in files) < 30 * 2**20
-    assert (PRETRAINED / "model.safetensors").is_file() and not list(PRETRAINED.glob("*.bin"))
-    everything = [p for p in PRETRAINED.rglob("*") if p.is_file()]
+    assert (folder / "model.safetensors").is_file() and not list(folder.glob("*.bin"))
+    everything = [p for p in folder.rglob("*") if p.is_file()]
     assert sorted(everything) == sorted(files), "only shareable files belong in the shipped folder"
 
 
-def test_its_remote_code_is_the_packages():
+def test_its_remote_code_is_the_packages(folder):
     """Users with trust_remote_code run the folder's copies: they must be the package's current files."""
     package = ROOT / "modeling_zonkey"
-    stale = [f.name for f in PRETRAINED.glob("*.py") if f.read_bytes() != (package / f.name).read_bytes()]
+    stale = [f.name for f in folder.glob("*.py") if f.read_bytes() != (package / f.name).read_bytes()]
     assert not stale, (f"{stale} differ from modeling_zonkey/: re-save the checkpoint (AutoModel.from_pretrained(folder)"
                        ".save_pretrained(folder)) so that its remote code is current")
 
 
-def test_it_loads_segments_and_generates(pretrained):
+def test_it_loads_segments_and_generates(pretrained, folder):
     model, tokenizer = pretrained
     assert type(model) is ZonkeyModel and not model.training
     assert type(model.generation_config) is ZonkeyGenerationConfig
-    segmentation = segment_text(model, tokenizer, README_SENTENCE)
+    segmentation = segment_text(model, tokenizer, README_TEXTS[folder.name])
     assert len(segmentation.starts[0]) >= 6  # it splits a sentence into word-like pieces
     ids = model.generate(num_return_sequences=2, seed=0)
     assert (ids != 256).sum() > 10
 
 
-def test_the_readme_example_is_what_the_model_prints(pretrained):
+def test_the_readme_example_is_what_the_model_prints(pretrained, folder):
     model, tokenizer = pretrained
-    segmentation = segment_text(model, tokenizer, README_SENTENCE)
+    segmentation = segment_text(model, tokenizer, README_TEXTS[folder.name])
     marked = mark_boundaries(segmentation.data, segmentation.starts)
     assert marked in (ROOT / "README.md").read_text(), marked
 
@@ -65,10 +76,10 @@ def card_number(card: str, pattern: str) -> list[float]:
     return [float(x.rstrip("%")) for x in match.groups()]
 
 
-def test_the_card_numbers_match_a_fresh_evaluation(pretrained):
+def test_the_card_numbers_match_a_fresh_evaluation(pretrained, folder):
     model, tokenizer = pretrained
-    card = (PRETRAINED / "README.md").read_text()
-    recorded = json.loads((PRETRAINED / "evaluation" / "evaluation.json").read_text())
+    card = (folder / "README.md").read_text()
+    recorded = json.loads((folder / "evaluation" / "evaluation.json").read_text())
     documents = held_out_documents(load_text_datasets()["validation"]["text"], model.config.document_length[0],
                                    recorded["documents"])
     assert sum(len(d) for d in documents) == recorded["bytes"], "not the same held-out text as the card"

@@ -447,3 +447,15 @@ def test_resuming_a_finished_run_trains_no_further(runs, in_process, tmp_path, c
     # the EMA came back from the checkpoint: the saved model is the uninterrupted run's, bit for bit
     saved, reference = load_file(out / "model.safetensors"), load_file(runs["A"] / "model.safetensors")
     assert all(torch.equal(saved[k], reference[k]) for k in reference)
+
+
+def test_the_card_says_what_a_fine_tune_continued():
+    from modeling_zonkey.model_card import training_summary
+
+    history = {"completed_steps": 10, "train_bytes": 1000, "train_minutes": 2.0,
+               "args": {"model_name_or_path": "pretrained/zonkey-tiny", "config_name": "configuration/x.json",
+                        "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1, "learning_rate": 1e-3}}
+    text = training_summary(history)
+    assert "continues the weights of `zonkey-tiny`" in text and "under the preset `x.json`" in text
+    del history["args"]["model_name_or_path"]
+    assert training_summary(history).endswith("Preset: `x.json`.")

@@ -1,0 +1,228 @@
+"""ZonkeyConfig: every hyper-parameter of the method, as per-level lists.
+
+Level l has width d_l, window length L_l and C_l compression (CLS) vectors. A level-l latent is the
+C_l CLS outputs flattened, so it has C_l * d_l numbers and is the input vector of level l + 1:
+``hidden_size[l + 1] == num_cls_vectors[l] * hidden_size[l]`` is required.
+"""
+
+from transformers import PreTrainedConfig
+
+PER_LEVEL_FIELDS = (
+    "hidden_size",
+    "num_attention_heads",
+    "window_length",
+    "num_cls_vectors",
+    "compressor_layers",
+    "decompressor_layers",
+    "denoiser_layers",
+    "document_length",
+    "max_decoded_segments",
+)
+
+DEFAULT_LOSS_WEIGHTS = {
+    "reconstruction": 1.0,  # clean-pass reconstruction (bytes: CE; levels >= 1: InfoNCE)
+    "existence": 0.05,  # decoder existence vs splitter existence (BCE)
+    "stitcher_position": 0.1,  # characters between true cut and inferred offset (not given; 1.0 stalled learning)
+    "stitcher_sequence": 1.0,  # reconstruction loss of the refined segment
+    "denoising": 1.0,  # reconstruction from latents noised to t ~ U(0, 1) (the heavy pass; the reference's later x0 term)
+    "ddmm": 1.0,  # light pass on the decoder's own re-compressed estimate ("mixed" objective only)
+    "patch": 10.0,  # P(no BOS in a window of L, L+1, L+2)
+    "short_segment": 10.0,  # P(segment shorter than C)
+    "compression": 0.03,  # pushes mean p_bos toward 1/L
+    "anti_collapse": 1.0,  # |mean cosine| between latents of different documents
+    "masked_vector": 1.0,  # masked-vector prediction at levels >= 1
+}
+
+# the splitter's priors and the latent-spread term: scaled by `regularizer_level_weights`, not `level_weights`
+REGULARIZER_TERMS = ("patch", "short_segment", "compression", "anti_collapse")
+
+
+class ZonkeyConfig(PreTrainedConfig):
+    r"""Configuration of a [`ZonkeyModel`].
+
+    Args:
+        vocab_size: byte vocabulary (256 UTF-8 byte values + pad).
+        pad_token_id: id of the pad token (256).
+        num_levels: number of hierarchy levels (bytes -> words -> sentences is 2).
+        hidden_size: width d_l of each level.
+        num_attention_heads: heads per level.
+        window_length: window (segment) length L_l: no segment spans more than L_l positions.
+        num_cls_vectors: C_l CLS vectors per latent.
+        compressor_layers / decompressor_layers / denoiser_layers: transformer depth per level.
+        document_length: N_l, the longest document a level takes (bytes at level 0, latent slots above).
+            A level-l document with more than N_{l+1} segments is split into several level-(l+1)
+            documents (chunking, never truncation).
+        max_decoded_segments: at most this many segments per batch go through the three decoder passes
+            of a training step (a random subset; the compressor always sees every segment).
+        splitter_conv_kernels: kernel sizes of the splitter's parallel Conv1d features.
+        ffn_multiplier: FFN width / model width.
+        loss_weights: weight of each named loss term (see `DEFAULT_LOSS_WEIGHTS`).
+        level_weights: multiplies a level's reconstruction terms (every term but the regularisers; levels >= 1 also
+            train the levels below them through their inputs, so a smaller weight keeps them from swamping level 0).
+        regularizer_level_weights: multiplies a level's regularisers (`REGULARIZER_TERMS`: patch, short-segment,
+            compression, anti-collapse), which only shape that level's own segments and latents (default 1 per level;
+            the first shipped checkpoint used `level_weights` for both).
+        ddmm_objective: "mixed" (clean, heavy and light passes) or "single_step" (clean and heavy passes: plain
+            denoising at a random t, without the light pass on the decoder's own estimates).
+        light_noise_scale: mean of the small noise levels t0 and t2, drawn as scale * Beta(1, 3) / 0.25.
+        time_embedding: "interpolate" (tau = (1-t) tau_clean + t tau_noisy) or "sinusoidal" (+ MLP).
+        num_negatives: InfoNCE negatives for the reconstruction at levels >= 1 and for the DDMM loss.
+        infonce_negatives: "sampled" (num_negatives drawn at random from the batch's target vectors) or "all" (every
+            other target vector of the batch is a negative: the neighbours of the same segment and document included).
+        masked_vector_negatives / mask_probability: masked-vector prediction at levels >= 1.
+        existence_threshold: a decoded position is kept while its existence exceeds it; inference BOS
+            threshold of the splitter as well.
+        density_offset: the 0.1 in the density factor (mean_p + 0.1) / (1/L + 0.1).
+        denoiser_existence: feed the decoder's draft existence into the denoiser's probabilistic attention (the
+            paper); False: a plain bidirectional denoiser (the first shipped checkpoint).
+        compressor_conv_norm: the compressor's residual conv is x + LN(GELU(conv x)) (the reference); False: x + conv x.
+        initializer_factor: linear and conv weights start as N(0, (factor / sqrt(fan_in))^2).
+    """
+
+    model_type = "zonkey"
+
+    def __init__(
+        self,
+        vocab_size: int = 257,
+        pad_token_id: int = 256,
+        num_levels: int = 2,
+        hidden_size: list[int] | None = None,
+        num_attention_heads: list[int] | None = None,
+        window_length: list[int] | None = None,
+        num_cls_vectors: list[int] | None = None,
+        compressor_layers: list[int] | None = None,
+        decompressor_layers: list[int] | None = None,
+        denoiser_layers: list[int] | None = None,
+        document_length: list[int] | None = None,
+        max_decoded_segments: list[int] | None = None,
+        splitter_conv_kernels: list[int] | None = None,
+        ffn_multiplier: int = 4,
+        loss_weights: dict[str, float] | None = None,
+        level_weights: list[float] | None = None,
+        regularizer_level_weights: list[float] | None = None,
+        ddmm_objective: str = "mixed",
+        light_noise_scale: float = 0.02,
+        time_embedding: str = "interpolate",
+        num_negatives: int = 63,
+        infonce_negatives: str = "sampled",
+        masked_vector_negatives: int = 100,
+        mask_probability: float = 0.2,
+        existence_threshold: float = 0.5,
+        density_offset: float = 0.1,
+        denoiser_existence: bool = True,
+        compressor_conv_norm: bool = True,
+        initializer_factor: float = 1.0,
+        tie_word_embeddings: bool = False,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.pad_token_id = pad_token_id
+        self.num_levels = num_levels
+        self.hidden_size = list(hidden_size or [256, 1024])
+        self.num_attention_heads = list(num_attention_heads or [8, 8])
+        self.window_length = list(window_length or [27, 27])
+        self.num_cls_vectors = list(num_cls_vectors or [4, 4])
+        self.compressor_layers = list(compressor_layers or [12, 12])
+        self.decompressor_layers = list(decompressor_layers or [2, 2])
+        self.denoiser_layers = list(denoiser_layers or [12, 12])
+        self.document_length = list(document_length or [2048, 256])
+        self.max_decoded_segments = list(max_decoded_segments or [256, 64])
+        self.splitter_conv_kernels = list(splitter_conv_kernels or [3, 5, 7, 9])
+        self.ffn_multiplier = ffn_multiplier
+        self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **(loss_weights or {})}
+        self.level_weights = list(level_weights or [1.0] * num_levels)
+        self.regularizer_level_weights = list(regularizer_level_weights or [1.0] * num_levels)
+        self.ddmm_objective = ddmm_objective
+        self.light_noise_scale = light_noise_scale
+        self.time_embedding = time_embedding
+        self.num_negatives = num_negatives
+        self.infonce_negatives = infonce_negatives
+        self.masked_vector_negatives = masked_vector_negatives
+        self.mask_probability = mask_probability
+        self.existence_threshold = existence_threshold
+        self.density_offset = density_offset
+        self.denoiser_existence = denoiser_existence
+        self.compressor_conv_norm = compressor_conv_norm
+        self.initializer_factor = initializer_factor
+        self.tie_word_embeddings = tie_word_embeddings
+        super().__init__(**kwargs)
+        self.validate_zonkey()
+
+    def validate_zonkey(self) -> None:
+        """Raise ValueError, naming the field and the fix, for any inconsistent value."""
+
+        def fail(message: str) -> None:
+            raise ValueError(f"ZonkeyConfig: {message}")
+
+        if not isinstance(self.num_levels, int) or self.num_levels < 1:
+            fail(f"num_levels must be a positive integer, got {self.num_levels!r}.")
+        for name in PER_LEVEL_FIELDS:
+            values = getattr(self, name)
+            if len(values) != self.num_levels:
+                fail(f"{name} has {len(values)} entries but num_levels = {self.num_levels}; give one per level.")
+            for value in values:
+                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    fail(f"every entry of {name} must be a positive integer, got {values}.")
+        for level in range(self.num_levels):
+            d, h = self.hidden_size[level], self.num_attention_heads[level]
+            if d % h or (d // h) % 2:
+                fail(f"hidden_size[{level}] = {d} must be divisible by num_attention_heads[{level}] = {h} "
+                     "into an even head size.")
+            if d % 4:
+                fail(f"hidden_size[{level}] = {d} must be divisible by 4 (the stitcher projects to d/4).")
+            if self.window_length[level] < 2:
+                fail(f"window_length[{level}] must be at least 2, got {self.window_length[level]}.")
+            if self.num_cls_vectors[level] > self.window_length[level]:
+                fail(f"num_cls_vectors[{level}] = {self.num_cls_vectors[level]} exceeds window_length[{level}] "
+                     f"= {self.window_length[level]}: a segment could never be as long as its latent.")
+            if level + 1 < self.num_levels:
+                latent = self.num_cls_vectors[level] * d
+                if self.hidden_size[level + 1] != latent:
+                    fail(f"hidden_size[{level + 1}] must equal num_cls_vectors[{level}] * hidden_size[{level}] "
+                         f"= {latent} (level {level + 1} reads level-{level} latents), got {self.hidden_size[level + 1]}.")
+        if self.vocab_size < 257 or self.pad_token_id != self.vocab_size - 1:
+            fail(f"vocab_size must be 257 (256 bytes + pad) with pad_token_id = 256, got {self.vocab_size} / {self.pad_token_id}.")
+        if any(not isinstance(k, int) or k < 1 or k % 2 == 0 for k in self.splitter_conv_kernels):
+            fail(f"splitter_conv_kernels must be odd positive integers, got {self.splitter_conv_kernels}.")
+        unknown = set(self.loss_weights) - set(DEFAULT_LOSS_WEIGHTS)
+        if unknown:
+            fail(f"unknown loss_weights {sorted(unknown)}; known: {sorted(DEFAULT_LOSS_WEIGHTS)}.")
+        for name in ("level_weights", "regularizer_level_weights"):
+            weights = getattr(self, name)
+            if len(weights) != self.num_levels or any(not isinstance(w, (int, float)) or w < 0 for w in weights):
+                fail(f"{name} must hold one number >= 0 per level, got {weights}.")
+        if any(w < 0 for w in self.loss_weights.values()):
+            fail(f"loss_weights must be >= 0, got {self.loss_weights}.")
+        if self.ddmm_objective not in ("mixed", "single_step"):
+            fail(f"ddmm_objective must be 'mixed' or 'single_step', got {self.ddmm_objective!r}.")
+        if self.infonce_negatives not in ("sampled", "all"):
+            fail(f"infonce_negatives must be 'sampled' or 'all', got {self.infonce_negatives!r}.")
+        if self.time_embedding not in ("interpolate", "sinusoidal"):
+            fail(f"time_embedding must be 'interpolate' or 'sinusoidal', got {self.time_embedding!r}.")
+        if not 0.0 < self.light_noise_scale <= 0.25:
+            fail(f"light_noise_scale must be in (0, 0.25], got {self.light_noise_scale}.")
+        if not 0.0 < self.mask_probability < 1.0:
+            fail(f"mask_probability must be in (0, 1), got {self.mask_probability}.")
+        if not 0.0 < self.existence_threshold < 1.0:
+            fail(f"existence_threshold must be in (0, 1), got {self.existence_threshold}.")
+        for name in ("denoiser_existence", "compressor_conv_norm"):
+            if not isinstance(getattr(self, name), bool):
+                fail(f"{name} must be true or false, got {getattr(self, name)!r}.")
+        if not self.initializer_factor > 0:
+            fail(f"initializer_factor must be > 0, got {self.initializer_factor}.")
+        if self.num_negatives < 1 or self.masked_vector_negatives < 1 or self.ffn_multiplier < 1:
+            fail("num_negatives, masked_vector_negatives and ffn_multiplier must be >= 1.")
+
+    def loss_weight(self, name: str) -> float:
+        """Weight of a named loss term (the default when `loss_weights` was replaced without it)."""
+        return float(self.loss_weights.get(name, DEFAULT_LOSS_WEIGHTS[name]))
+
+    def term_weight(self, level: int, name: str) -> float:
+        """Weight of a named loss term of `level` in the total: its loss weight times the level's weight for
+        regularisers (`regularizer_level_weights`) or for everything else (`level_weights`)."""
+        scale = self.regularizer_level_weights if name in REGULARIZER_TERMS else self.level_weights
+        return scale[level] * self.loss_weight(name)
+
+    def latent_size(self, level: int) -> int:
+        """Size C_l * d_l of a level-l latent."""
+        return self.num_cls_vectors[level] * self.hidden_size[level]

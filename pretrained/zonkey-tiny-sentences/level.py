@@ -1,0 +1,274 @@
+"""One hierarchy level: Segment Splitter -> Compressor -> Decoder (DDMM) -> Stitcher, and its losses.
+
+Level l reads a sequence of vectors (bytes at level 0, level-(l-1) latents above), splits it into
+overlapping windows, compresses each window into one latent and learns to decode latents back. The
+latents of a document, in order, form the input of level l + 1 (no detach: training is end to end).
+"""
+
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .compressor import Compressor, MaskedVectorHead, anti_collapse_loss, info_nce
+from .configuration_zonkey import ZonkeyConfig
+from .ddmm import add_noise, light_noise_levels, path_positive
+from .decoder import Decoder, DecoderOutput
+from .segment_splitter import (SegmentSplitter, Segments, SplitterOutput, build_segments, compression_loss,
+                               density_factor, mean_bos_probability, patch_loss, short_segment_loss)
+from .sphere import cosine_logits
+from .stitcher import Stitcher, position_loss
+
+
+@dataclass
+class LevelTargets:
+    """What a level reconstructs: byte ids against the byte embeddings (level 0) or the input vectors."""
+
+    vectors: torch.Tensor  # (B, N, d) the level's input sequence
+    ids: torch.Tensor | None = None  # (B, N) byte ids (level 0 only)
+    vocabulary: torch.Tensor | None = None  # (V, d) byte embeddings (level 0 only)
+
+
+@dataclass
+class ZonkeyLevelOutput:
+    bos_probs: torch.Tensor  # (B_l, N_l)
+    boundaries: torch.Tensor  # (B_l, N_l) bool
+    valid: torch.Tensor  # (B_l, N_l) bool: real positions
+    latents: torch.Tensor  # (B_l, S_l, C_l d_l): the segment latents of each row, padded
+    latent_mask: torch.Tensor  # (B_l, S_l) bool
+    segments: Segments
+    parent: torch.Tensor  # (B_l,) row of the level below (level 0: the input row)
+    loss_terms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class ZonkeyLevel(nn.Module):
+    def __init__(self, config: ZonkeyConfig, level: int):
+        super().__init__()
+        self.level = level
+        self.config = config
+        d, heads, L, C = (config.hidden_size[level], config.num_attention_heads[level],
+                          config.window_length[level], config.num_cls_vectors[level])
+        self.window_length, self.num_cls = L, C
+        self.splitter = SegmentSplitter(d, heads, L, config.splitter_conv_kernels, config.ffn_multiplier)
+        self.compressor = Compressor(d, heads, config.compressor_layers[level], C, config.ffn_multiplier,
+                                     config.compressor_conv_norm)
+        self.decoder = Decoder(d, heads, C, L, config.decompressor_layers[level], config.denoiser_layers[level],
+                               config.ffn_multiplier, config.time_embedding, config.denoiser_existence)
+        self.stitcher = Stitcher(d, heads, L)
+        self.masked_vector = (MaskedVectorHead(d, config.mask_probability, config.masked_vector_negatives)
+                              if level >= 1 else None)
+
+    # ----------------------------------------------------------------------------------------- encode
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, parent: torch.Tensor,
+                targets: LevelTargets | None = None) -> ZonkeyLevelOutput:
+        """x (B, N, d) on the sphere, valid (B, N) bool, parent (B,). With targets, computes the loss terms."""
+        threshold = None if self.training else self.config.existence_threshold
+        split: SplitterOutput = self.splitter(x, valid, threshold)
+        segments = build_segments(split.bos_probs, split.boundaries, valid, self.window_length, split.log_not_bos)
+        windows = segments.gather(x)
+        latents = self.compressor(windows, segments.existence).latents
+        padded, mask = pad_by_document(latents, segments.document, segments.counts)
+        output = ZonkeyLevelOutput(split.bos_probs, split.boundaries, valid, padded, mask, segments, parent)
+        if targets is not None:
+            output.loss_terms = self.loss_terms(split, segments, windows, latents, targets, valid)
+        return output
+
+    # ------------------------------------------------------------------------------------------ losses
+    def loss_terms(self, split: SplitterOutput, segments: Segments, windows: torch.Tensor, latents: torch.Tensor,
+                   targets: LevelTargets, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every named loss term of this level (unweighted scalars)."""
+        config, L, p = self.config, self.window_length, split.bos_probs
+        mean_p = mean_bos_probability(p, valid)
+        density = density_factor(mean_p, L, config.density_offset)
+        terms = {
+            "patch": patch_loss(p, valid, L, split.log_not_bos),
+            "short_segment": short_segment_loss(p, valid, self.num_cls, split.log_not_bos),
+            "compression": compression_loss(mean_p, L),
+            "anti_collapse": anti_collapse_loss(latents, segments.document),
+        }
+        if self.masked_vector is not None:
+            terms["masked_vector"] = self.masked_vector(self.compressor, windows, segments.existence).mean()
+
+        chosen = self.choose_decoded(len(latents), config.max_decoded_segments[self.level], latents.device)
+        sub = SegmentBatch.take(segments, windows, chosen, targets, valid)
+        z = latents[chosen]
+        t0 = light_noise_levels(len(z), config.light_noise_scale, z.device)
+        clean = self.decoder(add_noise(z, t0), t0)
+        terms["reconstruction"] = density * sub.average(self.reconstruction(clean.sequence, sub))
+        terms.update(self.stitcher_terms(segments, windows, chosen, clean, sub, density))
+        # The noisy passes train the decoder (and the compressor through z), not the segmentation: their loss at
+        # high t measures how predictable a window's bytes are without its latent, and through ownership and
+        # density it would reward segments that start with a predictable byte (a space) rather than words.
+        diffusion = self.diffusion_terms(sub.with_fixed_segmentation(), z)
+        terms["denoising"] = density.detach() * diffusion.denoising
+        if diffusion.ddmm is not None:
+            terms["ddmm"] = density.detach() * diffusion.ddmm
+        terms["existence"] = torch.stack([self.existence_loss(out, sub) for out in (clean, diffusion.heavy)]).mean()
+        return terms
+
+    def existence_loss(self, decoded: DecoderOutput, sub: "SegmentBatch") -> torch.Tensor:
+        """BCE of the decoder's existence against the splitter's (the segment's soft length). -> scalar."""
+        return F.binary_cross_entropy(decoded.existence.clamp(1e-6, 1 - 1e-6), sub.existence.detach().clamp(0.0, 1.0))
+
+    def diffusion_terms(self, sub: "SegmentBatch", latents: torch.Tensor) -> "DiffusionTerms":
+        """The decoder trained at every noise level, and (mixed objective) on its own re-compressed estimates.
+
+        heavy: X2 = Dec(z_t1, t1), t1 ~ U(0, 1), reconstruction loss against the clean segment ("denoising").
+        light ("mixed" only): z'' = Compress(X2) without gradient, t2 ~ U(0, t1) (the next, lower noise level a
+        sampler with any number of steps visits), X3 = Dec(z''_t2, t2) ("ddmm"). Level 0: byte cross-entropy of X3;
+        levels >= 1: InfoNCE whose positive is the best point of the path from X2 (detached) to X. latents (M', C d).
+        """
+        count, device = len(latents), latents.device
+        t1 = torch.rand(count, device=device)
+        heavy = self.decoder(add_noise(latents, t1), t1)
+        denoising = sub.average(self.reconstruction(heavy.sequence, sub))
+        if self.config.ddmm_objective == "single_step":
+            return DiffusionTerms(heavy, denoising, None)
+        with torch.no_grad():
+            estimate = self.compressor(heavy.sequence, heavy.existence).latents
+        t2 = t1 * torch.rand(count, device=device)
+        light = self.decoder(add_noise(estimate, t2), t2)
+        positive = None
+        if sub.ids is None:
+            positive = path_positive(light.sequence, heavy.sequence.detach(), sub.windows).cosine
+        return DiffusionTerms(heavy, denoising, sub.average(self.reconstruction(light.sequence, sub, positive)))
+
+    def stitcher_terms(self, segments: Segments, windows: torch.Tensor, chosen: torch.Tensor, clean: DecoderOutput,
+                       sub: "SegmentBatch", density: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Position loss on raw and decoded pairs, sequence loss of the refined decoded segment."""
+        raw = segments.has_next.nonzero().squeeze(1)
+        raw_offset = self.stitcher.infer_offset(windows[raw], segments.existence[raw], windows[raw + 1])
+        raw_loss = position_loss(raw_offset.n_hat, segments.gap[raw], segments.in_document[raw])
+        # decoded pairs: both segments chosen for decoding and consecutive in one document
+        pair = (segments.has_next[chosen[:-1]] & (chosen[1:] == chosen[:-1] + 1)).nonzero().squeeze(1)
+        if len(pair) == 0:
+            zero = clean.sequence.sum() * 0.0
+            return {"stitcher_position": density * raw_loss.mean() if len(raw) else zero, "stitcher_sequence": zero}
+        seq1, e1 = clean.sequence[pair], clean.existence[pair]
+        seq2, e2 = clean.sequence[pair + 1], clean.existence[pair + 1]
+        gap = sub.gap[pair]
+        decoded_offset = self.stitcher.infer_offset(seq1, e1, seq2)
+        decoded_loss = position_loss(decoded_offset.n_hat, gap, sub.in_document[pair])
+        refined = self.stitcher.refine(seq1, e1, seq2, e2, gap)
+        first = sub.subset(pair)
+        return {
+            "stitcher_position": density * torch.cat([raw_loss, decoded_loss]).mean(),
+            "stitcher_sequence": density * first.average(self.reconstruction(refined, first)),
+        }
+
+    def reconstruction(self, prediction: torch.Tensor, sub: "SegmentBatch",
+                       positive_cos: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-position loss (M', L). Level 0: cross-entropy over bytes with 2 atanh(cos) logits against the
+        byte embeddings; levels >= 1: InfoNCE against other positions' vectors. `positive_cos` replaces the
+        target's cosine (the DDMM positive)."""
+        real = sub.in_document
+        losses = prediction.new_zeros(real.shape, dtype=torch.float32)
+        pred = prediction[real]
+        if sub.targets.ids is not None:
+            cos = F.normalize(pred.float(), dim=-1) @ F.normalize(sub.targets.vocabulary.float(), dim=-1).T
+            ids = sub.ids[real]
+            if positive_cos is not None:
+                cos = cos.scatter(1, ids[:, None], positive_cos[real][:, None].to(cos.dtype))
+            losses[real] = F.cross_entropy(cosine_logits(cos), ids, reduction="none")
+        else:
+            pool = sub.targets.vectors[sub.targets_valid]
+            positive = None if positive_cos is None else positive_cos[real]
+            negatives = None if self.config.infonce_negatives == "all" else self.config.num_negatives
+            losses[real] = info_nce(pred, sub.windows[real], pool, negatives, positive)
+        return losses
+
+    def choose_decoded(self, count: int, cap: int, device: torch.device) -> torch.Tensor:
+        """Indices (ascending) of the segments that go through the decoder: all, or a random `cap` of them."""
+        if count <= cap:
+            return torch.arange(count, device=device)
+        return torch.randperm(count, device=device)[:cap].sort().values
+
+    # ------------------------------------------------------------------------------------------ decode
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, gaps: torch.Tensor | None = None, refine: bool = True,
+               cutoff: float | None = None) -> torch.Tensor:
+        """One row's latents (K, C d) at t = 0 -> the stitched level-l sequence (N', d). cutoff: the existence
+        below which the last segment's tail is dropped (default: config.existence_threshold)."""
+        out = self.decoder(latents, torch.zeros(len(latents), device=latents.device))
+        cutoff = self.config.existence_threshold if cutoff is None else cutoff
+        return self.stitcher.assemble(out.sequence, out.existence, gaps, cutoff, refine)
+
+
+@dataclass
+class SegmentBatch:
+    """The decoded subset of a level's segments, with what their losses need."""
+
+    windows: torch.Tensor  # (M', L, d) clean segment vectors
+    existence: torch.Tensor  # (M', L) splitter existence
+    ownership: torch.Tensor  # (M', L)
+    in_document: torch.Tensor  # (M', L)
+    gap: torch.Tensor  # (M',)
+    ids: torch.Tensor | None  # (M', L) byte ids at level 0
+    targets: LevelTargets
+    targets_valid: torch.Tensor  # (B, N) real positions of the targets
+
+    @classmethod
+    def take(cls, segments: Segments, windows: torch.Tensor, chosen: torch.Tensor, targets: LevelTargets,
+             valid: torch.Tensor) -> "SegmentBatch":
+        ids = None if targets.ids is None else segments.gather(targets.ids)[chosen]
+        return cls(windows[chosen], segments.existence[chosen], segments.ownership[chosen],
+                   segments.in_document[chosen], segments.gap[chosen], ids, targets, valid)
+
+    def with_fixed_segmentation(self) -> "SegmentBatch":
+        """The same batch with its ownership detached: losses averaged with it do not train the splitter."""
+        return replace(self, ownership=self.ownership.detach())
+
+    def subset(self, index: torch.Tensor) -> "SegmentBatch":
+        return SegmentBatch(self.windows[index], self.existence[index], self.ownership[index], self.in_document[index],
+                            self.gap[index], None if self.ids is None else self.ids[index], self.targets,
+                            self.targets_valid)
+
+    def average(self, losses: torch.Tensor) -> torch.Tensor:
+        """Per-byte mean: each position weighted by its ownership (a real position's windows share mass 1), so
+        a byte of a long segment weighs as much as a byte of a short one. (M', L) -> scalar."""
+        weight = self.ownership
+        return (losses * weight).sum() / weight.sum().clamp_min(1e-6)
+
+
+@dataclass
+class DiffusionTerms:
+    """What `ZonkeyLevel.diffusion_terms` returns: the heavy pass and the per-byte losses of both passes."""
+
+    heavy: DecoderOutput  # X2 = Dec(z_t1, t1)
+    denoising: torch.Tensor  # scalar: reconstruction loss of X2
+    ddmm: torch.Tensor | None  # scalar: loss of the light pass X3 (None for the single-step objective)
+
+
+def pad_by_document(values: torch.Tensor, document: torch.Tensor, counts: torch.Tensor,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat per-segment values (M, ...) -> (B, max count, ...) padded with zeros, and the (B, S) mask."""
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(len(document), device=document.device) - starts[document]
+    width = int(counts.max()) if len(counts) else 0
+    padded = values.new_zeros(len(counts), width, *values.shape[1:])
+    padded[document, slot] = values
+    mask = torch.zeros(len(counts), width, dtype=torch.bool, device=values.device)
+    mask[document, slot] = True
+    return padded, mask
+
+
+def chunk_documents(values: torch.Tensor, document: torch.Tensor, counts: torch.Tensor, chunk: int,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split each row's sequence of latents into rows of at most `chunk` slots (chunking, never truncation).
+
+    values (M, D), document (M,), counts (B,) -> (R, chunk, D), valid (R, chunk), parent (R,).
+    """
+    starts = torch.cumsum(counts, 0) - counts
+    index = torch.arange(len(document), device=document.device) - starts[document]
+    chunks_per_row = (counts + chunk - 1) // chunk
+    row_start = torch.cumsum(chunks_per_row, 0) - chunks_per_row
+    row = row_start[document] + index // chunk
+    slot = index % chunk
+    total = int(chunks_per_row.sum())
+    out = values.new_zeros(total, chunk, values.shape[-1])
+    out[row, slot] = values
+    valid = torch.zeros(total, chunk, dtype=torch.bool, device=values.device)
+    valid[row, slot] = True
+    parent = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), chunks_per_row)
+    return out, valid, parent

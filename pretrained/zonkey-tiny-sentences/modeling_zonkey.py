@@ -1,0 +1,192 @@
+"""ZonkeyModel: the hierarchical diffusion language model as a transformers PreTrainedModel.
+
+Bytes are embedded on the sphere of radius nu(d_0) and go through `config.num_levels` levels; level l + 1
+reads the latents of level l (chunked into rows of at most `document_length[l + 1]` slots). `forward`
+encodes (and, with `return_loss=True`, computes every named loss term); `decode_latents` maps latents
+back down through the decoders and stitchers to bytes.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .compressor import Compressor, MaskedVectorHead
+from .configuration_zonkey import ZonkeyConfig
+from .decoder import TimeEmbedding
+from .generation_zonkey import ZonkeyGenerationConfig, ZonkeyGenerationMixin
+from .level import LevelTargets, ZonkeyLevel, ZonkeyLevelOutput, chunk_documents
+from .sphere import to_sphere
+from .stitcher import Stitcher
+
+
+@dataclass
+class ZonkeyModelOutput(ModelOutput):
+    """
+    loss: the weighted sum of every loss term (with `return_loss=True`).
+    loss_terms: every named term, unweighted, as "level{l}/{name}" (and the weighted "loss/level{l}" per level).
+    levels: one `ZonkeyLevelOutput` per level, with `bos_probs` (B_l, N_l), `boundaries`, `latents`.
+    """
+
+    loss: torch.Tensor | None = None
+    loss_terms: dict[str, torch.Tensor] | None = None
+    levels: tuple[ZonkeyLevelOutput, ...] | None = None
+
+
+class ZonkeyPreTrainedModel(PreTrainedModel):
+    config_class = ZonkeyConfig
+    base_model_prefix = "zonkey"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["PABlock", "CausalBlock"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            fan_in = module.weight[0].numel()
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_factor * fan_in**-0.5)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=1.0)
+        elif isinstance(module, Compressor):
+            init.normal_(module.cls_vectors, mean=0.0, std=1.0)
+        elif isinstance(module, MaskedVectorHead):
+            init.normal_(module.mask_vector, mean=0.0, std=1.0)
+        elif isinstance(module, TimeEmbedding) and module.kind == "interpolate":
+            init.normal_(module.clean, mean=0.0, std=0.5)
+            init.normal_(module.noisy, mean=0.0, std=0.5)
+        elif isinstance(module, Stitcher):
+            init.constant_(module.alpha, 1.0)
+            init.constant_(module.rho, 0.1)
+
+
+class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
+    generation_config_class = ZonkeyGenerationConfig
+
+    def __init__(self, config: ZonkeyConfig):
+        super().__init__(config)
+        self.byte_embeddings = nn.Embedding(config.vocab_size, config.hidden_size[0])
+        self.levels = nn.ModuleList(ZonkeyLevel(config, level) for level in range(config.num_levels))
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.byte_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.byte_embeddings = value
+
+    def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Validate the batch and return the (B, N) bool mask of real bytes; clear errors for bad input."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}.")
+        limit = self.config.document_length[0]
+        if input_ids.shape[1] > limit:
+            raise ValueError(f"input of {input_ids.shape[1]} bytes exceeds document_length[0] = {limit}: split the "
+                             "text into documents of at most that many bytes (the training data loader does this).")
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+            raise ValueError(f"input_ids must lie in [0, {self.config.vocab_size}); use ZonkeyTokenizer.")
+        mask = (input_ids != self.config.pad_token_id) if attention_mask is None else attention_mask.bool()
+        lengths = mask.sum(1)
+        if input_ids.shape[1] == 0 or (lengths == 0).any():
+            rows = [] if input_ids.shape[1] == 0 else (lengths == 0).nonzero().flatten().tolist()
+            raise ValueError(f"empty document(s) in the batch (rows {rows or 'all'}): Zonkey needs at least one byte per text.")
+        if not torch.equal(mask, torch.arange(input_ids.shape[1], device=mask.device) < lengths[:, None]):
+            raise ValueError("attention_mask must be right-padded (ones, then zeros); ZonkeyTokenizer pads on the right.")
+        return mask
+
+    def embed_bytes(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, N) ids -> (B, N, d_0) byte vectors on the sphere of radius nu(d_0)."""
+        return to_sphere(self.byte_embeddings(input_ids))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                return_loss: bool = False, **kwargs) -> ZonkeyModelOutput:
+        """input_ids (B, N) bytes (N <= document_length[0]), attention_mask (B, N) right-padded.
+
+        Training mode samples boundaries (Bernoulli); eval mode thresholds p_bos. With return_loss, the
+        output carries the weighted total `loss` and every term in `loss_terms`.
+        """
+        valid = self.check_inputs(input_ids, attention_mask)
+        x = self.embed_bytes(input_ids)
+        parent = torch.arange(len(input_ids), device=input_ids.device)
+        targets = LevelTargets(x, input_ids, to_sphere(self.byte_embeddings.weight[:256])) if return_loss else None
+        outputs = []
+        for index, level in enumerate(self.levels):
+            output = level(x, valid, parent, targets)
+            outputs.append(output)
+            if index + 1 < len(self.levels):
+                segments = output.segments
+                flat = output.latents[output.latent_mask]
+                x, valid, parent = chunk_documents(flat, segments.document, segments.counts,
+                                                   self.config.document_length[index + 1])
+                targets = LevelTargets(x) if return_loss else None
+        if not return_loss:
+            return ZonkeyModelOutput(levels=tuple(outputs))
+        terms, total = {}, x.new_zeros((), dtype=torch.float32)
+        for index, output in enumerate(outputs):
+            level_total = sum(self.config.term_weight(index, name) * value for name, value in output.loss_terms.items())
+            terms.update({f"level{index}/{name}": value for name, value in output.loss_terms.items()})
+            terms[f"loss/level{index}"] = level_total
+            total = total + level_total
+        return ZonkeyModelOutput(loss=total, loss_terms=terms, levels=tuple(outputs))
+
+    @torch.no_grad()
+    def decode_latents(self, latents: list[torch.Tensor], level: int | None = None,
+                       parents: dict[int, torch.Tensor] | None = None,
+                       gaps: dict[int, list[torch.Tensor | None]] | None = None, refine: bool = True,
+                       cutoff: float | None = None) -> list[torch.Tensor]:
+        """Latents of `level` (default: the top) -> byte ids, at t = 0, through every decoder and stitcher below.
+
+        latents: one (K, C_l d_l) tensor per row of that level.
+        parents: parents[l] (R_l,) maps the rows of level l >= 1 to the row below they are chunks of (default:
+            one row each). gaps: gaps[l][row] the true offsets (K - 1,) of that row's segments, optionally followed
+            by the last segment's length (K,); missing rows or a count that does not match are inferred.
+        cutoff: the existence threshold that ends a row's last segment (default: config.existence_threshold).
+        Returns one 1-D tensor of byte ids per level-0 row.
+        """
+        level = self.config.num_levels - 1 if level is None else level
+        rows = latents
+        for index in range(level, -1, -1):
+            row_gaps = (gaps or {}).get(index) or [None] * len(rows)
+            rows = [self.levels[index].decode(row, row_gap if row_gap is not None and len(row_gap) in (len(row) - 1, len(row))
+                                              else None, refine, cutoff) for row, row_gap in zip(rows, row_gaps)]
+            if index > 0 and parents is not None and index in parents:
+                parent = parents[index].tolist()
+                joined = [[] for _ in range(max(parent) + 1)]
+                for row, p in zip(rows, parent):
+                    joined[p].append(row)
+                rows = [torch.cat(parts) for parts in joined]
+        return [self.nearest_bytes(row) for row in rows]
+
+    def nearest_bytes(self, vectors: torch.Tensor) -> torch.Tensor:
+        """(N, d_0) level-0 vectors -> (N,) the byte ids of their nearest byte embeddings (cosine)."""
+        vocabulary = F.normalize(self.byte_embeddings.weight[:256].float(), dim=-1)
+        return (F.normalize(vectors.float(), dim=-1) @ vocabulary.T).argmax(-1)
+
+    @torch.no_grad()
+    def reconstruct(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    from_level: int | None = None, true_offsets: bool = True) -> list[torch.Tensor]:
+        """Encode (eval-mode boundaries), then decode the latents of `from_level` (default: the top) at t = 0.
+
+        true_offsets: stitch with the encoder's own segmentation (offsets and the last segment's length:
+        reconstruction given the segmentation); False infers them from n_hat and existence, as in generation. Returns the byte ids of each input row.
+        """
+        outputs = self(input_ids, attention_mask).levels
+        top = self.config.num_levels - 1 if from_level is None else from_level
+        latents = [outputs[top].latents[r][outputs[top].latent_mask[r]] for r in range(len(outputs[top].parent))]
+        parents = {index: outputs[index].parent for index in range(1, top + 1)}
+        gaps = None
+        if true_offsets:
+            gaps = {}
+            for index in range(top + 1):
+                segments = outputs[index].segments
+                gaps[index] = [segments.gap[segments.document == r] for r in range(len(outputs[index].parent))]
+        return self.decode_latents(latents, top, parents, gaps)
