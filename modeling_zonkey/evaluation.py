@@ -31,7 +31,8 @@ from .data import ZonkeyDataCollator, split_bytes
 from .diagnostics import bos_saturation_counts, denoiser_curve
 from .inspection import level_probabilities, level_starts
 from .metrics import (average_precision, binary_entropy, boundary_scores, byte_accuracy, mean_and_cv,
-                      over_segmentation, r_value, segment_lengths, sentence_starts, word_starts)
+                      over_segmentation, r_value, segment_lengths, sentence_starts, without_document_starts,
+                      word_starts)
 from .text_statistics import text_statistics, training_ngrams, words
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -97,8 +98,7 @@ def segmentation_metrics(model, documents: list[bytes], batch_size: int = 8) -> 
         exact, near = boundary_scores(predicted[level], gold[level]), boundary_scores(predicted[level], gold[level], 1)
         # without each document's first byte: a forced BOS at every level, and a sentence start, so a free hit that
         # is half of the sentence starts of a 256-byte document and an eighth of those of a 1,024-byte one
-        inner = boundary_scores([[p for p in row if p] for row in predicted[level]],
-                                [[g for g in row if g] for row in gold[level]])
+        inner = boundary_scores(without_document_starts(predicted[level]), without_document_starts(gold[level]))
         # chance: as many inner boundaries, drawn uniformly among the positions this level can cut at
         share = candidates[level][1] / max(candidates[level][0], 1)
         chance_recall = inner.predicted * share / max(inner.gold, 1)

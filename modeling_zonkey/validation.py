@@ -9,7 +9,7 @@ from torch.distributed.fsdp import FSDPModule
 
 from .diagnostics import bos_saturation, denoiser_curve
 from .inspection import level_starts
-from .metrics import boundary_scores, byte_accuracy, sentence_starts, word_starts
+from .metrics import boundary_scores, byte_accuracy, sentence_starts, without_document_starts, word_starts
 
 # noise levels of the collapse diagnostics logged during training (one decode of the first validation batch)
 DIAGNOSTIC_NOISE_LEVELS = (0.3, 0.5, 1.0)
@@ -78,8 +78,8 @@ def evaluate(model, loader, accelerator, max_batches: int, seed: int) -> dict[st
     raw.train(was_training)
     hits = []  # per level, all boundaries then without each document's forced first one: P hits, predicted, R hits, gold
     for level in range(levels):
-        inner = ([[p for p in row if p] for row in predicted[level]], [[g for g in row if g] for row in gold[level]])
-        for scores in (boundary_scores(predicted[level], gold[level]), boundary_scores(*inner)):
+        inner = boundary_scores(without_document_starts(predicted[level]), without_document_starts(gold[level]))
+        for scores in (boundary_scores(predicted[level], gold[level]), inner):
             hits += [scores.precision * scores.predicted, scores.predicted, scores.recall * scores.gold, scores.gold]
     local = torch.tensor([loss_sum, batches, *hits], dtype=torch.float64, device=accelerator.device)
     local = accelerator.reduce(torch.cat([local, counts]), reduction="sum").tolist()
