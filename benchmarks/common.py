@@ -9,3 +9,11 @@ def machine_line() -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return (f"machine: {os.cpu_count()} CPUs, load average {load}; "
             f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
+
+
+def configure_threads(threads: int | None) -> None:
+    """torch.set_num_threads(threads) when given (default: torch's own choice)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
