@@ -101,9 +101,10 @@ def info_nce(prediction: torch.Tensor, target: torch.Tensor, pool: torch.Tensor,
     if num_negatives is None:
         negative_cos = pred @ pool_unit.T
         same = (target_unit @ pool_unit.T) > 1.0 - 1e-6
-    else:
+    else:  # the (Q, K) entries of the (Q, P) cosine matrix: no (Q, K, d) gather of the pool
         index = torch.randint(len(pool), (len(prediction), num_negatives), device=pool.device)
-        negative_cos = torch.einsum("qd,qkd->qk", pred, pool_unit[index])
-        same = (pool[index] == target.unsqueeze(1)).all(-1)
+        negative_cos = (pred @ pool_unit.T).gather(1, index)
+        rows = torch.unique(torch.cat([pool, target]).detach(), dim=0, return_inverse=True)[1]  # exact-equality ids
+        same = rows[index] == rows[len(pool):, None]
     logits = torch.cat([cosine_logits(positive_cos).unsqueeze(1), cosine_logits(negative_cos).masked_fill(same, float("-inf"))], dim=1)
     return F.cross_entropy(logits, torch.zeros(len(prediction), dtype=torch.long, device=logits.device), reduction="none")

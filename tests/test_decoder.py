@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel
+from modeling_zonkey.ddmm import add_noise
 from modeling_zonkey.decoder import Decoder
 from modeling_zonkey.level import LevelTargets, SegmentBatch
 from modeling_zonkey.segment_splitter import build_segments
@@ -87,7 +88,8 @@ def test_the_heavy_pass_is_trained_directly_and_the_light_pass_cannot_move_it(tr
     loss ("denoising", at t ~ U(0, 1)), and the light pass reads it without gradient."""
     model, level, sub, latents = training_level
     torch.manual_seed(3)
-    terms = level.diffusion_terms(sub, latents)
+    _, heavy, t1 = level.clean_and_heavy_passes(latents)
+    terms = level.diffusion_terms(sub, heavy, t1)
     assert terms.ddmm is not None and torch.isfinite(terms.ddmm) and torch.isfinite(terms.denoising)
     to_heavy = torch.autograd.grad(terms.ddmm, terms.heavy.sequence, allow_unused=True, retain_graph=True)[0]
     assert to_heavy is None or to_heavy.abs().max() == 0
@@ -101,7 +103,24 @@ def test_single_step_objective_has_no_light_pass(training_level, micro_config):
     _, level, sub, latents = training_level
     level.config = ZonkeyConfig(**{**micro_config.to_dict(), "ddmm_objective": "single_step"})
     try:
-        terms = level.diffusion_terms(sub, latents)
+        terms = level.diffusion_terms(sub, *level.clean_and_heavy_passes(latents)[1:])
     finally:
         level.config = micro_config
     assert terms.ddmm is None and torch.isfinite(terms.denoising)
+
+
+def test_decoder_rows_are_independent_so_passes_can_share_one_call(training_level):
+    """The clean and heavy passes run as one batched decoder call: a row's output must not depend on the
+    other rows of the batch (equal to float tolerance, with gradients)."""
+    _, level, _, latents = training_level
+    count = len(latents)
+    t0, t1 = torch.full((count,), 0.05), torch.linspace(0.0, 1.0, count)
+    noise = torch.randn(2, *latents.shape, generator=torch.Generator().manual_seed(0))
+    z0 = add_noise(latents.detach(), t0, noise=noise[0])
+    z1 = add_noise(latents.detach(), t1, noise=noise[1])
+    both = level.decoder(torch.cat([z0, z1]), torch.cat([t0, t1]))
+    apart = [level.decoder(z0, t0), level.decoder(z1, t1)]
+    torch.testing.assert_close(both.sequence, torch.cat([a.sequence for a in apart]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(both.existence, torch.cat([a.existence for a in apart]), rtol=1e-4, atol=1e-5)
+    clean, heavy, _ = level.clean_and_heavy_passes(latents)
+    assert clean.sequence.shape == heavy.sequence.shape == (count, level.window_length, latents.shape[1] // level.num_cls)

@@ -50,6 +50,31 @@ def test_forced_boundaries_bound_every_gap_and_tail():
             assert (gaps >= 1).all() and (gaps <= window).all(), (case, window, bounds)
 
 
+def _forced_by_loop(chosen: torch.Tensor, valid: torch.Tensor, window: int) -> torch.Tensor:
+    """The definition, row by row: from each chosen BOS a, force a + L, a + 2L, ... before the next one."""
+    out = (chosen & valid).clone()
+    for row in range(len(out)):
+        n = int(valid[row].sum())
+        if n == 0:
+            continue
+        out[row, 0] = True
+        starts = out[row, :n].nonzero().flatten().tolist() + [n]
+        for a, b in zip(starts[:-1], starts[1:]):
+            for position in range(a + window, b, window):
+                out[row, position] = True
+    return out
+
+
+def test_vectorised_forced_boundaries_equal_the_row_loop():
+    generator = torch.Generator().manual_seed(3)
+    for window in (2, 3, 8, 27):
+        for density in (0.0, 0.02, 0.2, 0.7):
+            chosen = torch.rand(16, 90, generator=generator) < density
+            lengths = torch.randint(0, 91, (16,), generator=generator)
+            valid = torch.arange(90) < lengths[:, None]
+            assert torch.equal(force_boundaries(chosen, valid, window), _forced_by_loop(chosen, valid, window))
+
+
 def test_forced_boundaries_are_minimal_when_nothing_chosen():
     valid = valid_mask([20, 9], 20)
     forced = force_boundaries(torch.zeros(2, 20, dtype=torch.bool), valid, 8)
