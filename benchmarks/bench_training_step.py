@@ -28,7 +28,7 @@ import torch
 
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel
 
-from common import machine_line  # benchmarks/common.py (scripts run from this folder's path)
+from common import configure_threads, machine_line  # benchmarks/common.py (scripts run from this folder's path)
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ("zonkey-micro", "zonkey-tiny", "zonkey-paper")
@@ -129,15 +129,15 @@ def main() -> None:
     parser.add_argument("--config", default="configuration/zonkey-tiny.json", help="preset JSON (path or repo-relative)")
     parser.add_argument("--batch-size", type=int, default=8, help="documents per batch")
     parser.add_argument("--document-bytes", type=int, default=None, help="bytes per document (default: document_length[0])")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--threads", default=None,
+                        help='torch.set_num_threads (default: torch\'s); "auto": the training script\'s choice')
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-parameters", action="store_true", help="do not print the preset parameter counts")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_threads(args.threads)
     torch.manual_seed(args.seed)
 
     config = load_config(args.config)

@@ -11,9 +11,14 @@ def machine_line() -> str:
             f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
 
 
-def configure_threads(threads: int | None) -> None:
-    """torch.set_num_threads(threads) when given (default: torch's own choice)."""
+def configure_threads(threads: str | int | None) -> None:
+    """torch.set_num_threads(threads) when given; "auto": the training script's choice, the cores other processes
+    leave free (modeling_zonkey/threads.py); None: torch's own default."""
     import torch
 
-    if threads:
-        torch.set_num_threads(threads)
+    from modeling_zonkey.threads import ThreadGovernor
+
+    if threads == "auto":
+        ThreadGovernor(None).start()
+    elif threads:
+        torch.set_num_threads(int(threads))

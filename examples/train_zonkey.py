@@ -46,6 +46,7 @@ from modeling_zonkey.checkpointing import EMA, find_checkpoint, read_state, save
 from modeling_zonkey.data import ZonkeyDataCollator, build_level0_documents, load_text_datasets
 from modeling_zonkey.hub import push_folder
 from modeling_zonkey.model_card import write_model_card
+from modeling_zonkey.threads import ThreadGovernor, fixed_threads
 from modeling_zonkey.validation import evaluate
 
 logger = get_logger(__name__)
@@ -98,6 +99,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
     train.add_argument("--ema_decay", type=float, default=None, help="keep an EMA of the weights (e.g. 0.999)")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--torch_compile", action="store_true",
+                       help="torch.compile the decoders and compressors (dynamic shapes). On CPU it costs ~8 min of "
+                            "compilation; see docs/benchmarks.md for when it pays off")
+    train.add_argument("--threads", default="auto",
+                       help='CPU threads per process: "auto" (default) uses the cores other processes leave free and '
+                            'adapts every 30 s (OMP_NUM_THREADS, when set, fixes it); a number fixes it, as bit-exact '
+                            'resumption needs (see modeling_zonkey/threads.py)')
     run = p.add_argument_group("evaluation, checkpoints, tracking")
     run.add_argument("--output_dir", required=True)
     run.add_argument("--eval_steps", type=int, default=100, help="validate every N optimizer steps")
@@ -128,6 +136,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("max_train_steps", "stop_after_steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1")
+    try:
+        fixed_threads(args.threads)
+    except ValueError as err:
+        p.error(str(err))
     if args.learning_rate <= 0 or args.max_grad_norm < 0 or args.num_warmup_steps < 0 or args.eval_batches < 0:
         p.error("--learning_rate must be > 0; --max_grad_norm, --num_warmup_steps and --eval_batches >= 0")
     return args
@@ -220,6 +232,10 @@ def train(args) -> None:
         if accelerator.state.fsdp_plugin.fsdp_version != 2:
             raise TrainingError("use FSDP2 (fsdp_version: 2, as in configuration/accelerate-fsdp.yaml): the evaluation "
                                 "gathers the shards with FSDP2's unshard().")
+    governor = ThreadGovernor(fixed_threads(args.threads))
+    threads = governor.start()
+    accelerator.print(f"CPU threads per process: {threads} of {governor.cores} cores"
+                      + (" (auto: the free ones, re-measured every 30 s)" if governor.adaptive else " (fixed)"))
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:
@@ -235,6 +251,9 @@ def train(args) -> None:
             documents, stats = build_level0_documents(raw, length)
     except (OSError, ValueError) as err:  # FileNotFoundError, UnicodeDecodeError, JSONDecodeError included
         raise TrainingError(str(err)) from err
+    if args.torch_compile:
+        model.compile_components()  # compiles lazily, in the first steps
+        accelerator.print("--torch_compile: decoders and compressors compile during the first steps")
     train_set = documents["train"].remove_columns(["article"])
     val_set = documents["validation"].remove_columns(["article"])
     train_stats, val_stats = stats["train"], stats["validation"]
@@ -372,12 +391,15 @@ def train(args) -> None:
             if ema is not None:
                 ema.update(accelerator.unwrap_model(model))
             progress.update(1)
+            changed = governor.step()
+            if changed is not None:
+                progress.write(f"step {completed_steps}: CPU threads -> {changed} (other processes use the rest)")
             if accelerator.is_main_process:
                 with open(log_path, "a") as handle:
                     handle.write(json.dumps({
                         "step": completed_steps, "epoch": epoch, "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
                         "train_bytes": train_bytes, "process_bytes": table[:, 0].long().tolist(),
-                        "process_checksum": table[:, 3].long().tolist()}) + "\n")
+                        "process_checksum": table[:, 3].long().tolist(), "threads": torch.get_num_threads()}) + "\n")
             if completed_steps % args.logging_steps == 0 or completed_steps == 1:
                 now = time.time()
                 rate = (train_bytes - log_bytes) / max(now - log_time, 1e-9)

@@ -90,7 +90,8 @@ def info_nce(prediction: torch.Tensor, target: torch.Tensor, pool: torch.Tensor,
 
     prediction (Q, d), target (Q, d), pool (P, d) -> (Q,) losses. num_negatives: that many negatives drawn at
     random per row, or None for every pool vector (a (Q, P) cosine matrix). A negative equal to the positive (the
-    target itself, or a duplicate of it) is masked out, so the positive is never its own negative.
+    target itself, or a duplicate of it: cosine above 1 - 1e-6) is masked out, so the positive is never its own
+    negative.
     `positive_cos` (Q,) overrides cos(prediction, target).
     """
     pred = F.normalize(prediction.float(), dim=-1)
@@ -104,7 +105,7 @@ def info_nce(prediction: torch.Tensor, target: torch.Tensor, pool: torch.Tensor,
     else:  # the (Q, K) entries of the (Q, P) cosine matrix: no (Q, K, d) gather of the pool
         index = torch.randint(len(pool), (len(prediction), num_negatives), device=pool.device)
         negative_cos = (pred @ pool_unit.T).gather(1, index)
-        rows = torch.unique(torch.cat([pool, target]).detach(), dim=0, return_inverse=True)[1]  # exact-equality ids
-        same = rows[index] == rows[len(pool):, None]
+        with torch.no_grad():
+            same = ((target_unit @ pool_unit.T) > 1.0 - 1e-6).gather(1, index)
     logits = torch.cat([cosine_logits(positive_cos).unsqueeze(1), cosine_logits(negative_cos).masked_fill(same, float("-inf"))], dim=1)
     return F.cross_entropy(logits, torch.zeros(len(prediction), dtype=torch.long, device=logits.device), reduction="none")

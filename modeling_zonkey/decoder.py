@@ -60,10 +60,14 @@ class CausalBlock(nn.Module):
         self.ffn_norm = nn.LayerNorm(hidden_size)
         self.ffn = FeedForward(hidden_size, ffn_multiplier)
 
-    def forward(self, x: torch.Tensor, start: int, cache: list[torch.Tensor] | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """x (M, T, d) at positions start..start+T-1; cache [k, v] of the earlier positions, or None."""
+    def forward(self, x: torch.Tensor, start: int, cache: list[torch.Tensor] | None,
+                codes: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """x (M, T, d) at positions start..start+T-1; cache [k, v] of the earlier positions, or None. codes: the
+        sinusoidal codes (>= start + T, head_dim) of positions 0, 1, ... (default: computed here)."""
         h = self.attn_norm(x)
-        codes = sinusoid(torch.arange(start, start + x.shape[1], device=x.device), self.head_dim).to(x.dtype)
+        if codes is None:
+            codes = sinusoid(torch.arange(start + x.shape[1], device=x.device), self.head_dim)
+        codes = codes[start : start + x.shape[1]].to(x.dtype)
         q, k, v = (t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2) for t in self.qkv(h).chunk(3, dim=-1))
         q, k = q + codes, k + codes
         if cache is not None:
@@ -86,9 +90,11 @@ class Decompressor(nn.Module):
         """prompt (M, P, d) -> (M, L, d)."""
         caches: list = [None] * len(self.layers)
         x, start, outputs = prompt, 0, []
+        head_dim = self.layers[0].head_dim
+        codes = sinusoid(torch.arange(prompt.shape[1] + self.window_length, device=prompt.device), head_dim)
         for _ in range(self.window_length):
             for i, layer in enumerate(self.layers):
-                x, caches[i] = layer(x, start, caches[i])
+                x, caches[i] = layer(x, start, caches[i], codes)
             start += x.shape[1]
             x = self.norm(x[:, -1:])
             outputs.append(x)

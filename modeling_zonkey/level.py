@@ -135,14 +135,19 @@ class ZonkeyLevel(nn.Module):
         denoising = sub.average(self.reconstruction(heavy.sequence, sub))
         if self.config.ddmm_objective == "single_step":
             return DiffusionTerms(heavy, denoising, None)
+        fraction, light_sub, x2, t1_light = self.config.light_pass_fraction, sub, heavy, t1
+        if fraction < 1.0:  # the light pass on a random share of the rows (speed option)
+            keep = torch.randperm(len(t1), device=t1.device)[: max(1, round(fraction * len(t1)))].sort().values
+            light_sub, t1_light = sub.subset(keep), t1[keep]
+            x2 = DecoderOutput(heavy.sequence[keep], heavy.existence[keep])
         with torch.no_grad():
-            estimate = self.compressor(heavy.sequence, heavy.existence).latents
-        t2 = t1 * torch.rand(len(t1), device=t1.device)
+            estimate = self.compressor(x2.sequence, x2.existence).latents
+        t2 = t1_light * torch.rand(len(t1_light), device=t1.device)
         light = self.decoder(add_noise(estimate, t2), t2)
         positive = None
         if sub.ids is None:
-            positive = path_positive(light.sequence, heavy.sequence.detach(), sub.windows).cosine
-        return DiffusionTerms(heavy, denoising, sub.average(self.reconstruction(light.sequence, sub, positive)))
+            positive = path_positive(light.sequence, x2.sequence.detach(), light_sub.windows).cosine
+        return DiffusionTerms(heavy, denoising, light_sub.average(self.reconstruction(light.sequence, light_sub, positive)))
 
     def stitcher_terms(self, segments: Segments, windows: torch.Tensor, chosen: torch.Tensor, clean: DecoderOutput,
                        sub: "SegmentBatch", density: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -230,9 +235,9 @@ class SegmentBatch:
         return replace(self, ownership=self.ownership.detach())
 
     def subset(self, index: torch.Tensor) -> "SegmentBatch":
-        return SegmentBatch(self.windows[index], self.existence[index], self.ownership[index], self.in_document[index],
-                            self.gap[index], None if self.ids is None else self.ids[index], self.targets,
-                            self.targets_valid)
+        return replace(self, windows=self.windows[index], existence=self.existence[index],
+                       ownership=self.ownership[index], in_document=self.in_document[index], gap=self.gap[index],
+                       ids=None if self.ids is None else self.ids[index])
 
     def average(self, losses: torch.Tensor) -> torch.Tensor:
         """Per-byte mean: each position weighted by its ownership (a real position's windows share mass 1), so

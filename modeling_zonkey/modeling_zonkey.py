@@ -138,6 +138,20 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
             total = total + level_total
         return ZonkeyModelOutput(loss=total, loss_terms=terms, levels=tuple(outputs))
 
+    def compile_components(self, components: tuple[str, ...] | list[str] = ("decoder", "compressor"),
+                           dynamic: bool = True) -> None:
+        """torch.compile the named components of every level in place (`nn.Module.compile`: parameter names and
+        checkpoints are unchanged). Dynamic shapes: the number of segments changes every step. The whole model
+        does not compile as one graph (the segmentation makes data-dependent shapes); see docs/benchmarks.md for
+        what this buys on CPU."""
+        for level in self.levels:
+            for name in components:
+                module = getattr(level, name, None)
+                if not isinstance(module, nn.Module):
+                    raise ValueError(f"compile_components: level {level.level} has no component {name!r} (known: "
+                                     "splitter, compressor, decoder, stitcher, masked_vector at levels >= 1).")
+                module.compile(dynamic=dynamic)
+
     @torch.no_grad()
     def decode_latents(self, latents: list[torch.Tensor], level: int | None = None,
                        parents: dict[int, torch.Tensor] | None = None,

@@ -124,3 +124,24 @@ def test_decoder_rows_are_independent_so_passes_can_share_one_call(training_leve
     torch.testing.assert_close(both.existence, torch.cat([a.existence for a in apart]), rtol=1e-4, atol=1e-5)
     clean, heavy, _ = level.clean_and_heavy_passes(latents)
     assert clean.sequence.shape == heavy.sequence.shape == (count, level.window_length, latents.shape[1] // level.num_cls)
+
+
+def test_light_pass_fraction_sends_that_share_of_the_rows_through_the_light_pass(training_level, micro_config):
+    _, level, sub, latents = training_level
+    rows = []
+    handle = level.decoder.register_forward_hook(lambda module, args, output: rows.append(len(args[0])))
+    level.config = ZonkeyConfig(**{**micro_config.to_dict(), "light_pass_fraction": 0.5})
+    try:
+        torch.manual_seed(0)
+        _, heavy, t1 = level.clean_and_heavy_passes(latents)
+        terms = level.diffusion_terms(sub, heavy, t1)
+    finally:
+        level.config = micro_config
+        handle.remove()
+    count = len(latents)
+    assert rows == [2 * count, round(0.5 * count)]
+    assert torch.isfinite(terms.ddmm) and terms.ddmm > 0
+    grads = torch.autograd.grad(terms.ddmm, list(level.decoder.parameters()), allow_unused=True)
+    assert sum(g.abs().sum() for g in grads if g is not None) > 0
+    with pytest.raises(ValueError, match="light_pass_fraction must be in"):
+        ZonkeyConfig(**{**micro_config.to_dict(), "light_pass_fraction": 0.0})

@@ -440,3 +440,14 @@ def test_config_switches_train(overrides, tokenizer):
         losses[name] = out.loss.item()
         assert ("level0/ddmm" in out.loss_terms) == (config.ddmm_objective == "mixed")  # single-step: no light pass
     assert losses["default"] != losses["switched"]
+
+
+def test_compile_components_keeps_the_checkpoint_names(micro_config):
+    """--torch_compile compiles in place (lazily, at the first forward): state-dict keys stay as saved."""
+    torch.manual_seed(0)
+    model = ZonkeyModel(micro_config)
+    keys = list(model.state_dict())
+    model.compile_components(["decoder", "compressor"])
+    assert list(model.state_dict()) == keys
+    with pytest.raises(ValueError, match="level 0 has no component 'masked_vector'"):
+        model.compile_components(["masked_vector"])

@@ -232,6 +232,7 @@ def in_process(monkeypatch, tmp_path):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf" / "datasets")
     for key in [k for k in os.environ if k.startswith("ACCELERATE_")]:
         monkeypatch.delenv(key)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # --threads auto then keeps one thread, as the subprocess runs do
     states = random.getstate(), np.random.get_state(), torch.get_rng_state(), torch.get_num_threads()
     torch.set_num_threads(1)
     spec = importlib.util.spec_from_file_location("train_zonkey_under_test", SCRIPT)

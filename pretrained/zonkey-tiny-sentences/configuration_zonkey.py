@@ -64,7 +64,10 @@ class ZonkeyConfig(PreTrainedConfig):
             the first shipped checkpoint used `level_weights` for both).
         ddmm_objective: "mixed" (clean, heavy and light passes) or "single_step" (clean and heavy passes: plain
             denoising at a random t, without the light pass on the decoder's own estimates).
-        light_noise_scale: mean of the small noise levels t0 and t2, drawn as scale * Beta(1, 3) / 0.25.
+        light_noise_scale: mean of the clean pass's small noise level t0, drawn as scale * Beta(1, 3) / 0.25 (the
+            light pass's t2 is drawn as U(0, t1)).
+        light_pass_fraction: share of the decoded segments that also take the light pass (a random subset each
+            step; 1.0: all, the paper). A speed option: the light pass costs a compression and a decoder pass.
         time_embedding: "interpolate" (tau = (1-t) tau_clean + t tau_noisy) or "sinusoidal" (+ MLP).
         num_negatives: InfoNCE negatives for the reconstruction at levels >= 1 and for the DDMM loss.
         infonce_negatives: "sampled" (num_negatives drawn at random from the batch's target vectors) or "all" (every
@@ -102,6 +105,7 @@ class ZonkeyConfig(PreTrainedConfig):
         regularizer_level_weights: list[float] | None = None,
         ddmm_objective: str = "mixed",
         light_noise_scale: float = 0.02,
+        light_pass_fraction: float = 1.0,
         time_embedding: str = "interpolate",
         num_negatives: int = 63,
         infonce_negatives: str = "sampled",
@@ -134,6 +138,7 @@ class ZonkeyConfig(PreTrainedConfig):
         self.regularizer_level_weights = list(regularizer_level_weights or [1.0] * num_levels)
         self.ddmm_objective = ddmm_objective
         self.light_noise_scale = light_noise_scale
+        self.light_pass_fraction = light_pass_fraction
         self.time_embedding = time_embedding
         self.num_negatives = num_negatives
         self.infonce_negatives = infonce_negatives
@@ -201,6 +206,8 @@ class ZonkeyConfig(PreTrainedConfig):
             fail(f"time_embedding must be 'interpolate' or 'sinusoidal', got {self.time_embedding!r}.")
         if not 0.0 < self.light_noise_scale <= 0.25:
             fail(f"light_noise_scale must be in (0, 0.25], got {self.light_noise_scale}.")
+        if not isinstance(self.light_pass_fraction, (int, float)) or not 0.0 < self.light_pass_fraction <= 1.0:
+            fail(f"light_pass_fraction must be in (0, 1], got {self.light_pass_fraction!r}.")
         if not 0.0 < self.mask_probability < 1.0:
             fail(f"mask_probability must be in (0, 1), got {self.mask_probability}.")
         if not 0.0 < self.existence_threshold < 1.0:

@@ -93,14 +93,13 @@ class ZonkeyLevel(nn.Module):
         chosen = self.choose_decoded(len(latents), config.max_decoded_segments[self.level], latents.device)
         sub = SegmentBatch.take(segments, windows, chosen, targets, valid)
         z = latents[chosen]
-        t0 = light_noise_levels(len(z), config.light_noise_scale, z.device)
-        clean = self.decoder(add_noise(z, t0), t0)
+        clean, heavy, t1 = self.clean_and_heavy_passes(z)
         terms["reconstruction"] = density * sub.average(self.reconstruction(clean.sequence, sub))
         terms.update(self.stitcher_terms(segments, windows, chosen, clean, sub, density))
         # The noisy passes train the decoder (and the compressor through z), not the segmentation: their loss at
         # high t measures how predictable a window's bytes are without its latent, and through ownership and
         # density it would reward segments that start with a predictable byte (a space) rather than words.
-        diffusion = self.diffusion_terms(sub.with_fixed_segmentation(), z)
+        diffusion = self.diffusion_terms(sub.with_fixed_segmentation(), heavy, t1)
         terms["denoising"] = density.detach() * diffusion.denoising
         if diffusion.ddmm is not None:
             terms["ddmm"] = density.detach() * diffusion.ddmm
@@ -111,28 +110,44 @@ class ZonkeyLevel(nn.Module):
         """BCE of the decoder's existence against the splitter's (the segment's soft length). -> scalar."""
         return F.binary_cross_entropy(decoded.existence.clamp(1e-6, 1 - 1e-6), sub.existence.detach().clamp(0.0, 1.0))
 
-    def diffusion_terms(self, sub: "SegmentBatch", latents: torch.Tensor) -> "DiffusionTerms":
+    def clean_and_heavy_passes(self, latents: torch.Tensor) -> tuple[DecoderOutput, DecoderOutput, torch.Tensor]:
+        """The clean pass Dec(z_t0, t0), t0 small (light_noise_levels), and the heavy pass X2 = Dec(z_t1, t1),
+        t1 ~ U(0, 1), as one batched decoder call (the decoder treats rows independently). latents (M', C d) ->
+        (clean, heavy, t1)."""
+        count, device = len(latents), latents.device
+        t0 = light_noise_levels(count, self.config.light_noise_scale, device)
+        noised0 = add_noise(latents, t0)
+        t1 = torch.rand(count, device=device)
+        both = self.decoder(torch.cat([noised0, add_noise(latents, t1)]), torch.cat([t0, t1]))
+        clean = DecoderOutput(both.sequence[:count], both.existence[:count])
+        heavy = DecoderOutput(both.sequence[count:], both.existence[count:])
+        return clean, heavy, t1
+
+    def diffusion_terms(self, sub: "SegmentBatch", heavy: DecoderOutput, t1: torch.Tensor) -> "DiffusionTerms":
         """The decoder trained at every noise level, and (mixed objective) on its own re-compressed estimates.
 
-        heavy: X2 = Dec(z_t1, t1), t1 ~ U(0, 1), reconstruction loss against the clean segment ("denoising").
-        light ("mixed" only): z'' = Compress(X2) without gradient, t2 ~ U(0, t1) (the next, lower noise level a
-        sampler with any number of steps visits), X3 = Dec(z''_t2, t2) ("ddmm"). Level 0: byte cross-entropy of X3;
-        levels >= 1: InfoNCE whose positive is the best point of the path from X2 (detached) to X. latents (M', C d).
+        heavy: X2 = Dec(z_t1, t1), t1 ~ U(0, 1) (from `clean_and_heavy_passes`), reconstruction loss against the
+        clean segment ("denoising"). light ("mixed" only): z'' = Compress(X2) without gradient, t2 ~ U(0, t1) (the
+        next, lower noise level a sampler with any number of steps visits), X3 = Dec(z''_t2, t2) ("ddmm"). Level
+        0: byte cross-entropy of X3; levels >= 1: InfoNCE whose positive is the best point of the path from X2
+        (detached) to X.
         """
-        count, device = len(latents), latents.device
-        t1 = torch.rand(count, device=device)
-        heavy = self.decoder(add_noise(latents, t1), t1)
         denoising = sub.average(self.reconstruction(heavy.sequence, sub))
         if self.config.ddmm_objective == "single_step":
             return DiffusionTerms(heavy, denoising, None)
+        fraction, light_sub, x2, t1_light = self.config.light_pass_fraction, sub, heavy, t1
+        if fraction < 1.0:  # the light pass on a random share of the rows (speed option)
+            keep = torch.randperm(len(t1), device=t1.device)[: max(1, round(fraction * len(t1)))].sort().values
+            light_sub, t1_light = sub.subset(keep), t1[keep]
+            x2 = DecoderOutput(heavy.sequence[keep], heavy.existence[keep])
         with torch.no_grad():
-            estimate = self.compressor(heavy.sequence, heavy.existence).latents
-        t2 = t1 * torch.rand(count, device=device)
+            estimate = self.compressor(x2.sequence, x2.existence).latents
+        t2 = t1_light * torch.rand(len(t1_light), device=t1.device)
         light = self.decoder(add_noise(estimate, t2), t2)
         positive = None
         if sub.ids is None:
-            positive = path_positive(light.sequence, heavy.sequence.detach(), sub.windows).cosine
-        return DiffusionTerms(heavy, denoising, sub.average(self.reconstruction(light.sequence, sub, positive)))
+            positive = path_positive(light.sequence, x2.sequence.detach(), light_sub.windows).cosine
+        return DiffusionTerms(heavy, denoising, light_sub.average(self.reconstruction(light.sequence, light_sub, positive)))
 
     def stitcher_terms(self, segments: Segments, windows: torch.Tensor, chosen: torch.Tensor, clean: DecoderOutput,
                        sub: "SegmentBatch", density: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -220,9 +235,9 @@ class SegmentBatch:
         return replace(self, ownership=self.ownership.detach())
 
     def subset(self, index: torch.Tensor) -> "SegmentBatch":
-        return SegmentBatch(self.windows[index], self.existence[index], self.ownership[index], self.in_document[index],
-                            self.gap[index], None if self.ids is None else self.ids[index], self.targets,
-                            self.targets_valid)
+        return replace(self, windows=self.windows[index], existence=self.existence[index],
+                       ownership=self.ownership[index], in_document=self.in_document[index], gap=self.gap[index],
+                       ids=None if self.ids is None else self.ids[index])
 
     def average(self, losses: torch.Tensor) -> torch.Tensor:
         """Per-byte mean: each position weighted by its ownership (a real position's windows share mass 1), so

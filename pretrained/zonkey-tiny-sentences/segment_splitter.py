@@ -14,7 +14,6 @@ clipped probability has zero gradient, and a splitter whose p_bos saturate on th
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -96,18 +95,17 @@ def log_not_bos_from_probs(bos_probs: torch.Tensor) -> torch.Tensor:
 
 
 def force_boundaries(chosen: torch.Tensor, valid: torch.Tensor, window_length: int) -> torch.Tensor:
-    """Add BOS at position 0 and wherever needed so that no gap (nor the tail) exceeds L. (B, N) bool."""
-    chosen = (chosen & valid).cpu().numpy().copy()
-    lengths = valid.sum(dim=1).cpu().numpy()
-    for row, n in enumerate(lengths):
-        if n == 0:
-            continue
-        chosen[row, 0] = True
-        starts = np.append(np.flatnonzero(chosen[row, :n]), n)
-        for a, b in zip(starts[:-1], starts[1:]):
-            if b - a > window_length:
-                chosen[row, np.arange(a + window_length, b, window_length)] = True
-    return torch.from_numpy(chosen).to(valid.device)
+    """Add BOS at position 0 and wherever needed so that no gap (nor the tail) exceeds L. (B, N) bool.
+
+    The forced BOS after a chosen one at a (before the next at b, or the document's end) sit at a + L, a + 2L, ...
+    < b: exactly the positions i whose distance to the last chosen BOS at or before i is a positive multiple of L.
+    Vectorised (no per-row loop, no host copy)."""
+    chosen = chosen & valid
+    chosen[:, 0] = valid[:, 0]
+    positions = torch.arange(chosen.shape[1], device=chosen.device)
+    last = torch.where(chosen, positions, torch.zeros_like(positions)).cummax(dim=1).values
+    distance = positions - last
+    return chosen | (valid & (distance > 0) & (distance % window_length == 0))
 
 
 def build_segments(bos_probs: torch.Tensor, boundaries: torch.Tensor, valid: torch.Tensor,

@@ -90,7 +90,8 @@ def info_nce(prediction: torch.Tensor, target: torch.Tensor, pool: torch.Tensor,
 
     prediction (Q, d), target (Q, d), pool (P, d) -> (Q,) losses. num_negatives: that many negatives drawn at
     random per row, or None for every pool vector (a (Q, P) cosine matrix). A negative equal to the positive (the
-    target itself, or a duplicate of it) is masked out, so the positive is never its own negative.
+    target itself, or a duplicate of it: cosine above 1 - 1e-6) is masked out, so the positive is never its own
+    negative.
     `positive_cos` (Q,) overrides cos(prediction, target).
     """
     pred = F.normalize(prediction.float(), dim=-1)
@@ -101,9 +102,10 @@ def info_nce(prediction: torch.Tensor, target: torch.Tensor, pool: torch.Tensor,
     if num_negatives is None:
         negative_cos = pred @ pool_unit.T
         same = (target_unit @ pool_unit.T) > 1.0 - 1e-6
-    else:
+    else:  # the (Q, K) entries of the (Q, P) cosine matrix: no (Q, K, d) gather of the pool
         index = torch.randint(len(pool), (len(prediction), num_negatives), device=pool.device)
-        negative_cos = torch.einsum("qd,qkd->qk", pred, pool_unit[index])
-        same = (pool[index] == target.unsqueeze(1)).all(-1)
+        negative_cos = (pred @ pool_unit.T).gather(1, index)
+        with torch.no_grad():
+            same = ((target_unit @ pool_unit.T) > 1.0 - 1e-6).gather(1, index)
     logits = torch.cat([cosine_logits(positive_cos).unsqueeze(1), cosine_logits(negative_cos).masked_fill(same, float("-inf"))], dim=1)
     return F.cross_entropy(logits, torch.zeros(len(prediction), dtype=torch.long, device=logits.device), reduction="none")
