@@ -16,8 +16,15 @@ def to_sphere(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 def cosine_logits(cos: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    """Logits 2 * atanh(cos), with cos clipped to (-1 + eps, 1 - eps)."""
-    return 2.0 * torch.atanh(cos.clamp(-1.0 + eps, 1.0 - eps))
+    """Logits 2 * atanh(cos), with cos clipped to (-1 + eps, 1 - eps), in float32: in bfloat16 the bound 1 - 1e-4
+    rounds to 1 and atanh returns inf."""
+    return 2.0 * torch.atanh(cos.float().clamp(-1.0 + eps, 1.0 - eps))
+
+
+def full_precision(reference: torch.Tensor) -> torch.autocast:
+    """A context in which autocast is off on `reference`'s device: the losses' cosines, logits and sums run in
+    float32 under mixed precision (bfloat16 cosines have a resolution of ~0.004 near 1)."""
+    return torch.autocast(device_type=reference.device.type, enabled=False)
 
 
 def sinusoid(positions: torch.Tensor, dim: int) -> torch.Tensor:

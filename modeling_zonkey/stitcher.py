@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .probabilistic_attention import ProbabilisticAttention, existence_bias
-from .sphere import to_sphere
+from .sphere import full_precision, to_sphere
 
 MATCH_POSITIONS = 4
 
@@ -47,7 +47,8 @@ class Stitcher(nn.Module):
         # eps bounds the gradient where a window is empty (zero vectors past the document's end)
         a1 = F.normalize(self.proj1(seq1).float(), dim=-1, eps=1e-3)
         a2 = F.normalize(self.proj2(seq2[:, :MATCH_POSITIONS]).float(), dim=-1, eps=1e-3)
-        sims = a2 @ a1.transpose(1, 2)  # (P, 4, L): cos(seq2_j, seq1_i)
+        with full_precision(a1):
+            sims = a2 @ a1.transpose(1, 2)  # (P, 4, L): cos(seq2_j, seq1_i)
         total = torch.zeros_like(prior)
         count = torch.zeros(length, device=prior.device)
         for j in range(min(MATCH_POSITIONS, sims.shape[1])):

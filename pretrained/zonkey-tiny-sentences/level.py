@@ -17,7 +17,7 @@ from .ddmm import add_noise, light_noise_levels, path_positive
 from .decoder import Decoder, DecoderOutput
 from .segment_splitter import (SegmentSplitter, Segments, SplitterOutput, build_segments, compression_loss,
                                density_factor, mean_bos_probability, patch_loss, short_segment_loss)
-from .sphere import cosine_logits
+from .sphere import cosine_logits, full_precision
 from .stitcher import Stitcher, position_loss
 
 
@@ -177,6 +177,11 @@ class ZonkeyLevel(nn.Module):
         """Per-position loss (M', L). Level 0: cross-entropy over bytes with 2 atanh(cos) logits against the
         byte embeddings; levels >= 1: InfoNCE against other positions' vectors. `positive_cos` replaces the
         target's cosine (the DDMM positive)."""
+        with full_precision(prediction):
+            return self._reconstruction(prediction, sub, positive_cos)
+
+    def _reconstruction(self, prediction: torch.Tensor, sub: "SegmentBatch",
+                        positive_cos: torch.Tensor | None) -> torch.Tensor:
         real = sub.in_document
         losses = prediction.new_zeros(real.shape, dtype=torch.float32)
         pred = prediction[real]

@@ -152,16 +152,21 @@ def patch_loss(bos_probs: torch.Tensor, valid: torch.Tensor, window_length: int,
     log_none = (log_not_bos_from_probs(bos_probs) if log_not_bos is None else log_not_bos) * valid
     cumulative = F.pad(log_none.cumsum(dim=1), (1, 0))
     lengths = valid.sum(dim=1, keepdim=True)
-    losses = []
+    means, present = [], []
     for size in (window_length, window_length + 1, window_length + 2):
         if size > bos_probs.shape[1]:
             continue
         window_sum = cumulative[:, size:] - cumulative[:, :-size]  # (B, N - size + 1), window [s, s + size)
         starts = torch.arange(window_sum.shape[1], device=bos_probs.device)[None]
-        inside = starts + size <= lengths
-        if inside.any():
-            losses.append(window_sum.exp()[inside].mean())
-    return torch.stack(losses).mean() if losses else bos_probs.sum() * 0.0
+        inside = (starts + size <= lengths).to(window_sum.dtype)
+        count = inside.sum()
+        means.append((window_sum.exp() * inside).sum() / count.clamp_min(1.0))
+        present.append((count > 0).to(window_sum.dtype))
+    if not means:
+        return bos_probs.sum() * 0.0
+    # the mean over the sizes that fit in some document (no host synchronisation)
+    present_ = torch.stack(present)
+    return (torch.stack(means) * present_).sum() / present_.sum().clamp_min(1.0)
 
 
 def short_segment_loss(bos_probs: torch.Tensor, valid: torch.Tensor, num_cls: int,

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .probabilistic_attention import PAEncoder
-from .sphere import cosine_logits, to_sphere
+from .sphere import cosine_logits, full_precision, to_sphere
 
 
 @dataclass
@@ -48,14 +48,18 @@ class Compressor(nn.Module):
 
 def anti_collapse_loss(latents: torch.Tensor, document: torch.Tensor) -> torch.Tensor:
     """|mean cosine| over pairs of latents from different documents. (M, D), (M,) -> scalar."""
+    with full_precision(latents):
+        return _anti_collapse_loss(latents, document)
+
+
+def _anti_collapse_loss(latents: torch.Tensor, document: torch.Tensor) -> torch.Tensor:
     unit = F.normalize(latents.float(), dim=-1)
     total = unit.sum(0)
-    per_document = torch.zeros(int(document.max()) + 1, unit.shape[1], device=unit.device).index_add(0, document, unit)
-    counts = torch.bincount(document).float()
+    per_document = torch.zeros(len(unit), unit.shape[1], device=unit.device).index_add(0, document, unit)  # ids < M
+    counts = torch.zeros(len(unit), device=unit.device).index_add(0, document, torch.ones_like(unit[:, 0]))
     pairs = counts.sum() ** 2 - (counts**2).sum()
-    if pairs <= 0:
-        return latents.sum() * 0.0
-    return ((total @ total - (per_document**2).sum()) / pairs).abs()
+    value = ((total @ total - (per_document**2).sum()) / pairs.clamp_min(1.0)).abs()
+    return torch.where(pairs > 0, value, latents.sum() * 0.0)  # one document: no pairs (no host synchronisation)
 
 
 class MaskedVectorHead(nn.Module):
@@ -92,12 +96,19 @@ def info_nce(prediction: torch.Tensor, target: torch.Tensor, pool: torch.Tensor,
     random per row, or None for every pool vector (a (Q, P) cosine matrix). A negative equal to the positive (the
     target itself, or a duplicate of it: cosine above 1 - 1e-6) is masked out, so the positive is never its own
     negative.
-    `positive_cos` (Q,) overrides cos(prediction, target).
+    `positive_cos` (Q,) overrides cos(prediction, target). Computed in float32 under autocast.
     """
+    with full_precision(prediction):
+        return _info_nce(prediction, target, pool, num_negatives, positive_cos)
+
+
+def _info_nce(prediction: torch.Tensor, target: torch.Tensor, pool: torch.Tensor, num_negatives: int | None,
+              positive_cos: torch.Tensor | None) -> torch.Tensor:
     pred = F.normalize(prediction.float(), dim=-1)
     target_unit = F.normalize(target.float(), dim=-1)
     if positive_cos is None:
         positive_cos = (pred * target_unit).sum(-1)
+    positive_cos = positive_cos.float()
     pool_unit = F.normalize(pool.float(), dim=-1)
     if num_negatives is None:
         negative_cos = pred @ pool_unit.T
