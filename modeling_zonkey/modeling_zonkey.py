@@ -108,12 +108,31 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
         return to_sphere(self.byte_embeddings(input_ids))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                return_loss: bool = False, **kwargs) -> ZonkeyModelOutput:
+                return_loss: bool = False, labels: torch.Tensor | None = None,
+                return_dict: bool | None = None) -> ZonkeyModelOutput | tuple:
         """input_ids (B, N) bytes (N <= document_length[0]), attention_mask (B, N) right-padded.
 
         Training mode samples boundaries (Bernoulli); eval mode thresholds p_bos. With return_loss, the
         output carries the weighted total `loss` and every term in `loss_terms`.
+        labels: what `Trainer` and the language-modeling collators send. Zonkey reconstructs its input, so they
+            must be the input_ids (-100 allowed where attention_mask is 0); giving them turns on return_loss.
+        return_dict: False returns the output as a tuple (`ModelOutput.to_tuple`). Any other keyword is an error.
         """
+        if labels is not None:
+            self.check_labels(input_ids, attention_mask, labels)
+            return_loss = True
+        output = self._forward(input_ids, attention_mask, return_loss)
+        return output.to_tuple() if return_dict is False else output
+
+    def check_labels(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor) -> None:
+        real = (input_ids != self.config.pad_token_id) if attention_mask is None else attention_mask.bool()
+        if labels.shape != input_ids.shape or not torch.equal(torch.where(real, labels, input_ids)[real], input_ids[real]):
+            raise ValueError("labels must equal input_ids (Zonkey's loss reconstructs its input; -100 may mark "
+                             "padding): use a causal-LM collator such as DataCollatorForLanguageModeling(mlm=False), "
+                             "or pass return_loss=True without labels.")
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                 return_loss: bool) -> ZonkeyModelOutput:
         valid = self.check_inputs(input_ids, attention_mask)
         x = self.embed_bytes(input_ids)
         parent = torch.arange(len(input_ids), device=input_ids.device)
