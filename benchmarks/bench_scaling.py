@@ -40,13 +40,13 @@ def text_batch(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     return torch.tensor(rows)
 
 
-def measure(model_name: str, length: int, batch: int, steps: int, warmup: int) -> dict:
+def measure(model_name: str, length: int, batch: int, steps: int, warmup: int, config_path: str) -> dict:
     """One configuration, in this process: median training-step seconds and peak RSS."""
     from modeling_zonkey import ZonkeyConfig, ZonkeyModel
     from modeling_zonkey.baseline import char_baseline
 
     torch.manual_seed(0)
-    config = ZonkeyConfig.from_pretrained(str(ROOT / "configuration" / "zonkey-tiny.json"))
+    config = ZonkeyConfig.from_pretrained(str(ROOT / config_path if not Path(config_path).is_file() else config_path))
     config.document_length = [length, max(16, length // 4)]
     zonkey = ZonkeyModel(config)
     parameters = sum(p.numel() for p in zonkey.parameters())
@@ -85,14 +85,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--config", default="configuration/zonkey-tiny.json",
+                        help="Zonkey preset (its document_length is replaced by [N, N / 4])")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.one:
-        print(json.dumps(measure(args.one[0], int(args.one[1]), args.batch_size, args.steps, args.warmup)))
+        print(json.dumps(measure(args.one[0], int(args.one[1]), args.batch_size, args.steps, args.warmup, args.config)))
         return
-    print(machine_line() + f"; batch {args.batch_size} document(s), median of {args.steps} training steps")
+    print(machine_line() + f"; batch {args.batch_size} document(s), median of {args.steps} training steps; "
+          f"Zonkey: {args.config}")
     print("\n| bytes / document | Zonkey ms / byte | baseline ms / byte | Zonkey / baseline time | Zonkey peak MiB | "
           "baseline peak MiB |")
     print("|---:|---:|---:|---:|---:|---:|")
@@ -101,7 +104,7 @@ def main() -> None:
         rows = {}
         for name in ("zonkey", "baseline"):
             command = [sys.executable, __file__, "--one", name, str(length), "--batch-size", str(args.batch_size),
-                       "--steps", str(args.steps), "--warmup", str(args.warmup)]
+                       "--steps", str(args.steps), "--warmup", str(args.warmup), "--config", args.config]
             if args.threads:
                 command += ["--threads", str(args.threads)]
             done = subprocess.run(command, capture_output=True, text=True)

@@ -167,10 +167,10 @@ def flop_table(config, input_ids: torch.Tensor) -> None:
     forward = counter.get_flop_counts()
     bytes_ = int((input_ids != config.pad_token_id).sum())
     print("\ntraining FLOPs per step (forward + backward):\n")
-    print("| model | GFLOP / step | kFLOP / byte | vs baseline |")
+    print("| model | GFLOP / step | MFLOP / byte | vs baseline |")
     print("|---|---:|---:|---:|")
     for name, flops in counts.items():
-        print(f"| {name} | {flops / 1e9:.1f} | {flops / bytes_ / 1e3:.0f} | {flops / counts['baseline']:.2f}x |")
+        print(f"| {name} | {flops / 1e9:.1f} | {flops / bytes_ / 1e6:.1f} | {flops / counts['baseline']:.2f}x |")
     total = sum(forward["Global"].values())
     print("\nZonkey forward FLOPs by component (the decoder's three passes and the light pass's re-compression "
           "included):\n")
