@@ -451,3 +451,12 @@ def test_compile_components_keeps_the_checkpoint_names(micro_config):
     assert list(model.state_dict()) == keys
     with pytest.raises(ValueError, match="level 0 has no component 'masked_vector'"):
         model.compile_components(["masked_vector"])
+
+
+def test_fixed_vocabulary_and_attention_refuse_what_they_cannot_do(micro_config, make_model):
+    model = make_model()
+    assert model.resize_token_embeddings(257) is model.get_input_embeddings()
+    with pytest.raises(ValueError, match="vocabulary is fixed at 257 ids"):
+        model.resize_token_embeddings(300)
+    with pytest.raises(ValueError, match="attn_implementation='eager' is not available"):
+        ZonkeyModel(ZonkeyConfig(**{**micro_config.to_dict(), "attn_implementation": "eager"}))

@@ -159,3 +159,21 @@ def test_save_and_load_round_trip(tok, tmp_path):
         loaded(batch, padding=True, return_tensors="pt")["input_ids"].tolist()
         == tok(batch, padding=True, return_tensors="pt")["input_ids"].tolist()
     )
+
+
+def test_fixed_vocabulary_refuses_added_tokens_offsets_and_left_padding(tokenizer):
+    from modeling_zonkey import ZonkeyTokenizer
+
+    fresh = ZonkeyTokenizer()
+    with pytest.raises(ValueError, match="fixed vocabulary"):
+        fresh.add_tokens(["<new>"])
+    assert len(fresh) == 257 and fresh.add_tokens(["<pad>", "a"]) == 0
+    with pytest.raises(NotImplementedError, match="does not return offsets"):
+        fresh("abc", return_offsets_mapping=True)
+    with pytest.raises(ValueError, match="pads on the right only"):
+        fresh.padding_side = "left"
+    with pytest.raises(ValueError, match="pads on the right only"):
+        ZonkeyTokenizer(padding_side="left")
+    with pytest.raises(ValueError, match="pads on the right only"):
+        fresh(["a", "bcd"], padding=True, padding_side="left")
+    assert fresh(["a", "bcd"], padding=True)["input_ids"] == [[97, 256, 256], [98, 99, 100]]

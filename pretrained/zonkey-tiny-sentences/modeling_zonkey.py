@@ -74,9 +74,22 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
 
     def __init__(self, config: ZonkeyConfig):
         super().__init__(config)
+        if config._attn_implementation not in (None, "sdpa"):
+            raise ValueError(f"attn_implementation={config._attn_implementation!r} is not available: Zonkey's "
+                             "Probabilistic Attention adds a float existence bias through torch's "
+                             "scaled_dot_product_attention; use attn_implementation='sdpa' (the default).")
         self.byte_embeddings = nn.Embedding(config.vocab_size, config.hidden_size[0])
         self.levels = nn.ModuleList(ZonkeyLevel(config, level) for level in range(config.num_levels))
         self.post_init()
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        """The byte vocabulary is fixed (256 bytes + pad): only a no-op resize is accepted."""
+        if (new_num_tokens is not None and new_num_tokens != self.config.vocab_size) or pad_to_multiple_of:
+            raise ValueError(f"Zonkey's vocabulary is fixed at {self.config.vocab_size} ids (256 bytes + pad) and "
+                             f"cannot be resized to {new_num_tokens} (pad_to_multiple_of={pad_to_multiple_of}): any "
+                             "text is already encoded as its UTF-8 bytes.")
+        return self.get_input_embeddings()
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.byte_embeddings

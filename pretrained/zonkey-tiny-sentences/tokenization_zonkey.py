@@ -32,7 +32,6 @@ class ZonkeyTokenizer(PreTrainedTokenizer):
 
     vocab_files_names: dict[str, str] = {}
     model_input_names: list[str] = ["input_ids", "attention_mask"]
-    padding_side: str = "right"
 
     def __init__(
         self,
@@ -56,6 +55,32 @@ class ZonkeyTokenizer(PreTrainedTokenizer):
     @property
     def vocab_size(self) -> int:
         return self._num_bytes + 1
+
+    @property
+    def padding_side(self) -> str:
+        return "right"
+
+    @padding_side.setter
+    def padding_side(self, side: str) -> None:
+        if side != "right":
+            raise ValueError(f"ZonkeyTokenizer pads on the right only (got padding_side={side!r}): ZonkeyModel "
+                             "needs its documents to start at position 0.")
+
+    def _add_tokens(self, new_tokens: list[str] | list[AddedToken], special_tokens: bool = False) -> int:
+        vocabulary = self.get_vocab()
+        new = [str(token) for token in new_tokens if str(token) not in vocabulary]
+        if new:
+            raise ValueError(f"ZonkeyTokenizer has a fixed vocabulary of 256 bytes and <pad>; it cannot add tokens "
+                             f"{new[:5]} (any text is already encoded as its UTF-8 bytes).")
+        return super()._add_tokens(new_tokens, special_tokens)
+
+    def _encode_plus(self, *args: Any, **kwargs: Any):
+        if kwargs.get("return_offsets_mapping"):
+            raise NotImplementedError("ZonkeyTokenizer does not return offsets: id i of a text is its i-th UTF-8 byte, "
+                                      "so text.encode('utf-8')[i] is the token and byte offsets are the positions.")
+        if kwargs.get("padding_side") not in (None, "right"):
+            raise ValueError(f"ZonkeyTokenizer pads on the right only (got padding_side={kwargs['padding_side']!r}).")
+        return super()._encode_plus(*args, **kwargs)
 
     def get_vocab(self) -> dict[str, int]:
         vocab = {chr(i): i for i in range(self._num_bytes)}
