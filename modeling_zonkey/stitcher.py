@@ -16,11 +16,33 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import ConversionOps, WeightConverter
 
 from .probabilistic_attention import ProbabilisticAttention, existence_bias
 from .sphere import full_precision, to_sphere
 
 MATCH_POSITIONS = 4
+
+
+class AtLeastOneDim(ConversionOps):
+    """Checkpoint conversion (transformers' weight-conversion mechanism): checkpoints written before alpha and rho
+    became shape (1,) store them as 0-dim tensors; they load as (1,)."""
+
+    @torch.no_grad()
+    def convert(self, input_dict, source_patterns, target_patterns, **kwargs):
+        tensor = next(iter(input_dict.values()))
+        tensor = tensor[0] if isinstance(tensor, list) else tensor
+        return {target_patterns[0]: tensor.reshape(1) if tensor.dim() == 0 else tensor}
+
+    @property
+    def reverse_op(self) -> ConversionOps:
+        return AtLeastOneDim()  # saving writes the (1,) shape
+
+
+register_checkpoint_conversion_mapping("zonkey", [
+    WeightConverter(source_patterns=rf"stitcher\.{name}", target_patterns=f"stitcher.{name}", operations=[AtLeastOneDim()])
+    for name in ("alpha", "rho")], overwrite=True)
 
 
 @dataclass
@@ -35,10 +57,10 @@ class Stitcher(nn.Module):
         self.window_length = window_length
         self.proj1 = nn.Linear(hidden_size, hidden_size // 4)
         self.proj2 = nn.Linear(hidden_size, hidden_size // 4)
-        self.alpha = nn.Parameter(torch.empty(()))
+        self.alpha = nn.Parameter(torch.empty(1))  # (1,), not a 0-dim scalar: FSDP2 cannot shard 0-dim parameters
         self.refiner_norm = nn.LayerNorm(hidden_size)
         self.refiner = ProbabilisticAttention(hidden_size, num_heads)
-        self.rho = nn.Parameter(torch.empty(()))
+        self.rho = nn.Parameter(torch.empty(1))
 
     def infer_offset(self, seq1: torch.Tensor, e1: torch.Tensor, seq2: torch.Tensor) -> OffsetOutput:
         """seq1 (P, L, d), e1 (P, L) seq1's existence, seq2 (P, L, d) -> OffsetOutput."""

@@ -460,3 +460,20 @@ def test_fixed_vocabulary_and_attention_refuse_what_they_cannot_do(micro_config,
         model.resize_token_embeddings(300)
     with pytest.raises(ValueError, match="attn_implementation='eager' is not available"):
         ZonkeyModel(ZonkeyConfig(**{**micro_config.to_dict(), "attn_implementation": "eager"}))
+
+
+def test_no_scalar_parameters_and_old_scalar_checkpoints_load(make_model, tmp_path):
+    """FSDP2's fully_shard rejects 0-dim parameters: the stitcher's alpha and rho are (1,). Checkpoints written
+    when they were 0-dim load through the weight conversion registered in stitcher.py."""
+    from safetensors.torch import load_file, save_file
+
+    model = make_model()
+    assert all(p.dim() >= 1 for p in model.parameters())
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    assert weights["levels.0.stitcher.alpha"].shape == (1,)
+    old = {k: (v.reshape(()) if k.endswith(("stitcher.alpha", "stitcher.rho")) else v) for k, v in weights.items()}
+    save_file(old, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = ZonkeyModel.from_pretrained(tmp_path)
+    for name, parameter in model.named_parameters():
+        assert torch.equal(parameter, loaded.get_parameter(name)), name
