@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from transformers import SchedulerType, get_scheduler
 
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel, ZonkeyTokenizer
-from modeling_zonkey.checkpointing import EMA, find_checkpoint, read_state, save_checkpoint
+from modeling_zonkey.checkpointing import EMA, find_checkpoint, prune_checkpoints, read_state, save_checkpoint
 from modeling_zonkey.data import ZonkeyDataCollator, build_level0_documents, load_text_datasets
 from modeling_zonkey.hub import push_folder
 from modeling_zonkey.model_card import write_model_card
@@ -78,7 +78,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     model = p.add_argument_group("model")
     model.add_argument("--config_name", default=None, help="a preset, e.g. configuration/zonkey-tiny.json")
     model.add_argument("--model_name_or_path", default=None,
-                       help="a saved checkpoint folder to fine-tune (with --config_name: its weights, that config)")
+                       help="a saved checkpoint folder or a Hub id (org/name, from the cache when offline) to fine-tune "
+                            "(with --config_name: its weights, that config)")
+    model.add_argument("--tokenizer_name", default=None,
+                       help="the tokenizer's folder or Hub id (default: --model_name_or_path's, or a new byte tokenizer)")
     train = p.add_argument_group("training")
     train.add_argument("--per_device_train_batch_size", type=int, default=8)
     train.add_argument("--per_device_eval_batch_size", type=int, default=8)
@@ -111,6 +114,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--eval_steps", type=int, default=100, help="validate every N optimizer steps")
     run.add_argument("--eval_batches", type=int, default=8, help="validation batches per evaluation")
     run.add_argument("--checkpointing_steps", default=None, help='save the training state every N steps, or "epoch"')
+    run.add_argument("--checkpoints_total_limit", type=int, default=None,
+                     help="keep only the N newest step_N / epoch_N checkpoints (default: keep all)")
     run.add_argument("--resume_from_checkpoint", default=None,
                      help='a step_N / epoch_N folder (a path, or a name inside --output_dir), or "latest"')
     run.add_argument("--with_tracking", action="store_true")
@@ -133,7 +138,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                  "num_train_epochs", "eval_steps", "logging_steps"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1")
-    for name in ("max_train_steps", "stop_after_steps"):
+    for name in ("max_train_steps", "stop_after_steps", "checkpoints_total_limit"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1")
     try:
@@ -149,16 +154,29 @@ def build_model(args) -> tuple[ZonkeyModel, ZonkeyTokenizer]:
     """The model to train (from a preset, or a saved folder to fine-tune, optionally under a preset's config) and its
     byte tokenizer. Raises FileNotFoundError / ValueError / OSError with what to fix."""
     config = read_preset(args.config_name) if args.config_name else None
-    if args.model_name_or_path:
-        if not (Path(args.model_name_or_path) / "config.json").is_file():
-            raise FileNotFoundError(f"--model_name_or_path {args.model_name_or_path}: no config.json there (pass a "
-                                    "folder written by save_pretrained or by this script).")
+    source = args.model_name_or_path
+    if source:
+        if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+            raise FileNotFoundError(f"--model_name_or_path {source}: no config.json there (pass a folder written by "
+                                    "save_pretrained or by this script, or a Hub id).")
         kwargs = {} if config is None else {"config": config}
-        model = ZonkeyModel.from_pretrained(args.model_name_or_path, dtype=torch.float32, **kwargs)
-        tokenizer = ZonkeyTokenizer.from_pretrained(args.model_name_or_path)
-        tokenizer.model_max_length = model.config.document_length[0]
-        return model, tokenizer
-    return ZonkeyModel(config), ZonkeyTokenizer(model_max_length=config.document_length[0])
+        try:
+            model = ZonkeyModel.from_pretrained(source, dtype=torch.float32, **kwargs)
+        except OSError as err:  # neither a folder nor a Hub id that can be fetched (or is in the cache offline)
+            raise FileNotFoundError(f"--model_name_or_path {source}: not a local folder, and loading it as a Hub id "
+                                    f"failed ({str(err).splitlines()[0]})") from err
+    else:
+        model = ZonkeyModel(config)
+    tokenizer_source = args.tokenizer_name or source
+    if tokenizer_source:
+        try:
+            tokenizer = ZonkeyTokenizer.from_pretrained(tokenizer_source)
+        except OSError as err:
+            raise FileNotFoundError(f"tokenizer {tokenizer_source}: {str(err).splitlines()[0]}") from err
+    else:
+        tokenizer = ZonkeyTokenizer()
+    tokenizer.model_max_length = model.config.document_length[0]
+    return model, tokenizer
 
 
 def read_preset(name: str) -> ZonkeyConfig:
@@ -325,6 +343,9 @@ def train(args) -> None:
             "completed_steps": completed_steps, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
             "train_bytes": train_bytes,
             "train_seconds": None if seconds_before is None else seconds_before + time.time() - started})]
+        if args.checkpoints_total_limit and accelerator.is_main_process:
+            for old in prune_checkpoints(output_dir, args.checkpoints_total_limit):
+                progress.write(f"--checkpoints_total_limit {args.checkpoints_total_limit}: removed {old.name}")
 
     accelerator.print(f"{num_parameters:,} parameters; {max_steps} optimizer steps, "
                       f"{updates_per_epoch} per epoch, {accelerator.num_processes} process(es)")

@@ -83,6 +83,15 @@ def find_checkpoint(output_dir: str | os.PathLike, requested: str) -> Path:
             raise FileNotFoundError(f"--resume_from_checkpoint {requested}: not a complete checkpoint folder "
                                     f"(no {STATE_FILE}); pass a step_N/epoch_N folder or 'latest'.")
         return path
+    candidates = complete_checkpoints(output_dir)
+    if not candidates:
+        raise FileNotFoundError(f"--resume_from_checkpoint latest: no complete checkpoint (step_N / epoch_N folder "
+                                f"with {STATE_FILE}) in {output_dir}.")
+    return max(candidates)[2]
+
+
+def complete_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, int, Path]]:
+    """(optimizer steps, 1 for epoch_N, folder) of every complete step_N / epoch_N checkpoint, oldest first."""
     candidates = []
     for path in Path(output_dir).glob("*"):
         if _NAME.match(path.name) and (path / STATE_FILE).is_file():
@@ -91,10 +100,15 @@ def find_checkpoint(output_dir: str | os.PathLike, requested: str) -> Path:
             except (ValueError, KeyError, TypeError):
                 continue
             candidates.append((steps, int(path.name.startswith("epoch_")), path))
-    if not candidates:
-        raise FileNotFoundError(f"--resume_from_checkpoint latest: no complete checkpoint (step_N / epoch_N folder "
-                                f"with {STATE_FILE}) in {output_dir}.")
-    return max(candidates)[2]
+    return sorted(candidates)
+
+
+def prune_checkpoints(output_dir: str | os.PathLike, keep: int) -> list[Path]:
+    """Delete all but the `keep` newest complete checkpoints (main process only); returns the deleted folders."""
+    removed = [path for _, _, path in complete_checkpoints(output_dir)[:-keep]]
+    for path in removed:
+        shutil.rmtree(path)
+    return removed
 
 
 def read_state(path: Path) -> dict:
