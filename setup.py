@@ -1,6 +1,18 @@
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildWithCardTemplate(build_py):
+    """A wheel carries the repository's model_card.md inside the package (modeling_zonkey/model_card.py finds it
+    there when the repository is not around)."""
+
+    def run(self):
+        super().run()
+        if not self.editable_mode:
+            target = Path(self.build_lib) / "modeling_zonkey" / "model_card.md"
+            self.copy_file(str(Path(__file__).with_name("model_card.md")), str(target))
 
 setup(
     name="zonkey",
@@ -12,6 +24,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["modeling_zonkey", "modeling_zonkey.*"]),
+    cmdclass={"build_py": BuildWithCardTemplate},
     install_requires=[
         "torch>=2.4",
         "transformers>=5.23,<6",

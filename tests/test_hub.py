@@ -210,3 +210,34 @@ def test_load_by_repo_id_from_the_cache_offline(folder, tmp_path, with_package):
         torch.testing.assert_close(result["latents"], model(**batch).levels[0].latents, atol=1e-6, rtol=1e-6)
     # the saved generation config (num_steps = 6) came along: same samples as the original with that option
     assert torch.equal(result["generated"], model.generate(num_return_sequences=2, seed=0, num_steps=6))
+
+
+def test_model_push_to_hub_sends_the_zonkey_card(folder, monkeypatch):
+    """model.push_to_hub sends what examples/push_to_hub.py sends: our card (true metadata: no pipeline_tag that
+    fails, no dataset it was not trained on), not transformers' generic one, and the byte tokenizer."""
+    _, model, _ = folder
+    hub = FakeHub(monkeypatch)
+    url = model.push_to_hub("org/zonkey-micro", token="hf_test", commit_message="from the model")
+    body, card = hub.commits
+    assert url.endswith("/commit/2") and body["message"] == "from the model"
+    assert {"model.safetensors", "config.json", "tokenizer_config.json", "modeling_zonkey.py"} <= set(body["files"])
+    text = card["files"]["README.md"].decode()
+    assert text.startswith("---\nlibrary_name: transformers\nlicense: mit\n")
+    assert "pipeline_tag" not in text and "datasets" not in text.split("---")[1]
+    assert "# org/zonkey-micro" in text and "Zonkey" in text and "automatically generated" not in text
+
+
+def test_a_built_wheel_carries_the_card_template(tmp_path):
+    """model_card.py reads the repository's model_card.md; a (non-editable) wheel has it inside the package."""
+    import zipfile
+
+    root, source = Path(__file__).resolve().parents[1], tmp_path / "source"  # built from a copy: no build/ here
+    shutil.copytree(root / "modeling_zonkey", source / "modeling_zonkey", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.py", "README.md", "model_card.md"):
+        shutil.copy(root / name, source / name)
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                           str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("zonkey-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("modeling_zonkey/model_card.md") == (root / "model_card.md").read_bytes()

@@ -6,6 +6,8 @@ encodes (and, with `return_loss=True`, computes every named loss term); `decode_
 back down through the decoders and stitchers to bytes.
 """
 
+import importlib
+import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +24,7 @@ from .generation_zonkey import ZonkeyGenerationConfig, ZonkeyGenerationMixin
 from .level import LevelTargets, ZonkeyLevel, ZonkeyLevelOutput, chunk_documents
 from .sphere import to_sphere
 from .stitcher import Stitcher
+from .tokenization_zonkey import ZonkeyTokenizer
 
 
 @dataclass
@@ -44,6 +47,25 @@ class ZonkeyPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["PABlock", "CausalBlock"]
     _supports_sdpa = True
+
+    def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, private: bool | None = None,
+                    token: str | None = None, revision: str | None = None, create_pr: bool = False,
+                    **kwargs) -> str:
+        """`PreTrainedModel.push_to_hub`, but with Zonkey's model card (the repository's model_card.md rendered,
+        as `examples/push_to_hub.py` sends it) and the byte tokenizer, instead of transformers' generic card:
+        the weights, config and remote code in one commit, the card in a second. Without the installed package
+        (remote code only) it falls back to transformers' push. Returns the last commit's URL."""
+        try:
+            hub = importlib.import_module("modeling_zonkey.hub")
+        except ImportError:
+            return super().push_to_hub(repo_id, commit_message=commit_message, private=private, token=token,
+                                       revision=revision, create_pr=create_pr, **kwargs)
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, **{k: v for k, v in kwargs.items() if k == "max_shard_size"})
+            ZonkeyTokenizer(model_max_length=self.config.document_length[0]).save_pretrained(folder)
+            result = hub.push_folder(folder, repo_id, token=token, private=bool(private), revision=revision,
+                                     commit_message=commit_message, create_pr=create_pr)
+        return result.commit_urls[-1]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
