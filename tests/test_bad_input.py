@@ -121,9 +121,13 @@ def test_too_long_text(model, tokenizer, micro_config):
 
 
 def test_left_padding_raises(model):
-    tokenizer = ZonkeyTokenizer(padding_side="left")
-    batch = tokenizer(["a longer text", "short"], padding=True, return_tensors="pt")
-    assert batch["attention_mask"][1, 0] == 0  # really left-padded
+    with pytest.raises(ValueError, match="pads on the right only"):  # the tokenizer refuses to left-pad
+        ZonkeyTokenizer(padding_side="left")
+    right = ZonkeyTokenizer()(["a longer text", "short"], padding=True, return_tensors="pt")
+    shift = (right["attention_mask"] == 0).sum(1, keepdim=True)  # the same batch, left-padded by hand
+    index = (torch.arange(right["input_ids"].shape[1]) - shift) % right["input_ids"].shape[1]
+    batch = {key: value.gather(1, index) for key, value in right.items()}
+    assert batch["attention_mask"][1, 0] == 0 and batch["input_ids"][1, -1] == ord("t")  # really left-padded
     message = raises(model, "right-padded", **batch)
     assert "attention_mask" in message
     raises(model, "right-padded", batch["input_ids"])  # mask inferred from the pad id
