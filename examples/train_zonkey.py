@@ -29,6 +29,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,7 +43,8 @@ from tqdm.auto import tqdm
 from transformers import SchedulerType, get_scheduler
 
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel, ZonkeyTokenizer
-from modeling_zonkey.checkpointing import EMA, find_checkpoint, prune_checkpoints, read_state, save_checkpoint
+from modeling_zonkey.checkpointing import (EMA, EMA_FILE, complete_checkpoints, find_checkpoint, pickled_files,
+                                          prune_checkpoints, read_state, save_checkpoint)
 from modeling_zonkey.data import ZonkeyDataCollator, build_level0_documents, load_text_datasets
 from modeling_zonkey.hub import push_folder
 from modeling_zonkey.model_card import write_model_card
@@ -114,6 +116,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--eval_steps", type=int, default=100, help="validate every N optimizer steps")
     run.add_argument("--eval_batches", type=int, default=8, help="validation batches per evaluation")
     run.add_argument("--checkpointing_steps", default=None, help='save the training state every N steps, or "epoch"')
+    run.add_argument("--overwrite_output_dir", action="store_true",
+                     help="start afresh in an --output_dir that holds another run (its checkpoints and log are deleted)")
     run.add_argument("--checkpoints_total_limit", type=int, default=None,
                      help="keep only the N newest step_N / epoch_N checkpoints (default: keep all)")
     run.add_argument("--resume_from_checkpoint", default=None,
@@ -256,6 +260,18 @@ def train(args) -> None:
                       + (" (auto: the free ones, re-measured every 30 s)" if governor.adaptive else " (fixed)"))
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
+    previous = [path for _, _, path in complete_checkpoints(output_dir)] if output_dir.is_dir() else []
+    if not args.resume_from_checkpoint and (previous or (output_dir / LOG_FILE).is_file()):
+        if not args.overwrite_output_dir:
+            raise TrainingError(f"{output_dir} holds another run ({', '.join(p.name for p in previous) or LOG_FILE}): "
+                                "continue it with --resume_from_checkpoint latest, start afresh there with "
+                                "--overwrite_output_dir (deletes its checkpoints and log), or pick a new --output_dir.",
+                                synchronized=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            for path in previous:
+                shutil.rmtree(path)
+            accelerator.print(f"--overwrite_output_dir: removed {len(previous)} checkpoint(s) of the previous run")
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
@@ -309,8 +325,6 @@ def train(args) -> None:
         # (the seedable sampler took its seed in prepare). Saved and restored per process by save/load_state.
         torch.manual_seed(args.seed + 7919 * accelerator.process_index)
     ema = EMA(accelerator.unwrap_model(model), args.ema_decay).to(accelerator.device) if args.ema_decay else None
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
     if args.with_tracking:
         accelerator.init_trackers("zonkey", {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
                                              for k, v in vars(args).items()})
@@ -320,6 +334,12 @@ def train(args) -> None:
     if args.resume_from_checkpoint:
         try:
             path = find_checkpoint(output_dir, args.resume_from_checkpoint)
+            pickled = pickled_files(path)
+            if pickled:
+                raise TrainingError(f"{path} holds pickled objects ({', '.join(pickled)}), which this script does not "
+                                    "load (unpickling can run code). Checkpoints written before the EMA moved to "
+                                    f"{EMA_FILE} kept it that way: remove the file(s) to resume (an EMA then restarts "
+                                    "from the resumed weights).")
             accelerator.load_state(str(path))
         except FileNotFoundError as err:
             raise TrainingError(str(err)) from err
@@ -327,6 +347,15 @@ def train(args) -> None:
             lines = str(err).strip().splitlines()
             detail = " ".join(line.strip() for line in lines[:3]) + (f" ... ({len(lines) - 3} more)" if len(lines) > 3 else "")
             raise TrainingError(f"{path} does not fit this model (written with another config?): {detail}") from err
+        if ema is not None:
+            try:
+                restored = ema.load(path)
+            except (OSError, RuntimeError) as err:  # a truncated or foreign ema.safetensors
+                raise TrainingError(f"--ema_decay: cannot restore the EMA weights from {path}: "
+                                    f"{str(err).splitlines()[0]}") from err
+            if not restored:
+                ema = EMA(accelerator.unwrap_model(model), args.ema_decay).to(accelerator.device)
+                accelerator.print(f"warning: {path} has no {EMA_FILE}; the EMA restarts from the resumed weights")
         state = read_state(path)
         completed_steps, start_epoch, train_bytes = state["completed_steps"], state["epoch"], state["train_bytes"]
         resumed_from, seconds_before = completed_steps, state.get("train_seconds")
@@ -342,7 +371,8 @@ def train(args) -> None:
         last_checkpoint[:] = [save_checkpoint(accelerator, output_dir, name, {
             "completed_steps": completed_steps, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
             "train_bytes": train_bytes,
-            "train_seconds": None if seconds_before is None else seconds_before + time.time() - started})]
+            "train_seconds": None if seconds_before is None else seconds_before + time.time() - started},
+            tensors={EMA_FILE: ema.state_dict()} if ema is not None else None)]
         if args.checkpoints_total_limit and accelerator.is_main_process:
             for old in prune_checkpoints(output_dir, args.checkpoints_total_limit):
                 progress.write(f"--checkpoints_total_limit {args.checkpoints_total_limit}: removed {old.name}")

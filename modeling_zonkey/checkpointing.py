@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 STATE_FILE = "training_state.json"
@@ -40,7 +41,8 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(accelerator, output_dir: str | os.PathLike, name: str, state: dict) -> Path:
+def save_checkpoint(accelerator, output_dir: str | os.PathLike, name: str, state: dict,
+                    tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
     """accelerator.save_state into output_dir/name atomically, with `state` (step, epoch, ...) as JSON.
 
     Every process must call it (save_state gathers, and each process writes its RNG state); only the main
@@ -48,7 +50,9 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, name: str, state
     to NAME once every process has finished writing. An existing NAME is first moved aside to `.old-NAME`
     and deleted only after the new one is in place, so no moment exists without a complete NAME or older
     checkpoint. A run killed at any point leaves the previous checkpoints intact; leftovers `.tmp-*` and
-    `.old-*` are ignored by find_checkpoint and cleared by the next save of the same name."""
+    `.old-*` are ignored by find_checkpoint and cleared by the next save of the same name.
+    `tensors`: extra safetensors files (file name -> tensors, e.g. the EMA weights) written into the checkpoint by the
+    main process: a checkpoint holds no pickled state of this project's own."""
     output_dir = Path(output_dir)
     final, tmp, old = output_dir / name, output_dir / f".tmp-{name}", output_dir / f".old-{name}"
     if accelerator.is_main_process:
@@ -59,6 +63,8 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, name: str, state
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()  # save_state has no barrier at its end: others may still be writing
     if accelerator.is_main_process:
+        for file_name, values in (tensors or {}).items():
+            save_file({k: v.detach().cpu().contiguous() for k, v in values.items()}, str(tmp / file_name))
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
         _fsync_tree(tmp)
         if final.exists():
@@ -111,13 +117,22 @@ def prune_checkpoints(output_dir: str | os.PathLike, keep: int) -> list[Path]:
     return removed
 
 
+def pickled_files(checkpoint: Path) -> list[str]:
+    """Files of a checkpoint that accelerate would unpickle as registered custom objects (this project registers none:
+    such a file was written by an older version, or put there by someone else)."""
+    return sorted(p.name for p in Path(checkpoint).glob("custom_checkpoint_*.pkl"))
+
+
 def read_state(path: Path) -> dict:
     return json.loads((Path(path) / STATE_FILE).read_text())
 
 
+EMA_FILE = "ema.safetensors"
+
+
 class EMA(nn.Module):
     """Exponential moving average of a model's floating-point parameters (shadow = d shadow + (1 - d) param).
-    Its state_dict is checkpointed with the rest (accelerator.register_for_checkpointing)."""
+    Checkpointed as EMA_FILE (safetensors) next to accelerate's state; `load` reads it back."""
 
     def __init__(self, model: nn.Module, decay: float):
         super().__init__()
@@ -134,6 +149,14 @@ class EMA(nn.Module):
         params = dict(model.named_parameters())
         for i, name in enumerate(self.names):
             getattr(self, f"shadow_{i}").lerp_(params[name].detach().float(), 1.0 - self.decay)
+
+    def load(self, checkpoint: Path) -> bool:
+        """Restore the shadow weights from a checkpoint's EMA_FILE; False when it has none (then unchanged)."""
+        path = Path(checkpoint) / EMA_FILE
+        if not path.is_file():
+            return False
+        self.load_state_dict(load_file(str(path)))
+        return True
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
