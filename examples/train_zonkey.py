@@ -222,6 +222,11 @@ def launched_on_cpus() -> bool:
     return several and not gpu
 
 
+def weights_are_finite(model: torch.nn.Module) -> bool:
+    """After an optimizer step: a finite gradient times a huge learning rate can still overflow the weights."""
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm([p.detach() for p in model.parameters()]))).all())
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     try:
@@ -432,6 +437,13 @@ def train(args) -> None:
                             synchronized=True)
                     lr = scheduler.get_last_lr()[0]
                 optimizer.step()
+                if accelerator.sync_gradients and not weights_are_finite(model):
+                    progress.close()  # ends the bar's line, so the error starts a line of its own
+                    raise TrainingError(
+                        f"the optimizer step {completed_steps + 1} made some weights non-finite (too high a "
+                        f"--learning_rate, or no --max_grad_norm?): stopped, nothing of this step saved. Last good "
+                        f"checkpoint: {last_checkpoint[0] if last_checkpoint else 'none written by this run'}.",
+                        synchronized=True)
                 scheduler.step()
                 optimizer.zero_grad()
             if not accelerator.sync_gradients:

@@ -81,8 +81,8 @@ class SegmentSplitter(nn.Module):
         first[:, 0] = True
         p = torch.where(first, torch.ones_like(logits), torch.sigmoid(logits)) * valid
         log_not = torch.where(first, torch.full_like(logits, LOG_CERTAIN_BOS), -F.softplus(logits)) * valid
-        if threshold is None:
-            chosen = torch.bernoulli(p.detach()).bool()
+        if threshold is None:  # a non-finite p (diverged weights) samples no BOS: the loss, not bernoulli, reports it
+            chosen = torch.bernoulli(p.detach().nan_to_num(0.0, 0.0, 0.0).clamp(0.0, 1.0)).bool()
         else:
             chosen = p.detach() > threshold
         return SplitterOutput(p, log_not, force_boundaries(chosen, valid, self.window_length))

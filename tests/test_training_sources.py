@@ -105,3 +105,16 @@ def test_a_reused_output_dir_is_refused_unless_overwritten(micro_folder, tmp_pat
     assert_ok(run(common + ["--max_train_steps", "2", "--seed", "2", "--overwrite_output_dir"], tmp_path))
     assert sorted(p.name for p in out.glob("step_*")) == ["step_2"]
     assert [row["step"] for row in read_log(out)] == [1, 2]
+
+
+@pytest.mark.parametrize("lr", ["1e6", "inf"])
+def test_weights_made_non_finite_by_a_step_end_with_one_error_line(micro_folder, tmp_path, lr):
+    """#16: a finite gradient times a huge learning rate overflows the weights; the run stops with one line."""
+    out = tmp_path / "diverged"
+    result = run([sys.executable, str(SCRIPT), "--model_name_or_path", str(micro_folder), "--output_dir", str(out),
+                  *data_args(tmp_path), "--max_train_steps", "4", "--per_device_train_batch_size", "4",
+                  "--eval_batches", "1", "--learning_rate", lr, "--max_grad_norm", "0", "--seed", "1"], tmp_path)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert len(errors) == 1 and "non-finite" in errors[0], errors
+    assert not (out / "model.safetensors").exists()

@@ -107,8 +107,11 @@ class ZonkeyLevel(nn.Module):
         return terms
 
     def existence_loss(self, decoded: DecoderOutput, sub: "SegmentBatch") -> torch.Tensor:
-        """BCE of the decoder's existence against the splitter's (the segment's soft length). -> scalar."""
-        return F.binary_cross_entropy(decoded.existence.clamp(1e-6, 1 - 1e-6), sub.existence.detach().clamp(0.0, 1.0))
+        """BCE of the decoder's existence against the splitter's (the segment's soft length). -> scalar. Written out
+        (F.binary_cross_entropy raises on NaN; a diverged step must reach the training script's non-finite guard)."""
+        e = decoded.existence.clamp(1e-6, 1 - 1e-6)
+        target = sub.existence.detach().clamp(0.0, 1.0)
+        return -(target * e.log() + (1 - target) * (1 - e).log()).mean()
 
     def clean_and_heavy_passes(self, latents: torch.Tensor) -> tuple[DecoderOutput, DecoderOutput, torch.Tensor]:
         """The clean pass Dec(z_t0, t0), t0 small (light_noise_levels), and the heavy pass X2 = Dec(z_t1, t1),
