@@ -146,3 +146,13 @@ def test_ids_out_of_range(model, bad_id):
 def test_wrong_rank(model):
     message = raises(model, "input_ids", torch.tensor([104, 105]))
     assert "(batch, length)" in message and "(2,)" in message
+
+
+@pytest.mark.parametrize("length", [1, 2, 3])
+def test_documents_shorter_than_the_latent_train(make_model, length):
+    """#16: a batch narrower than num_cls_vectors[0] (1-2-byte paragraphs) crashed in the short-segment loss."""
+    model = make_model().train()
+    torch.manual_seed(0)
+    out = model(torch.randint(97, 120, (3, length)), return_loss=True)
+    assert all(torch.isfinite(v) for v in out.loss_terms.values())
+    out.loss.backward()

@@ -179,7 +179,7 @@ def short_segment_loss(bos_probs: torch.Tensor, valid: torch.Tensor, num_cls: in
     log_none = (log_not_bos_from_probs(p) if log_not_bos is None else log_not_bos) * valid
     total, following = bos_probs.sum() * 0.0, torch.zeros_like(log_none)
     for k in range(1, num_cls):  # following = log P(no BOS in the k positions after b)
-        following = following + F.pad(log_none[:, k:], (0, k))
+        following = following + F.pad(log_none[:, k:], (0, min(k, log_none.shape[1])))  # past the end: no BOS
         if k + 1 >= max(num_cls - 2, 2):  # m = k + 1 in {C - 2, C - 1, C}
             total = total + (p * (1.0 - following.exp())).sum() / p.sum().clamp_min(1e-6)
     return total
