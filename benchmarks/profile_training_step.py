@@ -14,6 +14,7 @@ self CPU time over the profiled steps.
 
 import argparse
 import collections
+import json
 import statistics
 import time
 from pathlib import Path
@@ -103,8 +104,6 @@ def tables(prof, steps: int, labels: set[str]) -> None:
     for e in events:
         if e.name.startswith("autograd::engine::evaluate_function"):
             backward_ms[forward_of.get(e.sequence_nr, "(other)")] += e.cpu_time_total / 1000
-        elif e.name in labels and not _has_labelled_parent(e, labels):
-            pass
     # forward: self time of every op under a label (innermost label)
     for e in events:
         if _in_backward(e) or e.name.startswith("Optimizer") or e.name.startswith("ProfilerStep"):
@@ -135,53 +134,6 @@ def _in_backward(event) -> bool:
     return False
 
 
-def _has_labelled_parent(event, labels) -> bool:
-    parent = event.cpu_parent
-    while parent is not None:
-        if parent.name in labels:
-            return True
-        parent = parent.cpu_parent
-    return False
-
-
-def flop_table(config, input_ids: torch.Tensor) -> None:
-    """Training FLOPs (forward + backward, torch's FlopCounterMode: matmuls, convolutions, attention) of Zonkey
-    and of the same-size byte GPT-2 on the same batch, and Zonkey's forward FLOPs per component."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from modeling_zonkey.baseline import char_baseline
-
-    torch.manual_seed(0)
-    model = ZonkeyModel(config).train()
-    baseline = char_baseline(sum(p.numel() for p in model.parameters()), context=input_ids.shape[1]).train()
-    counts = {}
-    for name, loss_of in (("Zonkey", lambda: model(input_ids, return_loss=True).loss),
-                          ("baseline", lambda: baseline(input_ids=input_ids, labels=input_ids).loss)):
-        counter = FlopCounterMode(display=False)
-        with counter:
-            loss_of().backward()
-        counts[name] = counter.get_total_flops()
-    counter = FlopCounterMode(display=False, depth=4)
-    with counter:
-        model(input_ids, return_loss=True)
-    forward = counter.get_flop_counts()
-    bytes_ = int((input_ids != config.pad_token_id).sum())
-    print("\ntraining FLOPs per step (forward + backward):\n")
-    print("| model | GFLOP / step | MFLOP / byte | vs baseline |")
-    print("|---|---:|---:|---:|")
-    for name, flops in counts.items():
-        print(f"| {name} | {flops / 1e9:.1f} | {flops / bytes_ / 1e6:.1f} | {flops / counts['baseline']:.2f}x |")
-    total = sum(forward["Global"].values())
-    print("\nZonkey forward FLOPs by component (the decoder's three passes and the light pass's re-compression "
-          "included):\n")
-    print("| component | GFLOP | share |")
-    print("|---|---:|---:|")
-    for key in sorted(k for k in forward if k.count(".") == 3 and k.startswith("ZonkeyModel.levels.")):
-        flops = sum(forward[key].values())
-        print(f"| level {key.split('.')[2]} {key.split('.')[3]} | {flops / 1e9:.2f} | {100 * flops / total:.0f}% |")
-    print(f"| total | {total / 1e9:.2f} | |")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configuration/zonkey-tiny.json")
@@ -193,14 +145,13 @@ def main() -> None:
     parser.add_argument("--skip-flops", action="store_true", help="skip the FLOP table (Zonkey vs the baseline)")
     parser.add_argument("--trace", default=None, help="also write a Chrome trace (JSON) here")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="config overrides, JSON values (e.g. decompressor_mode='\"teacher_forced\"')")
+                        help="config overrides, JSON values (e.g. light_pass_fraction=0.5)")
     args = parser.parse_args()
     configure_threads(args.threads)
     torch.manual_seed(0)
     config = load_config(args.config)
     for item in args.set:
         key, value = item.split("=", 1)
-        import json
         setattr(config, key, json.loads(value))
     input_ids = make_batch(args.batch_size, config.document_length[0], 0)
     model = ZonkeyModel(config).train()
