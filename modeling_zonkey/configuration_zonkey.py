@@ -5,6 +5,8 @@ C_l CLS outputs flattened, so it has C_l * d_l numbers and is the input vector o
 ``hidden_size[l + 1] == num_cls_vectors[l] * hidden_size[l]`` is required.
 """
 
+import math
+
 from transformers import PreTrainedConfig
 
 PER_LEVEL_FIELDS = (
@@ -41,8 +43,8 @@ class ZonkeyConfig(PreTrainedConfig):
     r"""Configuration of a [`ZonkeyModel`].
 
     Args:
-        vocab_size: byte vocabulary (256 UTF-8 byte values + pad).
-        pad_token_id: id of the pad token (256).
+        vocab_size: byte vocabulary, fixed at 257 (256 UTF-8 byte values + pad).
+        pad_token_id: id of the pad token, fixed at 256.
         num_levels: number of hierarchy levels (bytes -> words -> sentences is 2).
         hidden_size: width d_l of each level.
         num_attention_heads: heads per level.
@@ -56,7 +58,8 @@ class ZonkeyConfig(PreTrainedConfig):
             of a training step (a random subset; the compressor always sees every segment).
         splitter_conv_kernels: kernel sizes of the splitter's parallel Conv1d features.
         ffn_multiplier: FFN width / model width.
-        loss_weights: weight of each named loss term (see `DEFAULT_LOSS_WEIGHTS`).
+        loss_weights: weight of each named loss term (see `DEFAULT_LOSS_WEIGHTS`); every weight here and in
+            `level_weights` / `regularizer_level_weights` must be a finite number >= 0.
         level_weights: multiplies a level's reconstruction terms (every term but the regularisers; levels >= 1 also
             train the levels below them through their inputs, so a smaller weight keeps them from swamping level 0).
         regularizer_level_weights: multiplies a level's regularisers (`REGULARIZER_TERMS`: patch, short-segment,
@@ -185,19 +188,25 @@ class ZonkeyConfig(PreTrainedConfig):
                 if self.hidden_size[level + 1] != latent:
                     fail(f"hidden_size[{level + 1}] must equal num_cls_vectors[{level}] * hidden_size[{level}] "
                          f"= {latent} (level {level + 1} reads level-{level} latents), got {self.hidden_size[level + 1]}.")
-        if self.vocab_size < 257 or self.pad_token_id != self.vocab_size - 1:
-            fail(f"vocab_size must be 257 (256 bytes + pad) with pad_token_id = 256, got {self.vocab_size} / {self.pad_token_id}.")
+        if self.vocab_size != 257 or self.pad_token_id != 256:
+            fail(f"vocab_size must be 257 and pad_token_id 256 (the byte vocabulary is fixed: 256 bytes + pad), got "
+                 f"{self.vocab_size} / {self.pad_token_id}.")
         if any(not isinstance(k, int) or k < 1 or k % 2 == 0 for k in self.splitter_conv_kernels):
             fail(f"splitter_conv_kernels must be odd positive integers, got {self.splitter_conv_kernels}.")
         unknown = set(self.loss_weights) - set(DEFAULT_LOSS_WEIGHTS)
         if unknown:
             fail(f"unknown loss_weights {sorted(unknown)}; known: {sorted(DEFAULT_LOSS_WEIGHTS)}.")
+
+        def weight_ok(w) -> bool:  # a finite number >= 0 (NaN or inf would turn the whole loss NaN)
+            return isinstance(w, (int, float)) and math.isfinite(w) and w >= 0
+
         for name in ("level_weights", "regularizer_level_weights"):
             weights = getattr(self, name)
-            if len(weights) != self.num_levels or any(not isinstance(w, (int, float)) or w < 0 for w in weights):
-                fail(f"{name} must hold one number >= 0 per level, got {weights}.")
-        if any(w < 0 for w in self.loss_weights.values()):
-            fail(f"loss_weights must be >= 0, got {self.loss_weights}.")
+            if len(weights) != self.num_levels or not all(weight_ok(w) for w in weights):
+                fail(f"{name} must hold one finite number >= 0 per level, got {weights}.")
+        for name, w in self.loss_weights.items():
+            if not weight_ok(w):
+                fail(f"loss_weights[{name!r}] must be a finite number >= 0, got {w!r}.")
         if self.ddmm_objective not in ("mixed", "single_step"):
             fail(f"ddmm_objective must be 'mixed' or 'single_step', got {self.ddmm_objective!r}.")
         if self.infonce_negatives not in ("sampled", "all"):

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .ddmm import add_noise
 from .level import chunk_documents
+from .sampling import check_seed
 
 SATURATION = 1e-4
 
@@ -44,7 +45,9 @@ def level_inputs(model, outputs, input_ids: torch.Tensor) -> list[tuple[torch.Te
 def denoiser_curve(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, noise_levels: tuple[float, ...],
                    seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
     """{"level{l}": {"t={t}": {"accuracy" (level 0) or "cosine" (levels >= 1), "pairwise_cosine",
-    "target_pairwise_cosine"}}} from one decode of the latents noised to each t (seeded noise)."""
+    "target_pairwise_cosine"}}} from one decode of the latents noised to each t (noise seeded with `seed`, an integer
+    in [0, 2**63 - 1])."""
+    check_seed(seed)
     outputs = model(input_ids, attention_mask).levels
     generator = torch.Generator(device=input_ids.device).manual_seed(seed)
     results: dict = {}

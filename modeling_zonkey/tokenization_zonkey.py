@@ -7,10 +7,15 @@ Id layout (vocabulary size 257):
 
 There is no BOS/EOS/UNK token and nothing is ever added around a sequence: the
 model infers segment lengths from its predicted existence, not from an EOS.
-Encoding is lossless for any Unicode string, including text that contains the
-literal characters ``"<pad>"`` (those are encoded as their five bytes, never as
-the pad id). Decoding uses ``errors="replace"`` so invalid or truncated UTF-8
-never raises.
+Encoding is lossless for any string UTF-8 can encode, i.e. any Unicode text,
+including text that contains the literal characters ``"<pad>"`` (those are
+encoded as their five bytes, never as the pad id). A ``str`` holding a lone
+surrogate code point (U+D800..U+DFFF, e.g. ``"a\\ud800b"`` from broken JSON or
+``os.fsdecode``) is not text UTF-8 can encode: it raises a ValueError naming the
+position; clean such strings first, e.g. with
+``text.encode("utf-8", errors="replace").decode("utf-8")`` (surrogates become
+``"?"``). Decoding uses ``errors="replace"`` so invalid or truncated UTF-8 never
+raises.
 
 This module only depends on the standard library and top-level ``transformers``
 symbols so that it can also be shipped as Hub remote code.
@@ -91,14 +96,21 @@ class ZonkeyTokenizer(PreTrainedTokenizer):
         """Split ``text`` into one token per UTF-8 byte.
 
         Unlike the base class, added/special tokens are never matched inside raw
-        text, so a literal ``"<pad>"`` is encoded byte by byte.
+        text, so a literal ``"<pad>"`` is encoded byte by byte. A lone surrogate
+        raises a ValueError with its position (see the module docstring).
         """
         kwargs.pop("split_special_tokens", None)
         text, _ = self.prepare_for_tokenization(text, **kwargs)
         return self._tokenize(text)
 
     def _tokenize(self, text: str, **kwargs: Any) -> list[str]:
-        return [chr(b) for b in text.encode("utf-8")]
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as error:  # only lone surrogates fail: they are not characters
+            raise ValueError(f"ZonkeyTokenizer: the text holds a lone surrogate U+{ord(text[error.start]):04X} at "
+                             f"position {error.start}, which has no UTF-8 bytes: clean it first, e.g. "
+                             "text.encode('utf-8', errors='replace').decode('utf-8').") from None
+        return [chr(b) for b in data]
 
     def _convert_token_to_id(self, token: str) -> int | None:
         if len(token) == 1 and ord(token) < self._num_bytes:

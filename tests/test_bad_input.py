@@ -1,6 +1,7 @@
 """Invalid configurations and invalid model inputs fail early with a ValueError that names the problem."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -33,6 +34,14 @@ BAD_CONFIGS = {
     "bad_time_embedding": (dict(time_embedding="learned"), ["time_embedding"]),
     "even_conv_kernel": (dict(splitter_conv_kernels=[3, 4]), ["splitter_conv_kernels", "odd"]),
     "bad_vocab": (dict(vocab_size=300), ["vocab_size", "pad_token_id"]),
+    "bad_vocab_with_matching_pad": (dict(vocab_size=300, pad_token_id=299),  # #16 item 9: was accepted
+                                    ["vocab_size must be 257", "fixed", "300 / 299"]),
+    "nan_level_weight": (dict(level_weights=[1.0, float("nan")]), ["level_weights", "finite number >= 0", "nan"]),
+    "inf_regularizer_level_weight": (dict(regularizer_level_weights=[float("inf"), 1.0]),
+                                     ["regularizer_level_weights", "finite number >= 0", "inf"]),
+    "nan_loss_weight": (dict(loss_weights={"patch": float("nan")}), ["loss_weights['patch']", "finite", "nan"]),
+    "inf_loss_weight": (dict(loss_weights={"denoising": float("inf")}), ["loss_weights['denoising']", "finite", "inf"]),
+    "text_loss_weight": (dict(loss_weights={"patch": "10"}), ["loss_weights['patch']", "number", "'10'"]),
     "bad_pad": (dict(pad_token_id=0), ["pad_token_id"]),
     "light_noise_too_big": (dict(light_noise_scale=0.5), ["light_noise_scale"]),
     "mask_probability_one": (dict(mask_probability=1.0), ["mask_probability"]),
@@ -156,3 +165,76 @@ def test_documents_shorter_than_the_latent_train(make_model, length):
     out = model(torch.randint(97, 120, (3, length)), return_loss=True)
     assert all(torch.isfinite(v) for v in out.loss_terms.values())
     out.loss.backward()
+
+
+# --------------------------------------------------------------- dtypes and masks (#16 item 9), forward and generate
+def forward_and_generate(model, **batch):
+    """Run forward and generate (2 steps) on the same batch: both validate through ZonkeyModel.check_ids."""
+    with torch.no_grad():
+        return model(**batch), model.generate(**batch, seed=0, num_steps=2)
+
+
+def test_uint8_byte_ids_are_accepted(model, tokenizer):
+    batch = tokenizer(["héllo", "bye"], padding=True, return_tensors="pt")
+    ids = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, 0)  # uint8 cannot hold the pad id 256
+    long_out, long_gen = forward_and_generate(model, input_ids=ids, attention_mask=batch["attention_mask"])
+    byte_out, byte_gen = forward_and_generate(model, input_ids=ids.to(torch.uint8), attention_mask=batch["attention_mask"])
+    assert torch.equal(byte_out.levels[0].bos_probs, long_out.levels[0].bos_probs)
+    assert torch.equal(byte_gen, long_gen) and byte_gen.dtype == torch.long
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bool])
+def test_non_integer_ids_are_refused_naming_the_dtype(model, dtype):
+    ids = torch.tensor([[104, 105, 33]]).to(dtype)
+    for call in (model, lambda **kw: model.generate(**kw, num_steps=2)):
+        with pytest.raises(TypeError) as info:
+            call(input_ids=ids)
+        message = str(info.value)
+        assert f"got dtype {dtype}" in message and "integer byte ids 0..256" in message, message
+        assert "\n" not in message
+
+
+def test_list_ids_and_list_mask_are_refused(model):
+    with pytest.raises(TypeError, match="input_ids must be a tensor .* got list"):
+        model([[104, 105]])
+    with pytest.raises(TypeError, match="attention_mask must be a tensor .* got list"):
+        model(torch.tensor([[104, 105]]), attention_mask=[[1, 1]])
+
+
+def test_mask_of_another_shape_names_both_shapes(model):
+    ids = torch.tensor([[104, 105, 106]])
+    for mask in (torch.ones(1, 4, dtype=torch.long), torch.ones(3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long)):
+        expected = f"attention_mask has shape {tuple(mask.shape)} but input_ids has shape (1, 3)"
+        raises(model, re.escape(expected), ids, attention_mask=mask)
+        raises(model, re.escape(expected), ids, attention_mask=mask, labels=ids)  # the labels check comes first
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            model.generate(ids, attention_mask=mask, num_steps=2)
+    with pytest.raises(ValueError, match=re.escape("suffix_attention_mask has shape (1, 2) but suffix_ids has shape (1, 3)")):
+        model.generate(ids, suffix_ids=ids, suffix_attention_mask=torch.ones(1, 2), num_steps=2)
+
+
+@pytest.mark.parametrize("bad", [0.5, 2.0, -1.0, float("nan")])
+def test_fractional_mask_is_refused(model, bad):
+    ids = torch.tensor([[104, 105, 106]])
+    mask = torch.tensor([[1.0, bad, 0.0]])
+    message = raises(model, "attention_mask must hold only 0 and 1", ids, attention_mask=mask)
+    assert f"got {bad}" in message and "1: a byte, 0: padding" in message, message
+    with pytest.raises(ValueError, match="attention_mask must hold only 0 and 1"):
+        model.generate(ids, attention_mask=mask, num_steps=2)
+
+
+def test_float_and_bool_masks_of_0_and_1_equal_the_long_mask(model):
+    ids = torch.tensor([[104, 105, 106], [107, 108, 256]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    reference, reference_gen = forward_and_generate(model, input_ids=ids, attention_mask=mask)
+    for other in (mask.float(), mask.bool()):
+        out, gen = forward_and_generate(model, input_ids=ids, attention_mask=other)
+        assert torch.equal(out.levels[0].bos_probs, reference.levels[0].bos_probs) and torch.equal(gen, reference_gen)
+
+
+def test_denoiser_curve_seed_out_of_range(model):
+    from modeling_zonkey.diagnostics import denoiser_curve
+
+    ids = torch.tensor([[104, 105, 106]])
+    with pytest.raises(ValueError, match=re.escape("seed must be an integer in [0, 2**63 - 1], got 18446744073709551616.")):
+        denoiser_curve(model, ids, torch.ones_like(ids), (0.5,), seed=2**64)

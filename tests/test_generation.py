@@ -1,6 +1,7 @@
 """generate(): seeded determinism, batching, variable length, the saved generation config, prompting and errors."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -273,13 +274,24 @@ def test_one_level_model_generates_in_every_mode(tokenizer):
     ({"sampler": "euler"}, "sampler must be one of"),
     ({"noise_schedule": "sigmoid"}, "noise_schedule must be one of"),
     ({"existence_threshold": 1.5}, "existence_threshold must lie in (0, 1)"),
-    ({"seed": -1}, "seed must be a non-negative integer"),
+    ({"seed": -1}, "seed must be an integer in [0, 2**63 - 1], got -1"),
+    ({"seed": 2**64}, "seed must be an integer in [0, 2**63 - 1], got 18446744073709551616"),  # torch: OverflowError
+    ({"seed": 2**63}, "seed must be an integer in [0, 2**63 - 1]"),
+    ({"seed": 1.5}, "seed must be an integer in [0, 2**63 - 1]"),
     ({"clamp": "yes"}, "clamp must be True or False"),
     ({"temperature": 0.7}, "unknown argument(s) ['temperature']"),
 ])
 def test_invalid_generation_options_get_clear_errors(model, options, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         model.generate(**options)
+
+
+def test_largest_seed_generates_every_sample(model):
+    """#16 item 9: seeds up to 2**63 - 1 work (seed + i of every sample stays within torch's 64-bit seeds); the
+    config refuses larger ones itself instead of torch overflowing later."""
+    assert model.generate(seed=2**63 - 1, num_return_sequences=3, **FAST).shape[0] == 3
+    with pytest.raises(ValueError, match=re.escape("seed must be an integer in [0, 2**63 - 1], got 18446744073709551616.")):
+        ZonkeyGenerationConfig(seed=2**64)
 
 
 def test_invalid_prompts_get_clear_errors(model, tokenizer):

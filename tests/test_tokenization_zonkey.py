@@ -177,3 +177,18 @@ def test_fixed_vocabulary_refuses_added_tokens_offsets_and_left_padding(tokenize
     with pytest.raises(ValueError, match="pads on the right only"):
         fresh(["a", "bcd"], padding=True, padding_side="left")
     assert fresh(["a", "bcd"], padding=True)["input_ids"] == [[97, 256, 256], [98, 99, 100]]
+
+
+@pytest.mark.parametrize("text, position, code", [("a\ud800b", 1, "D800"), ("\udfff", 0, "DFFF"),
+                                                  ("é\ud83d\ude00", 1, "D83D")])
+def test_lone_surrogate_raises_a_clear_error(tok, text, position, code):
+    """#16 item 9: a str with a surrogate code point has no UTF-8 bytes; one ValueError names it and the fix
+    (the raw UnicodeEncodeError of str.encode used to escape)."""
+    for encode in (tok, tok.encode, tok.tokenize, lambda t: tok(["fine", t], padding=True)):
+        with pytest.raises(ValueError) as info:
+            encode(text)
+        message = str(info.value)
+        assert not isinstance(info.value, UnicodeError)
+        assert f"lone surrogate U+{code} at position {position}" in message and "errors='replace'" in message, message
+    cleaned = text.encode("utf-8", errors="replace").decode("utf-8")  # the fix the message gives
+    assert tok(cleaned)["input_ids"] == list(cleaned.encode("utf-8"))

@@ -39,6 +39,16 @@ def noise_schedule(kind: str, steps: int, t_start: float = 1.0) -> list[float]:
     return [t_start * math.cos(0.5 * math.pi * f) for f in fractions[:-1]] + [0.0]
 
 
+MAX_SEED = 2**63 - 1  # torch's generators take seeds below 2**64; this bound leaves room for seed + i per sample
+
+
+def check_seed(seed, name: str = "seed") -> None:
+    """Raise ValueError unless `seed` is an integer in [0, MAX_SEED] (torch.manual_seed overflows past 2**64 - 1,
+    and generate() seeds sample i with seed + i)."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{name} must be an integer in [0, 2**63 - 1], got {seed!r}.")
+
+
 def sample_generators(seeds: list[int], device: torch.device) -> list[torch.Generator]:
     """One generator per sample, seeded with seeds[i]."""
     return [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]

@@ -26,6 +26,9 @@ from .sphere import to_sphere
 from .stitcher import Stitcher
 from .tokenization_zonkey import ZonkeyTokenizer
 
+# the dtypes input_ids may have (converted to torch.long): ZonkeyTokenizer's long ids, or raw bytes as uint8
+INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
 
 @dataclass
 class ZonkeyModelOutput(ModelOutput):
@@ -119,24 +122,49 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.byte_embeddings = value
 
-    def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """Validate the batch and return the (B, N) bool mask of real bytes; clear errors for bad input."""
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}.")
+    def check_ids(self, ids: torch.Tensor, mask: torch.Tensor | None, name: str = "input_ids",
+                  mask_name: str = "attention_mask") -> tuple[torch.Tensor, torch.Tensor]:
+        """Validate (B, N) byte ids and their optional 0/1 mask (forward and generate share this); return the ids
+        as torch.long (uint8 bytes and other integer dtypes are accepted) and the (B, N) bool mask of real bytes
+        (without a mask: the ids that are not pad). A TypeError or ValueError names the problem and the fix."""
+        if not isinstance(ids, torch.Tensor) or ids.dtype not in INTEGER_DTYPES:
+            got = f"dtype {ids.dtype}" if isinstance(ids, torch.Tensor) else type(ids).__name__
+            raise TypeError(f"{name} must be a tensor of integer byte ids 0..{self.config.vocab_size - 1} (torch.long "
+                            f"from ZonkeyTokenizer(..., return_tensors='pt'), or torch.uint8 bytes), got {got}.")
+        if ids.dim() != 2:
+            raise ValueError(f"{name} must have shape (batch, length), got {tuple(ids.shape)}.")
+        ids = ids.long()
+        if ids.numel() and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            raise ValueError(f"{name} must lie in [0, {self.config.vocab_size}); use ZonkeyTokenizer.")
+        if mask is None:
+            return ids, ids != self.config.pad_token_id
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"{mask_name} must be a tensor of 0 and 1 shaped like {name}, got {type(mask).__name__}.")
+        if mask.shape != ids.shape:
+            raise ValueError(f"{mask_name} has shape {tuple(mask.shape)} but {name} has shape {tuple(ids.shape)}: "
+                             "give one mask value per id (1: a byte, 0: padding), as ZonkeyTokenizer returns.")
+        other = (mask != 0) & (mask != 1)
+        if other.any():
+            raise ValueError(f"{mask_name} must hold only 0 and 1 (1: a byte, 0: padding), got "
+                             f"{mask[other][0].item()!r}: Zonkey has no fractional masking.")
+        return ids, mask.bool()
+
+    def check_inputs(self, input_ids: torch.Tensor,
+                     attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`check_ids`, and the documents forward takes: not empty, right-padded, at most document_length[0]
+        bytes. Returns the long ids and the (B, N) bool mask of real bytes."""
+        input_ids, mask = self.check_ids(input_ids, attention_mask)
         limit = self.config.document_length[0]
         if input_ids.shape[1] > limit:
             raise ValueError(f"input of {input_ids.shape[1]} bytes exceeds document_length[0] = {limit}: split the "
                              "text into documents of at most that many bytes (the training data loader does this).")
-        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
-            raise ValueError(f"input_ids must lie in [0, {self.config.vocab_size}); use ZonkeyTokenizer.")
-        mask = (input_ids != self.config.pad_token_id) if attention_mask is None else attention_mask.bool()
         lengths = mask.sum(1)
         if input_ids.shape[1] == 0 or (lengths == 0).any():
             rows = [] if input_ids.shape[1] == 0 else (lengths == 0).nonzero().flatten().tolist()
             raise ValueError(f"empty document(s) in the batch (rows {rows or 'all'}): Zonkey needs at least one byte per text.")
         if not torch.equal(mask, torch.arange(input_ids.shape[1], device=mask.device) < lengths[:, None]):
             raise ValueError("attention_mask must be right-padded (ones, then zeros); ZonkeyTokenizer pads on the right.")
-        return mask
+        return input_ids, mask
 
     def embed_bytes(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, N) ids -> (B, N, d_0) byte vectors on the sphere of radius nu(d_0)."""
@@ -145,7 +173,8 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 return_loss: bool = False, labels: torch.Tensor | None = None,
                 return_dict: bool | None = None) -> ZonkeyModelOutput | tuple:
-        """input_ids (B, N) bytes (N <= document_length[0]), attention_mask (B, N) right-padded.
+        """input_ids (B, N) byte ids (integers 0..256: torch.long or uint8; N <= document_length[0]), attention_mask
+        (B, N) of 0 and 1, right-padded (default: the ids that are not pad). Bad input raises one clear error.
 
         Training mode samples boundaries (Bernoulli); eval mode thresholds p_bos. With return_loss, the
         output carries the weighted total `loss` and every term in `loss_terms`.
@@ -160,7 +189,7 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
         return output.to_tuple() if return_dict is False else output
 
     def check_labels(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor) -> None:
-        real = (input_ids != self.config.pad_token_id) if attention_mask is None else attention_mask.bool()
+        input_ids, real = self.check_ids(input_ids, attention_mask)
         if labels.shape != input_ids.shape or not torch.equal(torch.where(real, labels, input_ids)[real], input_ids[real]):
             raise ValueError("labels must equal input_ids (Zonkey's loss reconstructs its input; -100 may mark "
                              "padding): use a causal-LM collator such as DataCollatorForLanguageModeling(mlm=False), "
@@ -168,7 +197,7 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                  return_loss: bool) -> ZonkeyModelOutput:
-        valid = self.check_inputs(input_ids, attention_mask)
+        input_ids, valid = self.check_inputs(input_ids, attention_mask)
         x = self.embed_bytes(input_ids)
         parent = torch.arange(len(input_ids), device=input_ids.device)
         targets = LevelTargets(x, input_ids, to_sphere(self.byte_embeddings.weight[:256])) if return_loss else None
