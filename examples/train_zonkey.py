@@ -18,10 +18,12 @@ Written to --output_dir: the model, tokenizer and config (save_pretrained; loada
 AutoTokenizer), a filled model card (README.md), train_results.json, train_log.jsonl (one JSON line per
 optimizer step: loss, lr, grad_norm, bytes, and each process's bytes and data checksum), and the training
 states step_N / epoch_N (--checkpointing_steps), each written atomically (see modeling_zonkey/checkpointing.py).
---resume_from_checkpoint latest continues a run exactly: same data order, noise, losses and weights as the
-uninterrupted run (--stop_after_steps stops early without changing the schedule). Bad data or config files and
-a non-finite loss end the run with one `error: ...` line and exit status 1; a non-finite loss is caught before
-the optimizer step, so the last checkpoint is the last good state.
+--resume_from_checkpoint latest continues the run that owns --output_dir, with the same data order, noise and
+schedule (it refuses other schedule or data arguments); at a fixed thread count (--deterministic, or --threads N)
+the losses and weights equal the uninterrupted run's bit for bit (--stop_after_steps stops early without changing the
+schedule). Bad arguments, data, config files or checkpoints, and a non-finite loss, end the run with one
+`error: ...` line and exit status 1; a non-finite loss is caught before the optimizer step, so the last checkpoint
+is the last good state. See docs/training.md.
 """
 
 import argparse
@@ -32,6 +34,7 @@ import resource
 import shutil
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -43,8 +46,10 @@ from tqdm.auto import tqdm
 from transformers import SchedulerType, get_scheduler
 
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel, ZonkeyTokenizer
-from modeling_zonkey.checkpointing import (EMA, EMA_FILE, complete_checkpoints, find_checkpoint, pickled_files,
-                                          prune_checkpoints, read_state, save_checkpoint)
+from modeling_zonkey.checkpointing import (EMA, EMA_FILE, RUN_FILE, CheckpointError, changed_arguments,
+                                          checkpoint_folders, find_checkpoint, foreign_checkpoints, pickled_files,
+                                          prune_checkpoints, read_run_id, save_checkpoint, verify_checkpoint,
+                                          write_run_id)
 from modeling_zonkey.data import ZonkeyDataCollator, build_level0_documents, load_text_datasets
 from modeling_zonkey.hub import push_folder
 from modeling_zonkey.model_card import write_model_card
@@ -111,6 +116,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help='CPU threads per process: "auto" (default) uses the cores other processes leave free and '
                             'adapts every 30 s (OMP_NUM_THREADS, when set, fixes it); a number fixes it, as bit-exact '
                             'resumption needs (see modeling_zonkey/threads.py)')
+    train.add_argument("--deterministic", action="store_true",
+                       help="bit-exact runs and resumption on CPU: one thread count for the whole run (--threads N, or "
+                            "the one 'auto' picks at the start; a resumed run takes the checkpoint's) and torch's "
+                            "deterministic algorithms. Without it a run is exact only at a fixed --threads N")
     run = p.add_argument_group("evaluation, checkpoints, tracking")
     run.add_argument("--output_dir", required=True)
     run.add_argument("--eval_steps", type=int, default=100, help="validate every N optimizer steps")
@@ -121,7 +130,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--checkpoints_total_limit", type=int, default=None,
                      help="keep only the N newest step_N / epoch_N checkpoints (default: keep all)")
     run.add_argument("--resume_from_checkpoint", default=None,
-                     help='a step_N / epoch_N folder (a path, or a name inside --output_dir), or "latest"')
+                     help='a step_N / epoch_N folder (a path, or a name inside --output_dir), or "latest" (the newest '
+                          'checkpoint of the run that owns --output_dir)')
+    run.add_argument("--allow_changed_args", action="store_true",
+                     help="resume although data or schedule arguments (batch size, learning rate, steps, seed, data "
+                          "files, ...) differ from the checkpoint's; the run then is not the uninterrupted one")
     run.add_argument("--with_tracking", action="store_true")
     run.add_argument("--report_to", default="tensorboard", help='"tensorboard", "wandb", "all", ...')
     run.add_argument("--push_to_hub", action="store_true")
@@ -149,8 +162,23 @@ def parse_args(argv=None) -> argparse.Namespace:
         fixed_threads(args.threads)
     except ValueError as err:
         p.error(str(err))
-    if args.learning_rate <= 0 or args.max_grad_norm < 0 or args.num_warmup_steps < 0 or args.eval_batches < 0:
-        p.error("--learning_rate must be > 0; --max_grad_norm, --num_warmup_steps and --eval_batches >= 0")
+    for name in ("learning_rate", "adam_epsilon", "weight_decay", "max_grad_norm", "max_train_minutes",
+                 "validation_split_percentage", "ema_decay"):
+        value = getattr(args, name)
+        if value is not None and not math.isfinite(value):
+            p.error(f"--{name} must be a finite number, got {value}")
+    for name in ("learning_rate", "adam_epsilon", "max_train_minutes"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            p.error(f"--{name} must be > 0, got {getattr(args, name)}")
+    for name in ("weight_decay", "max_grad_norm", "num_warmup_steps", "eval_batches"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name} must be >= 0, got {getattr(args, name)}")
+    if args.ema_decay is not None and not 0.0 < args.ema_decay < 1.0:
+        p.error(f"--ema_decay must be in (0, 1), e.g. 0.999; got {args.ema_decay}")
+    if not 0.0 <= args.validation_split_percentage < 100.0:
+        p.error(f"--validation_split_percentage must be in [0, 100), got {args.validation_split_percentage}")
+    if not 0 <= args.seed < 2**32:  # numpy's seed range (accelerate's set_seed seeds numpy too)
+        p.error(f"--seed must be in [0, 2**32 - 1], got {args.seed}")
     return args
 
 
@@ -189,9 +217,13 @@ def read_preset(name: str) -> ZonkeyConfig:
     if not path.is_file():
         raise FileNotFoundError(f"--config_name {name}: no such file (presets are in configuration/).")
     try:
-        model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type", "zonkey")
+        values = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"--config_name {name} is not a valid JSON config file ({err}).") from err
+    if not isinstance(values, dict):
+        raise ValueError(f"--config_name {name} holds a JSON {type(values).__name__}, not a config object "
+                         "({\"model_type\": \"zonkey\", ...}; see configuration/zonkey-tiny.json).")
+    model_type = values.get("model_type", "zonkey")
     if model_type != "zonkey":
         raise ValueError(f"--config_name {name} has model_type '{model_type}', not 'zonkey'.")
     return ZonkeyConfig.from_pretrained(str(path))
@@ -226,6 +258,113 @@ def weights_are_finite(model: torch.nn.Module) -> bool:
     """After an optimizer step: a finite gradient times a huge learning rate can still overflow the weights."""
     return bool(torch.isfinite(torch.stack(torch._foreach_norm([p.detach() for p in model.parameters()]))).all())
 
+# Arguments that fix a run's data order, schedule and noise: a resumed run must be given the same ones. The data files
+# are compared by what they hold (document and byte counts, added by train()), not by path: data moved elsewhere resumes.
+RUN_ARGUMENTS = ("per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type",
+                 "num_warmup_steps", "weight_decay", "adam_epsilon", "max_grad_norm", "seed", "ema_decay",
+                 "mixed_precision", "deterministic", "dataset_name", "dataset_config_name", "text_column",
+                 "validation_split_percentage")
+
+
+def run_arguments(args, **measured) -> dict:
+    """The RUN_ARGUMENTS of this run and `measured` values (processes, steps, data counts), as JSON."""
+    values = {name: getattr(args, name) for name in RUN_ARGUMENTS}
+    values["lr_scheduler_type"] = SchedulerType(args.lr_scheduler_type).value
+    return {**values, **measured}
+
+
+def raise_together(accelerator, error: "TrainingError | None") -> None:
+    """Raise on every process when any process met `error`: the others would otherwise wait at the next barrier."""
+    failed = accelerator.gather(torch.tensor([float(error is not None)], device=accelerator.device))
+    if error is not None:
+        raise error
+    if failed.sum() > 0:
+        raise TrainingError("stopped: another process failed (its error line says why).", synchronized=True)
+
+
+def claim_output_dir(args, accelerator) -> Path:
+    """--output_dir, created and writable on every process. A folder that holds another run (checkpoints, a log) is
+    refused unless --overwrite_output_dir (which deletes them) or the run is resumed."""
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise TrainingError(f"--output_dir {output_dir} is a file, not a folder: pick another --output_dir.",
+                            synchronized=True)
+    previous = checkpoint_folders(output_dir) if output_dir.is_dir() else []
+    owned = [output_dir / name for name in (LOG_FILE, RUN_FILE) if (output_dir / name).is_file()]
+    if not args.resume_from_checkpoint and (previous or owned):
+        if not args.overwrite_output_dir:
+            raise TrainingError(f"{output_dir} holds another run ({', '.join(p.name for p in previous or owned)}): "
+                                "continue it with --resume_from_checkpoint latest, start afresh there with "
+                                "--overwrite_output_dir (deletes its checkpoints and log), or pick a new --output_dir.",
+                                synchronized=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            for path in previous:
+                shutil.rmtree(path)
+            for path in owned:
+                path.unlink()
+            accelerator.print(f"--overwrite_output_dir: removed {len(previous)} checkpoint(s) of the previous run")
+    accelerator.wait_for_everyone()
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise TrainingError(f"--output_dir {output_dir} cannot be written ({err.strerror or err}): pick a folder "
+                            "this user can write to.", synchronized=True) from err
+    accelerator.wait_for_everyone()
+    return output_dir
+
+
+def locate_resume(args, output_dir: Path, accelerator) -> tuple[Path, dict] | None:
+    """The checkpoint --resume_from_checkpoint names ("latest": of the run owning output_dir) and its training state,
+    after every part of it was read (verify_checkpoint): a damaged file is named before anything is loaded."""
+    if not args.resume_from_checkpoint:
+        return None
+    error = found = None
+    try:
+        run_id = read_run_id(output_dir)
+        path = find_checkpoint(output_dir, args.resume_from_checkpoint, run_id)
+        foreign = foreign_checkpoints(output_dir, run_id) if args.resume_from_checkpoint == "latest" else []
+        if foreign:
+            accelerator.print(f"warning: latest: skipped {', '.join(p.name for p in foreign)}, written by another run "
+                              f"than the one owning {output_dir} ({RUN_FILE})")
+        pickled = pickled_files(path)
+        if pickled:
+            raise CheckpointError(f"{path} holds pickled objects ({', '.join(pickled)}), which this script does not "
+                                  "load (unpickling can run code). Checkpoints written before the EMA moved to "
+                                  f"{EMA_FILE} kept it that way: remove the file(s) to resume (an EMA then restarts "
+                                  "from the resumed weights).")
+        found = path, verify_checkpoint(path, accelerator.process_index)
+    except (FileNotFoundError, CheckpointError) as err:
+        error = TrainingError(str(err))
+    raise_together(accelerator, error)
+    return found
+
+
+def check_run_arguments(args, path: Path, state: dict, current: dict, accelerator) -> None:
+    """Refuse to resume with other data-order or schedule arguments than the checkpoint's, unless told to."""
+    changed = changed_arguments(state.get("run_args", {}), current)
+    if changed and not args.allow_changed_args:
+        raise TrainingError(f"{path} was written with other arguments ({'; '.join(changed)}): resume with the "
+                            "checkpoint's (they fix the data order and the schedule), or pass --allow_changed_args.",
+                            synchronized=True)
+    if changed:
+        accelerator.print(f"warning: --allow_changed_args: resuming with {'; '.join(changed)}; the run is no longer "
+                          "the uninterrupted one")
+
+
+def checkpoint_names(output_dir: Path) -> str:
+    return ", ".join(path.name for path in checkpoint_folders(output_dir)) or "none"
+
+
+def make_deterministic() -> None:
+    """torch's deterministic algorithms (and cuBLAS's fixed-order workspace on CUDA, where an op without a
+    deterministic kernel warns instead of failing: see docs/training.md for what a GPU run can promise)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=torch.cuda.is_available())
+
 
 def main(argv=None) -> None:
     args = parse_args(argv)
@@ -239,6 +378,8 @@ def main(argv=None) -> None:
 
 def train(args) -> None:
     tracker = args.report_to if args.with_tracking else None
+    if args.deterministic:
+        make_deterministic()  # before the accelerator touches a GPU (cuBLAS reads its workspace setting at start)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
         log_with=tracker, project_dir=args.output_dir,
@@ -259,27 +400,22 @@ def train(args) -> None:
         if accelerator.state.fsdp_plugin.fsdp_version != 2:
             raise TrainingError("use FSDP2 (fsdp_version: 2, as in configuration/accelerate-fsdp.yaml): the evaluation "
                                 "gathers the shards with FSDP2's unshard().")
-    governor = ThreadGovernor(fixed_threads(args.threads))
+    output_dir = claim_output_dir(args, accelerator)
+    resume = locate_resume(args, output_dir, accelerator)
+    saved_args = resume[1].get("run_args", {}) if resume else {}
+    threads = fixed_threads(args.threads)
+    if args.deterministic and threads is None:
+        threads = saved_args.get("threads")  # a resumed deterministic run keeps the checkpoint's count
+    governor = ThreadGovernor(threads)
     threads = governor.start()
+    if args.deterministic:
+        governor.fixed = threads  # the count 'auto' chose, for the whole run
     accelerator.print(f"CPU threads per process: {threads} of {governor.cores} cores"
                       + (" (auto: the free ones, re-measured every 30 s)" if governor.adaptive else " (fixed)"))
     set_seed(args.seed)
-    output_dir = Path(args.output_dir)
-    previous = [path for _, _, path in complete_checkpoints(output_dir)] if output_dir.is_dir() else []
-    if not args.resume_from_checkpoint and (previous or (output_dir / LOG_FILE).is_file()):
-        if not args.overwrite_output_dir:
-            raise TrainingError(f"{output_dir} holds another run ({', '.join(p.name for p in previous) or LOG_FILE}): "
-                                "continue it with --resume_from_checkpoint latest, start afresh there with "
-                                "--overwrite_output_dir (deletes its checkpoints and log), or pick a new --output_dir.",
-                                synchronized=True)
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            for path in previous:
-                shutil.rmtree(path)
-            accelerator.print(f"--overwrite_output_dir: removed {len(previous)} checkpoint(s) of the previous run")
+    run_id = ((resume and (resume[1].get("run_id") or read_run_id(output_dir))) or uuid.uuid4().hex)
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
+        write_run_id(output_dir, run_id)
 
     try:
         model, tokenizer = build_model(args)
@@ -299,6 +435,11 @@ def train(args) -> None:
     accelerator.print(f"{train_stats.describe()}\n{val_stats.describe()}")
     if len(train_set) == 0:
         raise TrainingError("the training split has no documents (every article is empty).")
+    evaluating = len(val_set) > 0 and args.eval_batches > 0
+    if not evaluating:
+        accelerator.print("no evaluation: " + ("--eval_batches 0" if len(val_set) else
+                          "the validation split has no documents (give --validation_file, or more articles and "
+                          "--validation_split_percentage > 0)"))
     collator = ZonkeyDataCollator(pad_token_id=model.config.pad_token_id)
     # Its own generator: starting an epoch's iterator draws a worker base seed from the loader's generator,
     # which would otherwise be the global RNG, and a resumed run starts its iterator at another point of the
@@ -336,32 +477,22 @@ def train(args) -> None:
 
     completed_steps, start_epoch, resume_batches, train_bytes = 0, 0, 0, 0
     resumed_from, seconds_before = None, 0.0  # a resumed run: the step it restarts from, training time before it
-    if args.resume_from_checkpoint:
+    this_run = run_arguments(args, num_processes=accelerator.num_processes, max_train_steps=max_steps,
+                             train_documents=len(train_set), train_data_bytes=train_stats.bytes,
+                             validation_documents=len(val_set),
+                             **({"threads": threads} if args.deterministic else {}))
+    if resume:
+        path, state = resume
+        check_run_arguments(args, path, state, this_run, accelerator)
         try:
-            path = find_checkpoint(output_dir, args.resume_from_checkpoint)
-            pickled = pickled_files(path)
-            if pickled:
-                raise TrainingError(f"{path} holds pickled objects ({', '.join(pickled)}), which this script does not "
-                                    "load (unpickling can run code). Checkpoints written before the EMA moved to "
-                                    f"{EMA_FILE} kept it that way: remove the file(s) to resume (an EMA then restarts "
-                                    "from the resumed weights).")
             accelerator.load_state(str(path))
-        except FileNotFoundError as err:
-            raise TrainingError(str(err)) from err
         except RuntimeError as err:  # e.g. size mismatches: a checkpoint of another config
             lines = str(err).strip().splitlines()
             detail = " ".join(line.strip() for line in lines[:3]) + (f" ... ({len(lines) - 3} more)" if len(lines) > 3 else "")
             raise TrainingError(f"{path} does not fit this model (written with another config?): {detail}") from err
-        if ema is not None:
-            try:
-                restored = ema.load(path)
-            except (OSError, RuntimeError) as err:  # a truncated or foreign ema.safetensors
-                raise TrainingError(f"--ema_decay: cannot restore the EMA weights from {path}: "
-                                    f"{str(err).splitlines()[0]}") from err
-            if not restored:
-                ema = EMA(accelerator.unwrap_model(model), args.ema_decay).to(accelerator.device)
-                accelerator.print(f"warning: {path} has no {EMA_FILE}; the EMA restarts from the resumed weights")
-        state = read_state(path)
+        if ema is not None and not ema.load(path):  # ema.safetensors was read by verify_checkpoint
+            ema = EMA(accelerator.unwrap_model(model), args.ema_decay).to(accelerator.device)
+            accelerator.print(f"warning: {path} has no {EMA_FILE}; the EMA restarts from the resumed weights")
         completed_steps, start_epoch, train_bytes = state["completed_steps"], state["epoch"], state["train_bytes"]
         resumed_from, seconds_before = completed_steps, state.get("train_seconds")
         resume_batches = state["batches_in_epoch"]
@@ -373,11 +504,18 @@ def train(args) -> None:
     last_checkpoint: list[Path] = []
 
     def checkpoint(name: str, epoch: int, batches_in_epoch: int) -> None:
-        last_checkpoint[:] = [save_checkpoint(accelerator, output_dir, name, {
-            "completed_steps": completed_steps, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
-            "train_bytes": train_bytes,
-            "train_seconds": None if seconds_before is None else seconds_before + time.time() - started},
-            tensors={EMA_FILE: ema.state_dict()} if ema is not None else None)]
+        try:
+            last_checkpoint[:] = [save_checkpoint(accelerator, output_dir, name, {
+                "completed_steps": completed_steps, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
+                "train_bytes": train_bytes,
+                "train_seconds": None if seconds_before is None else seconds_before + time.time() - started,
+                "run_id": run_id, "run_args": this_run},
+                tensors={EMA_FILE: ema.state_dict()} if ema is not None else None)]
+        except OSError as err:  # e.g. a full disk; the partial folder is gone, the complete ones are intact
+            progress.close()
+            raise TrainingError(f"cannot write the checkpoint {output_dir / name} ({err.strerror or err}): stopped. "
+                                f"The earlier checkpoints are intact ({checkpoint_names(output_dir)}); free space, "
+                                "then --resume_from_checkpoint latest.") from err
         if args.checkpoints_total_limit and accelerator.is_main_process:
             for old in prune_checkpoints(output_dir, args.checkpoints_total_limit):
                 progress.write(f"--checkpoints_total_limit {args.checkpoints_total_limit}: removed {old.name}")
@@ -476,7 +614,7 @@ def train(args) -> None:
             out_of_time = bool(table[:, 5].sum() > 0)  # any process out of time: all stop at this same step
             stop_early = args.stop_after_steps is not None and completed_steps >= args.stop_after_steps
             done = completed_steps >= max_steps or out_of_time or stop_early
-            if (completed_steps % args.eval_steps == 0 or done) and len(val_set):
+            if (completed_steps % args.eval_steps == 0 or done) and evaluating:
                 last_eval = evaluate(model, val_loader, accelerator, args.eval_batches, args.seed)
                 accelerator.print(f"step {completed_steps}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
                 if args.with_tracking:
@@ -502,9 +640,10 @@ def train(args) -> None:
     final = accelerator.unwrap_model(model)
     if ema is not None:
         ema.copy_to(final)
-        if len(val_set):
-            last_eval = evaluate(model, val_loader, accelerator, args.eval_batches, args.seed)
-            accelerator.print("EMA weights: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+    if evaluating and (ema is not None or not last_eval):  # the EMA weights, or a resumed run that trained no step
+        last_eval = evaluate(model, val_loader, accelerator, args.eval_batches, args.seed)
+        accelerator.print(("EMA weights: " if ema is not None else f"step {completed_steps}: ")
+                          + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
     state_dict = accelerator.get_state_dict(model)  # every process: gathers the shards under FSDP
     history = {"completed_steps": completed_steps, "train_bytes": train_bytes, "final_eval": last_eval,
                # train_minutes: the whole run's training time (None when resumed from a checkpoint that did not
@@ -518,10 +657,15 @@ def train(args) -> None:
                "train_stats": vars(train_stats), "validation_stats": vars(val_stats),
                "args": {k: v for k, v in vars(args).items() if k != "hub_token" and isinstance(v, (int, float, str, bool, type(None)))}}
     if accelerator.is_main_process:
-        final.save_pretrained(output_dir, is_main_process=True, save_function=accelerator.save, state_dict=state_dict)
-        tokenizer.save_pretrained(output_dir)
-        (output_dir / "train_results.json").write_text(json.dumps(history, indent=2))
-        write_model_card(output_dir, args.hub_model_id)
+        try:
+            final.save_pretrained(output_dir, is_main_process=True, save_function=accelerator.save,
+                                  state_dict=state_dict)
+            tokenizer.save_pretrained(output_dir)
+            (output_dir / "train_results.json").write_text(json.dumps(history, indent=2))
+            write_model_card(output_dir, args.hub_model_id)
+        except OSError as err:  # e.g. a full disk
+            raise TrainingError(f"cannot write the trained model to {output_dir} ({err.strerror or err}). The "
+                                f"checkpoints are intact ({checkpoint_names(output_dir)}).") from err
         if args.push_to_hub:  # the folder is complete on disk first: a failed push loses nothing
             try:
                 push_folder(output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private)

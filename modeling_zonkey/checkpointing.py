@@ -60,13 +60,18 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, name: str, state
             if leftover.exists():
                 shutil.rmtree(leftover)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()  # save_state has no barrier at its end: others may still be writing
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()  # save_state has no barrier at its end: others may still be writing
+        if accelerator.is_main_process:
+            for file_name, values in (tensors or {}).items():
+                save_file({k: v.detach().cpu().contiguous() for k, v in values.items()}, str(tmp / file_name))
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+            _fsync_tree(tmp)
+    except OSError:  # e.g. a full disk: free what was written; the complete checkpoints are untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if accelerator.is_main_process:
-        for file_name, values in (tensors or {}).items():
-            save_file({k: v.detach().cpu().contiguous() for k, v in values.items()}, str(tmp / file_name))
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-        _fsync_tree(tmp)
         if final.exists():
             os.replace(final, old)
         os.replace(tmp, final)
@@ -77,10 +82,12 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, name: str, state
     return final
 
 
-def find_checkpoint(output_dir: str | os.PathLike, requested: str) -> Path:
+def find_checkpoint(output_dir: str | os.PathLike, requested: str, run_id: str | None = None) -> Path:
     """Resolve --resume_from_checkpoint: a folder (a path, or a name inside output_dir), or "latest" (the
-    complete step_N / epoch_N folder with the most optimizer steps in output_dir; partial `.tmp-*` folders
-    and folders without training_state.json are ignored). Raises FileNotFoundError with what to fix."""
+    complete step_N / epoch_N folder with the most optimizer steps in output_dir that belongs to the run `run_id`, when
+    given; partial `.tmp-*` folders and folders without training_state.json are ignored). Raises FileNotFoundError
+    with what to fix, CheckpointError when a newer checkpoint's training_state.json cannot be read (no silent fallback
+    to an older one)."""
     if requested != "latest":
         path = Path(requested)
         if not path.is_dir() and (Path(output_dir) / requested).is_dir():
@@ -90,22 +97,49 @@ def find_checkpoint(output_dir: str | os.PathLike, requested: str) -> Path:
                                     f"(no {STATE_FILE}); pass a step_N/epoch_N folder or 'latest'.")
         return path
     candidates = complete_checkpoints(output_dir)
-    if not candidates:
+    foreign = foreign_checkpoints(output_dir, run_id)
+    mine = [entry for entry in candidates if entry[2] not in foreign]
+    newest = max(mine) if mine else None
+    # a damaged step_N is skipped only when an intact checkpoint of this run is newer (epoch_N cannot be ordered)
+    damaged = [path for path in checkpoint_folders(output_dir) if all(path != entry[2] for entry in candidates)
+               and not (newest and path.name.startswith("step_") and _folder_number(path) < newest[0])]
+    if damaged:
+        raise CheckpointError(f"{damaged[-1] / STATE_FILE} cannot be read (cut short or edited?), so 'latest' would "
+                              f"silently resume an older checkpoint: delete {damaged[-1].name} or pass the checkpoint "
+                              "to resume as --resume_from_checkpoint.")
+    if newest is None:
+        other = f" ({', '.join(p.name for p in foreign)} belong to another run)" if foreign else ""
         raise FileNotFoundError(f"--resume_from_checkpoint latest: no complete checkpoint (step_N / epoch_N folder "
-                                f"with {STATE_FILE}) in {output_dir}.")
-    return max(candidates)[2]
+                                f"with {STATE_FILE}) of this run in {output_dir}{other}.")
+    return newest[2]
+
+
+def foreign_checkpoints(output_dir: str | os.PathLike, run_id: str | None) -> list[Path]:
+    """Complete checkpoints in output_dir written by another run than `run_id` (none when run_id is None)."""
+    if run_id is None:
+        return []
+    return [path for _, _, path in complete_checkpoints(output_dir) if read_state(path).get("run_id") != run_id]
+
+
+def checkpoint_folders(output_dir: str | os.PathLike) -> list[Path]:
+    """Every step_N / epoch_N folder of output_dir holding a training_state.json, readable or not, by N."""
+    return sorted((p for p in Path(output_dir).glob("*") if _NAME.match(p.name) and (p / STATE_FILE).is_file()),
+                  key=_folder_number)
+
+
+def _folder_number(path: Path) -> int:
+    return int(_NAME.match(path.name).group(2))
 
 
 def complete_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, int, Path]]:
     """(optimizer steps, 1 for epoch_N, folder) of every complete step_N / epoch_N checkpoint, oldest first."""
     candidates = []
-    for path in Path(output_dir).glob("*"):
-        if _NAME.match(path.name) and (path / STATE_FILE).is_file():
-            try:
-                steps = int(json.loads((path / STATE_FILE).read_text())["completed_steps"])
-            except (ValueError, KeyError, TypeError):
-                continue
-            candidates.append((steps, int(path.name.startswith("epoch_")), path))
+    for path in checkpoint_folders(output_dir):
+        try:
+            steps = int(json.loads((path / STATE_FILE).read_text())["completed_steps"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        candidates.append((steps, int(path.name.startswith("epoch_")), path))
     return sorted(candidates)
 
 
@@ -125,6 +159,82 @@ def pickled_files(checkpoint: Path) -> list[str]:
 
 def read_state(path: Path) -> dict:
     return json.loads((Path(path) / STATE_FILE).read_text())
+
+
+class CheckpointError(ValueError):
+    """A checkpoint part that cannot be read (truncated, edited, missing): the message names the file."""
+
+
+_STATE_KEYS = ("completed_steps", "epoch", "batches_in_epoch", "train_bytes")
+
+
+def verify_checkpoint(checkpoint: str | os.PathLike, process_index: int = 0) -> dict:
+    """Read every part of a checkpoint before any of it is loaded into the run, and return its training state.
+
+    accelerate's load_state would report a truncated weights file as a raw SafetensorError, a damaged optimizer as a
+    size mismatch, and skip a damaged random_states file at INFO level (the resumed run then silently draws other
+    noise). Here each part is read as load_state reads it (safetensors; torch.load with weights_only=True for the
+    rest, so no pickle can run code) and a failure raises CheckpointError naming the file."""
+    from accelerate.utils import load as accelerate_load  # weights_only=True, with accelerate's numpy allowlist
+
+    folder = Path(checkpoint)
+    try:
+        state = read_state(folder)
+        missing = [key for key in _STATE_KEYS if not isinstance(state.get(key), int)]
+        if missing:
+            raise ValueError(f"no integer {', '.join(missing)}")
+    except (OSError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{folder / STATE_FILE} is damaged ({_first_line(err)}): resume from an older "
+                              "checkpoint or delete this one.") from err
+    rng = folder / f"random_states_{process_index}.pkl"
+    if not rng.is_file():
+        raise CheckpointError(f"{rng} is missing: the checkpoint was written by fewer processes than this run has "
+                              "(resume with as many processes as wrote it).")
+    parts = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) + [rng]
+    for part in parts:
+        try:
+            if part.suffix == ".safetensors":
+                load_file(str(part))
+            else:
+                accelerate_load(str(part), map_location="cpu")
+        except Exception as err:  # SafetensorError, pickle / zip errors, EOFError, ...: whatever a damaged file gives
+            raise CheckpointError(f"{part} is damaged and cannot be read ({type(err).__name__}: {_first_line(err)}): "
+                                  "resume from an older checkpoint or delete this one.") from err
+    return state
+
+
+def _first_line(err: BaseException, limit: int = 120) -> str:
+    """The first sentence of an error's message, at most `limit` characters (torch's zip errors run to 400)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    text = text.split(". ")[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+RUN_FILE = "run.json"
+
+
+def read_run_id(output_dir: str | os.PathLike) -> str | None:
+    """The id of the run that owns output_dir (written by write_run_id when it started), None for older folders."""
+    path = Path(output_dir) / RUN_FILE
+    try:
+        return str(json.loads(path.read_text())["run_id"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path} is damaged ({_first_line(err)}): delete it to resume any checkpoint "
+                              "in the folder.") from err
+
+
+def write_run_id(output_dir: str | os.PathLike, run_id: str) -> None:
+    (Path(output_dir) / RUN_FILE).write_text(json.dumps({"run_id": run_id}) + "\n")
+
+
+def changed_arguments(saved: dict, current: dict) -> list[str]:
+    """`name: saved -> current` for every argument of `saved` that `current` gives another value (JSON-normalised)."""
+    def same(a, b):
+        return json.dumps(a) == json.dumps(b)
+    return [f"{name} {value!r} -> {current.get(name)!r}" for name, value in saved.items()
+            if not same(value, current.get(name))]
 
 
 EMA_FILE = "ema.safetensors"

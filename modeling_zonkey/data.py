@@ -291,14 +291,17 @@ def build_level0_documents(
     """Map every split of ``raw`` (column ``text``) to level-0 documents; return them and per-split stats."""
     if isinstance(raw, datasets.Dataset):
         raw = datasets.DatasetDict({"train": raw})
+    features = datasets.Features({"input_ids": datasets.List(datasets.Value("uint8")),
+                                  "length": datasets.Value("int32"), "article": datasets.Value("int64")})
     documents, stats = {}, {}
     for split, dataset in raw.items():
-        documents[split] = dataset.map(
-            _map_batch, batched=True, with_indices=True, remove_columns=dataset.column_names, num_proc=num_proc,
-            fn_kwargs={"document_length": document_length}, desc=f"Cutting {split} into documents",
-            features=datasets.Features({"input_ids": datasets.List(datasets.Value("uint8")),
-                                        "length": datasets.Value("int32"), "article": datasets.Value("int64")}),
-        )
+        if len(dataset) == 0:  # map() over no rows would drop the columns (an empty validation split, e.g.)
+            documents[split] = datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+        else:
+            documents[split] = dataset.map(
+                _map_batch, batched=True, with_indices=True, remove_columns=dataset.column_names, num_proc=num_proc,
+                fn_kwargs={"document_length": document_length}, desc=f"Cutting {split} into documents",
+                features=features)
         stats[split] = compute_stats(documents[split], len(dataset), document_length, split)
     return datasets.DatasetDict(documents), stats
 

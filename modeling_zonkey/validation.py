@@ -84,6 +84,8 @@ def evaluate(model, loader, accelerator, max_batches: int, seed: int) -> dict[st
     local = torch.tensor([loss_sum, batches, *hits], dtype=torch.float64, device=accelerator.device)
     local = accelerator.reduce(torch.cat([local, counts]), reduction="sum").tolist()
     loss, n, (c0, t0, ct, tt) = local[0], local[1], local[-4:]
+    if n == 0:  # every process read nothing (reduced above, so all raise together)
+        raise ValueError("evaluate read no validation batch (an empty loader, or max_batches < 1): nothing to report.")
     f1 = {}  # (level, inner) -> precision, recall, F1, predicted
     for index in range(2 * levels):
         hit_p, n_pred, hit_g, n_gold = local[2 + 4 * index : 6 + 4 * index]

@@ -1,13 +1,20 @@
-"""Shared fixtures: the micro preset, the byte tokenizer, and seeded micro models."""
+"""Shared fixtures: the micro preset, the byte tokenizer, seeded micro models, a saved micro folder, and the
+training script imported in-process."""
 
+import importlib.util
+import os
+import random
 from pathlib import Path
 
+import datasets
+import numpy as np
 import pytest
 import torch
 
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel, ZonkeyTokenizer
 
 MICRO = Path(__file__).resolve().parents[1] / "configuration" / "zonkey-micro.json"
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train_zonkey.py"
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +58,39 @@ def make_model(micro_config):
         return model.eval()
 
     return build
+
+
+@pytest.fixture(scope="module")
+def micro_folder(tmp_path_factory, make_model, tokenizer):
+    """A micro model and tokenizer saved with save_pretrained (a folder to fine-tune)."""
+    folder = tmp_path_factory.mktemp("micro")
+    make_model().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def in_process(monkeypatch, tmp_path):
+    """examples/train_zonkey.py imported as a module (its main() run in-process); the caller's RNG, threads,
+    deterministic-algorithms switch and accelerate state are restored afterwards."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf" / "datasets")
+    for key in [k for k in os.environ if k.startswith("ACCELERATE_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # --threads auto then keeps one thread, as the subprocess runs do
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state(), torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    spec = importlib.util.spec_from_file_location("train_zonkey_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    random.setstate(states[0])
+    np.random.set_state(states[1])
+    torch.set_rng_state(states[2])
+    torch.set_num_threads(states[3])
+    torch.use_deterministic_algorithms(deterministic)

@@ -2,7 +2,9 @@
 "latest" lookup, the barrier that keeps other processes' files inside the folder, and the EMA of the weights.
 A fake accelerator stands in for accelerate (save_state writes files into the folder it is given)."""
 
+import errno
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,8 @@ import torch
 from torch import nn
 
 from modeling_zonkey import checkpointing
-from modeling_zonkey.checkpointing import EMA, STATE_FILE, find_checkpoint, read_state, save_checkpoint
+from modeling_zonkey.checkpointing import (EMA, STATE_FILE, CheckpointError, changed_arguments, find_checkpoint,
+                                          foreign_checkpoints, read_state, save_checkpoint, write_run_id)
 
 
 class Killed(BaseException):
@@ -119,17 +122,54 @@ def test_find_checkpoint_latest_ignores_incomplete_folders(tmp_path):
     (tmp_path / ".tmp-step_12").mkdir()
     (tmp_path / ".tmp-step_12" / STATE_FILE).write_text(json.dumps({"completed_steps": 12}))
     (tmp_path / "step_11").mkdir()  # no training_state.json
-    (tmp_path / "step_13").mkdir()
-    (tmp_path / "step_13" / STATE_FILE).write_text("{\"completed_st")  # unreadable
+    (tmp_path / "step_8").mkdir()
+    (tmp_path / "step_8" / STATE_FILE).write_text("{\"completed_st")  # unreadable, but older than step_10
     (tmp_path / "best_20").mkdir()
     (tmp_path / "best_20" / STATE_FILE).write_text(json.dumps({"completed_steps": 20}))
     assert find_checkpoint(tmp_path, "latest") == tmp_path / "step_10"  # by steps, not by name order
+    (tmp_path / "step_13").mkdir()
+    (tmp_path / "step_13" / STATE_FILE).write_text("{\"completed_st")  # unreadable and newer: no silent fallback
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'step_13' / STATE_FILE} cannot be read"):
+        find_checkpoint(tmp_path, "latest")
+    shutil.rmtree(tmp_path / "step_13")
     assert find_checkpoint(tmp_path, "epoch_1") == tmp_path / "epoch_1"  # a name inside output_dir
     assert find_checkpoint(tmp_path / "elsewhere", str(tmp_path / "step_9")) == tmp_path / "step_9"  # a path
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint folder"):
         find_checkpoint(tmp_path, "step_11")
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         find_checkpoint(tmp_path / "empty", "latest")
+
+
+class DiskFull(FakeAccelerator):
+    def save_state(self, output_dir):
+        super().save_state(output_dir)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_leaves_no_partial_folder(tmp_path):
+    save_checkpoint(FakeAccelerator(content=b"step 3"), tmp_path, "step_3", {"completed_steps": 3})
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(DiskFull(), tmp_path, "step_6", {"completed_steps": 6})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_3"]  # the partial .tmp-step_6 was freed
+
+
+def test_latest_resumes_only_the_runs_own_checkpoints(tmp_path):
+    for name, steps, run_id in (("step_2", 2, "mine"), ("step_4", 4, "mine"), ("step_6", 6, "other")):
+        save_checkpoint(FakeAccelerator(), tmp_path, name, {"completed_steps": steps, "run_id": run_id})
+    write_run_id(tmp_path, "mine")
+    assert foreign_checkpoints(tmp_path, "mine") == [tmp_path / "step_6"]
+    assert find_checkpoint(tmp_path, "latest", run_id="mine") == tmp_path / "step_4"
+    assert find_checkpoint(tmp_path, "latest") == tmp_path / "step_6"  # no run id (a folder of an older version)
+    with pytest.raises(FileNotFoundError, match=r"\(step_2, step_4, step_6 belong to another run\)"):
+        find_checkpoint(tmp_path, "latest", run_id="a third")
+
+
+def test_changed_arguments_names_each_change():
+    saved = {"learning_rate": 3e-4, "seed": 1, "ema_decay": None, "threads": 2}
+    assert changed_arguments(saved, dict(saved)) == []
+    assert changed_arguments(saved, {**saved, "seed": 2, "ema_decay": 0.9, "new_argument": 1}) == [
+        "seed 1 -> 2", "ema_decay None -> 0.9"]  # arguments the checkpoint did not record are not compared
+    assert changed_arguments({}, {"seed": 1}) == []  # a checkpoint of an older version records none
 
 
 def test_ema_update_copy_and_state_dict():

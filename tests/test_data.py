@@ -126,6 +126,17 @@ def test_build_level0_documents_no_loss_and_stats(tmp_path):
     assert text.startswith(f"train: {stats['train'].articles:,} articles") and "<= 128 bytes" in text
 
 
+def test_an_empty_split_keeps_its_columns(tmp_path):
+    """One article and no validation file: no validation article is carved off, and the empty split still has the
+    document columns (map() over no rows used to drop them)."""
+    write_jsonl(tmp_path / "one.jsonl", [{"text": "One paragraph only, about the river."}])
+    raw = load_text_datasets(train_file=tmp_path / "one.jsonl", validation_fraction=0.05, cache_dir=str(tmp_path))
+    docs, stats = build_level0_documents(raw, 128)
+    assert (len(docs["train"]), len(docs["validation"])) == (1, 0)
+    assert docs["validation"].column_names == docs["train"].column_names == ["input_ids", "length", "article"]
+    assert (stats["validation"].articles, stats["validation"].documents, stats["validation"].bytes) == (0, 0, 0)
+
+
 def test_data_stats_describe_numbers():
     stats = DataStats(articles=1200, documents=3000, bytes=1_500_000, skipped_empty=3,
                       longest_article_bytes=4096, document_length=512, split="validation")

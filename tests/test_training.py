@@ -11,7 +11,6 @@
 The script runs in subprocesses (as users run it), except where a test patches the model in-process.
 """
 
-import importlib.util
 import json
 import os
 import random
@@ -21,7 +20,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import datasets
 import numpy as np
 import pytest
 import torch
@@ -223,30 +221,6 @@ def test_validation_reports_the_collapse_diagnostics(runs):
 # ---------------------------------------------------------------- non-finite loss (in-process, patched model)
 
 
-@pytest.fixture
-def in_process(monkeypatch, tmp_path):
-    """Import the script as a module; keep the caller's RNG, threads and accelerate state as they were."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf" / "datasets")
-    for key in [k for k in os.environ if k.startswith("ACCELERATE_")]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # --threads auto then keeps one thread, as the subprocess runs do
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state(), torch.get_num_threads()
-    torch.set_num_threads(1)
-    spec = importlib.util.spec_from_file_location("train_zonkey_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    random.setstate(states[0])
-    np.random.set_state(states[1])
-    torch.set_rng_state(states[2])
-    torch.set_num_threads(states[3])
-
-
 @pytest.mark.parametrize("what", ["loss", "gradient norm"])
 def test_nonfinite_loss_stops_with_last_checkpoint_intact(in_process, monkeypatch, tmp_path, capsys, what):
     """At the 5th training step the patched model returns a NaN loss, or a finite loss whose gradient is NaN
@@ -404,7 +378,7 @@ def test_checkpoint_of_another_config_is_refused(runs, in_process, tmp_path, cap
     config["hidden_size"], config["num_cls_vectors"] = [32, 64], [2, 2]  # valid, but another model
     (tmp_path / "wider.json").write_text(json.dumps(config))
     train, validation, _ = write_corpus(tmp_path / "data")
-    args = train_args(train, validation, tmp_path / "out", "--max_train_steps", "1",
+    args = train_args(train, validation, tmp_path / "out", *RESUME_ARGS,
                       "--resume_from_checkpoint", str(runs["B"] / "step_4"))
     args[args.index("--config_name") + 1] = str(tmp_path / "wider.json")
     with pytest.raises(SystemExit) as exit_info:
