@@ -5,6 +5,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from .configuration_zonkey import ZonkeyConfig
 from .generation_zonkey import ZonkeyGenerateOutput, ZonkeyGenerationConfig
 from .modeling_zonkey import ZonkeyModel, ZonkeyModelOutput, ZonkeyPreTrainedModel
+from .pipelines import ZonkeyTextGenerationPipeline, register_pipelines
 from .tokenization_zonkey import ZonkeyTokenizer
 
 AutoConfig.register("zonkey", ZonkeyConfig, exist_ok=True)
@@ -15,6 +16,9 @@ AutoTokenizer.register(ZonkeyConfig, slow_tokenizer_class=ZonkeyTokenizer, exist
 ZonkeyConfig.register_for_auto_class()
 ZonkeyModel.register_for_auto_class("AutoModel")
 ZonkeyTokenizer.register_for_auto_class("AutoTokenizer")
+# pipeline("zonkey-text-generation", model=...); "feature-extraction" needs no registration (docs/pipelines.md)
+register_pipelines()
 
-__all__ = ["ZonkeyConfig", "ZonkeyGenerateOutput", "ZonkeyGenerationConfig", "ZonkeyModel", "ZonkeyModelOutput", "ZonkeyPreTrainedModel", "ZonkeyTokenizer"]
+__all__ = ["ZonkeyConfig", "ZonkeyGenerateOutput", "ZonkeyGenerationConfig", "ZonkeyModel", "ZonkeyModelOutput",
+           "ZonkeyPreTrainedModel", "ZonkeyTextGenerationPipeline", "ZonkeyTokenizer"]
 __version__ = "0.1.0"

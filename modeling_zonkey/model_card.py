@@ -22,10 +22,14 @@ TAGS = ["zonkey", "diffusion", "byte-level", "hierarchical", "learned-tokenizati
 
 
 def card_metadata(history: dict) -> ModelCardData:
-    """The card's Hub metadata. No pipeline_tag: no transformers pipeline runs Zonkey (generation is
-    `model.generate`); `datasets` only when the model was trained on a Hub dataset."""
+    """The card's Hub metadata. pipeline_tag "feature-extraction": the one Hub task whose transformers pipeline runs
+    Zonkey as the Hub's snippet writes it (`pipeline("feature-extraction", model=..., trust_remote_code=True)`, the
+    level-0 segment latents; docs/pipelines.md). Not "text-generation": that pipeline loads a causal LM and fails;
+    Zonkey's generation pipeline is the custom task "zonkey-text-generation", which the Hub does not know and which
+    needs the installed package. `datasets` only when the model was trained on a Hub dataset."""
     dataset = (history.get("args") or {}).get("dataset_name")
-    return ModelCardData(library_name="transformers", license="mit", tags=TAGS, datasets=[dataset] if dataset else None)
+    return ModelCardData(library_name="transformers", license="mit", tags=TAGS, pipeline_tag="feature-extraction",
+                         datasets=[dataset] if dataset else None)
 
 
 def _read_json(path: Path) -> dict | None:

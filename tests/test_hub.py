@@ -162,14 +162,16 @@ LOAD_BY_REPO_ID = textwrap.dedent(
     else:
         sys.modules["modeling_zonkey"] = None  # the installed package must not be used
     import torch
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer, pipeline
     kwargs = {} if with_package else {"trust_remote_code": True}
     model = AutoModel.from_pretrained(repo_id, **kwargs).eval()
     tokenizer = AutoTokenizer.from_pretrained(repo_id, **kwargs)
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         latents = model(**batch).levels[0].latents
-    torch.save({"module": type(model).__module__, "latents": latents,
+    # the card's pipeline_tag: the Hub's snippet for it
+    features = pipeline("feature-extraction", model=repo_id, **kwargs)(texts[0], return_tensors=True)
+    torch.save({"module": type(model).__module__, "latents": latents, "features": features,
                 "generated": model.generate(num_return_sequences=2, seed=0)}, out_path)
     """
 )
@@ -208,13 +210,16 @@ def test_load_by_repo_id_from_the_cache_offline(folder, tmp_path, with_package):
     batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(result["latents"], model(**batch).levels[0].latents, atol=1e-6, rtol=1e-6)
+        single = model(**tokenizer(TEXTS[:1], return_tensors="pt")).segment_latents
+    torch.testing.assert_close(result["features"], single, atol=1e-6, rtol=1e-6)
     # the saved generation config (num_steps = 6) came along: same samples as the original with that option
     assert torch.equal(result["generated"], model.generate(num_return_sequences=2, seed=0, num_steps=6))
 
 
 def test_model_push_to_hub_sends_the_zonkey_card(folder, monkeypatch):
-    """model.push_to_hub sends what examples/push_to_hub.py sends: our card (true metadata: no pipeline_tag that
-    fails, no dataset it was not trained on), not transformers' generic one, and the byte tokenizer."""
+    """model.push_to_hub sends what examples/push_to_hub.py sends: our card (true metadata: the pipeline_tag whose
+    pipeline runs, feature-extraction, no dataset it was not trained on), not transformers' generic one, and the
+    byte tokenizer."""
     _, model, _ = folder
     hub = FakeHub(monkeypatch)
     url = model.push_to_hub("org/zonkey-micro", token="hf_test", commit_message="from the model")
@@ -223,7 +228,8 @@ def test_model_push_to_hub_sends_the_zonkey_card(folder, monkeypatch):
     assert {"model.safetensors", "config.json", "tokenizer_config.json", "modeling_zonkey.py"} <= set(body["files"])
     text = card["files"]["README.md"].decode()
     assert text.startswith("---\nlibrary_name: transformers\nlicense: mit\n")
-    assert "pipeline_tag" not in text and "datasets" not in text.split("---")[1]
+    assert "\npipeline_tag: feature-extraction\n" in text.split("---")[1] and text.count("pipeline_tag") == 1
+    assert "datasets" not in text.split("---")[1]
     assert "# org/zonkey-micro" in text and "Zonkey" in text and "automatically generated" not in text
 
 

@@ -35,11 +35,17 @@ class ZonkeyModelOutput(ModelOutput):
     """
     loss: the weighted sum of every loss term (with `return_loss=True`).
     loss_terms: every named term, unweighted, as "level{l}/{name}" (and the weighted "loss/level{l}" per level).
+    segment_latents: (B, S_0, C_0 d_0) the level-0 segment latents of each input row: one vector per segment the
+        splitter found (word-like), in text order, on the sphere of radius nu(C_0 d_0); rows with fewer segments are
+        padded with zero vectors (`levels[0].latent_mask` marks the real ones). The same tensor as
+        `levels[0].latents`, given first (after `loss`) so that `output[0]` without a loss is a (batch, length,
+        hidden) tensor, as transformers' feature-extraction pipeline reads it.
     levels: one `ZonkeyLevelOutput` per level, with `bos_probs` (B_l, N_l), `boundaries`, `latents`.
     """
 
     loss: torch.Tensor | None = None
     loss_terms: dict[str, torch.Tensor] | None = None
+    segment_latents: torch.Tensor | None = None
     levels: tuple[ZonkeyLevelOutput, ...] | None = None
 
 
@@ -212,14 +218,14 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
                                                    self.config.document_length[index + 1])
                 targets = LevelTargets(x) if return_loss else None
         if not return_loss:
-            return ZonkeyModelOutput(levels=tuple(outputs))
+            return ZonkeyModelOutput(segment_latents=outputs[0].latents, levels=tuple(outputs))
         terms, total = {}, x.new_zeros((), dtype=torch.float32)
         for index, output in enumerate(outputs):
             level_total = sum(self.config.term_weight(index, name) * value for name, value in output.loss_terms.items())
             terms.update({f"level{index}/{name}": value for name, value in output.loss_terms.items()})
             terms[f"loss/level{index}"] = level_total
             total = total + level_total
-        return ZonkeyModelOutput(loss=total, loss_terms=terms, levels=tuple(outputs))
+        return ZonkeyModelOutput(loss=total, loss_terms=terms, segment_latents=outputs[0].latents, levels=tuple(outputs))
 
     def compile_components(self, components: tuple[str, ...] | list[str] = ("decoder", "compressor"),
                            dynamic: bool = True) -> None:
