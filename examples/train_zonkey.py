@@ -50,7 +50,8 @@ from modeling_zonkey.checkpointing import (EMA, EMA_FILE, RUN_FILE, CheckpointEr
                                           checkpoint_folders, find_checkpoint, foreign_checkpoints, pickled_files,
                                           prune_checkpoints, read_run_id, save_checkpoint, verify_checkpoint,
                                           write_run_id)
-from modeling_zonkey.data import ZonkeyDataCollator, build_level0_documents, load_text_datasets
+from modeling_zonkey.data import (ZonkeyDataCollator, build_level0_documents, load_streaming_documents,
+                                  load_text_datasets)
 from modeling_zonkey.hub import push_folder
 from modeling_zonkey.model_card import write_model_card
 from modeling_zonkey.threads import ThreadGovernor, fixed_threads
@@ -82,6 +83,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--text_column", default="text")
     data.add_argument("--validation_split_percentage", type=float, default=5.0,
                       help="held-out share of the articles when there is no validation split")
+    data.add_argument("--streaming", action="store_true",
+                      help="read --dataset_name as it trains (nothing downloaded upfront; needs --max_train_steps); "
+                           "documents are shuffled in a buffer of 10,000")
+    data.add_argument("--streaming_validation_articles", type=int, default=100,
+                      help="--streaming: validate on the first N articles of the validation split (without one, of "
+                           "the training split, which training then skips)")
     model = p.add_argument_group("model")
     model.add_argument("--config_name", default=None, help="a preset, e.g. configuration/zonkey-tiny.json")
     model.add_argument("--model_name_or_path", default=None,
@@ -149,6 +156,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.checkpointing_steps not in (None, "epoch") and not (
             str(args.checkpointing_steps).isdigit() and int(args.checkpointing_steps) > 0):
         p.error('--checkpointing_steps must be a positive integer or "epoch"')
+    if args.streaming and not (args.dataset_name and args.max_train_steps):
+        p.error("--streaming reads a --dataset_name (a Hub id or a local dataset folder) and needs --max_train_steps "
+                "(a stream has no length to count epochs by)")
+    if args.streaming_validation_articles < 0:
+        p.error("--streaming_validation_articles must be >= 0")
     if args.push_to_hub and not args.hub_model_id:
         p.error("--push_to_hub needs --hub_model_id (org/name)")
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
@@ -245,6 +257,21 @@ def open_train_log(output_dir: Path, resumed_steps: int | None) -> Path:
     return path
 
 
+def load_documents(args, length: int):
+    """(train documents, validation documents, train DataStats or None when streamed, validation DataStats): the
+    articles of --dataset_name / --train_file / the default corpus cut into documents of at most `length` bytes."""
+    if args.streaming:
+        train, validation, validation_stats = load_streaming_documents(
+            args.dataset_name, args.dataset_config_name, length, args.text_column, args.streaming_validation_articles,
+            args.seed)
+        return train, validation.remove_columns(["article"]), None, validation_stats
+    raw = load_text_datasets(args.dataset_name, args.dataset_config_name, args.train_file, args.validation_file,
+                             args.text_column, args.validation_split_percentage / 100.0, args.seed)
+    documents, stats = build_level0_documents(raw, length)
+    return (documents["train"].remove_columns(["article"]), documents["validation"].remove_columns(["article"]),
+            stats["train"], stats["validation"])
+
+
 def launched_on_cpus() -> bool:
     """True when started as several processes (torchrun, `accelerate launch --multi_gpu`, or
     configuration/accelerate-cpu-ddp-2.yaml) on a machine without a GPU. Accelerate then needs cpu=True to join
@@ -263,7 +290,7 @@ def weights_are_finite(model: torch.nn.Module) -> bool:
 RUN_ARGUMENTS = ("per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type",
                  "num_warmup_steps", "weight_decay", "adam_epsilon", "max_grad_norm", "seed", "ema_decay",
                  "mixed_precision", "deterministic", "dataset_name", "dataset_config_name", "text_column",
-                 "validation_split_percentage")
+                 "validation_split_percentage", "streaming", "streaming_validation_articles")
 
 
 def run_arguments(args, **measured) -> dict:
@@ -383,7 +410,10 @@ def train(args) -> None:
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
         log_with=tracker, project_dir=args.output_dir,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), cpu=launched_on_cpus(),
+        # a stream is read by every process, each keeping its share (IterableDatasetShard): accelerate's dispatching
+        # loader would drop the loader's generator and draw from the training RNG, so a resume would differ
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, dispatch_batches=False if args.streaming else None),
+        cpu=launched_on_cpus(),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     if (accelerator.num_processes == 1 and os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
             and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ):
@@ -419,21 +449,16 @@ def train(args) -> None:
 
     try:
         model, tokenizer = build_model(args)
-        length = model.config.document_length[0]
         with accelerator.main_process_first():
-            raw = load_text_datasets(args.dataset_name, args.dataset_config_name, args.train_file, args.validation_file,
-                                     args.text_column, args.validation_split_percentage / 100.0, args.seed)
-            documents, stats = build_level0_documents(raw, length)
+            train_set, val_set, train_stats, val_stats = load_documents(args, model.config.document_length[0])
     except (OSError, ValueError) as err:  # FileNotFoundError, UnicodeDecodeError, JSONDecodeError included
         raise TrainingError(str(err)) from err
     if args.torch_compile:
         model.compile_components()  # compiles lazily, in the first steps
         accelerator.print("--torch_compile: decoders and compressors compile during the first steps")
-    train_set = documents["train"].remove_columns(["article"])
-    val_set = documents["validation"].remove_columns(["article"])
-    train_stats, val_stats = stats["train"], stats["validation"]
-    accelerator.print(f"{train_stats.describe()}\n{val_stats.describe()}")
-    if len(train_set) == 0:
+    accelerator.print(f"{train_stats.describe() if train_stats else f'train: streamed from {args.dataset_name}'}\n"
+                      f"{val_stats.describe()}")
+    if train_stats and len(train_set) == 0:
         raise TrainingError("the training split has no documents (every article is empty).")
     evaluating = len(val_set) > 0 and args.eval_batches > 0
     if not evaluating:
@@ -444,7 +469,7 @@ def train(args) -> None:
     # Its own generator: starting an epoch's iterator draws a worker base seed from the loader's generator,
     # which would otherwise be the global RNG, and a resumed run starts its iterator at another point of the
     # training noise than the uninterrupted run. The shuffling order is reseeded per epoch (seedable sampler).
-    train_loader = DataLoader(train_set, batch_size=args.per_device_train_batch_size, shuffle=True,
+    train_loader = DataLoader(train_set, batch_size=args.per_device_train_batch_size, shuffle=not args.streaming,
                               collate_fn=collator, drop_last=False, generator=torch.Generator().manual_seed(args.seed))
     val_loader = DataLoader(val_set, batch_size=args.per_device_eval_batch_size, collate_fn=collator)
 
@@ -456,9 +481,14 @@ def train(args) -> None:
     ]
     optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, eps=args.adam_epsilon)
     num_parameters = sum(p.numel() for p in model.parameters())
-    updates_per_epoch = math.ceil(math.ceil(len(train_loader) / accelerator.num_processes) / args.gradient_accumulation_steps)
-    max_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
-    epochs = math.ceil(max_steps / updates_per_epoch)
+    if args.streaming:  # no length: as many passes as the steps need (an empty pass stops the run)
+        updates_per_epoch, max_steps = None, args.max_train_steps
+        epochs = max_steps
+    else:
+        batches = math.ceil(len(train_loader) / accelerator.num_processes)
+        updates_per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
+        max_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
+        epochs = math.ceil(max_steps / updates_per_epoch)
     # The prepared scheduler steps once per process at every optimizer step (accelerate's AcceleratedScheduler
     # without split_batches), so its lengths are counted in process-steps, as in run_clm_no_trainer.
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
@@ -478,8 +508,8 @@ def train(args) -> None:
     completed_steps, start_epoch, resume_batches, train_bytes = 0, 0, 0, 0
     resumed_from, seconds_before = None, 0.0  # a resumed run: the step it restarts from, training time before it
     this_run = run_arguments(args, num_processes=accelerator.num_processes, max_train_steps=max_steps,
-                             train_documents=len(train_set), train_data_bytes=train_stats.bytes,
-                             validation_documents=len(val_set),
+                             train_documents=train_stats and train_stats.documents,
+                             train_data_bytes=train_stats and train_stats.bytes, validation_documents=len(val_set),
                              **({"threads": threads} if args.deterministic else {}))
     if resume:
         path, state = resume
@@ -521,9 +551,10 @@ def train(args) -> None:
                 progress.write(f"--checkpoints_total_limit {args.checkpoints_total_limit}: removed {old.name}")
 
     accelerator.print(f"{num_parameters:,} parameters; {max_steps} optimizer steps, "
-                      f"{updates_per_epoch} per epoch, {accelerator.num_processes} process(es)")
-    print(f"process {accelerator.process_index}/{accelerator.num_processes}: {len(train_loader)} training batches "
-          f"per epoch", flush=True)
+                      f"{updates_per_epoch or 'streamed: unknown'} per epoch, {accelerator.num_processes} process(es)")
+    if not args.streaming:
+        print(f"process {accelerator.process_index}/{accelerator.num_processes}: {len(train_loader)} training batches "
+              f"per epoch", flush=True)
     progress = tqdm(total=max_steps, initial=completed_steps, disable=not accelerator.is_local_main_process)
     started, log_time, log_bytes = time.time(), time.time(), train_bytes
     bytes_at_start = train_bytes
@@ -630,6 +661,9 @@ def train(args) -> None:
                                       f"with --resume_from_checkpoint latest")
                 stop = True
                 break
+        if batches_in_epoch == skip:  # a stream that ended at once: another pass would not end either
+            progress.close()
+            raise TrainingError(f"epoch {epoch}: the training data gave no batch (an empty stream?).", synchronized=True)
         if args.checkpointing_steps == "epoch" and not stop:
             checkpoint(f"epoch_{epoch + 1}", epoch + 1, 0)
         if stop:
@@ -654,7 +688,7 @@ def train(args) -> None:
                "num_parameters": num_parameters,
                "train_bytes_per_second": (train_bytes - bytes_at_start) / max(time.time() - started, 1e-9),
                "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
-               "train_stats": vars(train_stats), "validation_stats": vars(val_stats),
+               "train_stats": train_stats and vars(train_stats), "validation_stats": vars(val_stats),
                "args": {k: v for k, v in vars(args).items() if k != "hub_token" and isinstance(v, (int, float, str, bool, type(None)))}}
     if accelerator.is_main_process:
         try:

@@ -203,6 +203,67 @@ def load_text_datasets(
     return split_by_article(load_default_corpus(), validation_fraction, seed)
 
 
+def load_streaming_documents(
+    dataset_name: str,
+    dataset_config_name: str | None,
+    document_length: int,
+    text_column: str = "text",
+    validation_articles: int = 100,
+    seed: int = 0,
+    shuffle_buffer: int = 10_000,
+    cache_dir: str | None = None,
+) -> tuple[datasets.IterableDataset, datasets.Dataset, DataStats]:
+    """A dataset read as it trains (``load_dataset(..., streaming=True)``: nothing downloaded or cached upfront).
+
+    Returns the training documents as an IterableDataset (articles cut into level-0 documents as they are read, then
+    shuffled in a buffer of ``shuffle_buffer`` documents, reseeded per epoch by ``set_epoch``), and the validation
+    documents in memory with their stats: the first ``validation_articles`` articles of the dataset's "validation"
+    split, or, without one, of "train" (which training then skips). Each document: ``input_ids`` (bytes), ``length``.
+    """
+    if validation_articles < 0:
+        raise ValueError(f"validation_articles must be >= 0, got {validation_articles}")
+    source = f"dataset '{dataset_name}'"
+    try:
+        raw = datasets.load_dataset(dataset_name, dataset_config_name, streaming=True, cache_dir=cache_dir)
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"Could not stream dataset '{dataset_name}' ({err}). Offline? Use --train_file or the "
+                         f"default corpus ({CORPUS_INSTALL}).") from err
+    if "train" not in raw:
+        raise ValueError(f"{source} has no 'train' split (splits: {list(raw)})")
+    train = _select_streamed_text(raw["train"], text_column, f"{source} (train)")
+    if "validation" in raw:
+        held_out = _select_streamed_text(raw["validation"], text_column, f"{source} (validation)")
+    else:
+        held_out, train = train, train.skip(validation_articles)
+    articles = datasets.Dataset.from_list([{"text": row["text"]} for row in held_out.take(validation_articles)],
+                                          features=datasets.Features({"text": datasets.Value("string")}))
+    documents, stats = build_level0_documents(datasets.DatasetDict({"validation": articles}), document_length)
+    features = datasets.Features({"input_ids": datasets.List(datasets.Value("uint8")),
+                                  "length": datasets.Value("int32")})
+    train = train.map(_map_streamed_batch, batched=True, remove_columns=["text"], features=features,
+                      fn_kwargs={"document_length": document_length})
+    return train.shuffle(seed=seed, buffer_size=shuffle_buffer), documents["validation"], stats["validation"]
+
+
+def _select_streamed_text(dataset: datasets.IterableDataset, text_column: str, source: str) -> datasets.IterableDataset:
+    """Keep ``text_column`` only, renamed ``text``; its first row is read to check that the column holds text."""
+    first = next(iter(dataset.take(1)), None)
+    if first is None:
+        raise ValueError(f"{source} is empty")
+    if text_column not in first:
+        raise ValueError(f"{source} has no column '{text_column}'; columns found: {sorted(first)}. "
+                         "Pass --text_column with the column that holds the text.")
+    if first[text_column] is not None and not isinstance(first[text_column], str):
+        raise ValueError(f"Column '{text_column}' of {source} holds {type(first[text_column]).__name__}, not text")
+    dataset = dataset.select_columns([text_column])
+    return dataset.rename_column(text_column, "text") if text_column != "text" else dataset
+
+
+def _map_streamed_batch(batch: Mapping[str, list], document_length: int) -> dict[str, list]:
+    documents = chunk_documents_to_bytes(batch["text"], document_length)
+    return {"input_ids": documents["input_ids"], "length": documents["length"]}
+
+
 def split_bytes(data: bytes, document_length: int, min_fill: float = 0.75) -> list[bytes]:
     """Cut ``data`` into consecutive pieces of at most ``document_length`` bytes, losing nothing.
 

@@ -17,6 +17,7 @@ from modeling_zonkey.data import (
     ZonkeyDataCollator,
     build_level0_documents,
     chunk_documents_to_bytes,
+    load_streaming_documents,
     load_text_datasets,
     split_bytes,
 )
@@ -135,6 +136,25 @@ def test_an_empty_split_keeps_its_columns(tmp_path):
     assert (len(docs["train"]), len(docs["validation"])) == (1, 0)
     assert docs["validation"].column_names == docs["train"].column_names == ["input_ids", "length", "article"]
     assert (stats["validation"].articles, stats["validation"].documents, stats["validation"].bytes) == (0, 0, 0)
+
+
+def test_streaming_documents_from_a_dataset_folder(tmp_path):
+    """With a validation split, validation is its first N articles and training reads all of "train"; every byte of
+    "train" arrives in exactly one document; a missing text column is a clear error."""
+    articles = make_articles(30)
+    (tmp_path / "ds").mkdir()
+    write_jsonl(tmp_path / "ds" / "train.jsonl", articles[:24])
+    write_jsonl(tmp_path / "ds" / "validation.jsonl", articles[24:])
+    train, validation, stats = load_streaming_documents(str(tmp_path / "ds"), None, 64, validation_articles=4,
+                                                        shuffle_buffer=5, cache_dir=str(tmp_path / "cache"))
+    assert stats.articles == 4 and stats.bytes == sum(len(a["text"].encode()) for a in articles[24:28])
+    rows = list(train)
+    assert sum(row["length"] for row in rows) == sum(len(a["text"].encode()) for a in articles[:24])
+    assert max(row["length"] for row in rows) <= 64 and set(rows[0]) == {"input_ids", "length"}
+    train.set_epoch(1)
+    assert [row["length"] for row in train] != [row["length"] for row in rows]  # reshuffled per epoch
+    with pytest.raises(ValueError, match="has no column 'body'"):
+        load_streaming_documents(str(tmp_path / "ds"), None, 64, text_column="body", cache_dir=str(tmp_path / "cache"))
 
 
 def test_data_stats_describe_numbers():

@@ -1,9 +1,14 @@
 """examples/train_zonkey.py: fine-tuning from a Hub id (offline, from a cached snapshot), a separate tokenizer,
-and --checkpoints_total_limit (issue #15)."""
+--checkpoints_total_limit, and --streaming a dataset folder (issue #15)."""
 
+import json
 import sys
 
+import pytest
+import torch
+from safetensors.torch import load_file
 
+from modeling_zonkey.data import chunk_documents_to_bytes
 from test_hub import fake_snapshot
 from test_training import SCRIPT, assert_ok, read_log, run, write_corpus
 
@@ -45,3 +50,43 @@ def test_checkpoints_total_limit_keeps_the_newest(micro_folder, tmp_path):
     assert sorted(p.name for p in out.glob("step_*")) == ["step_4", "step_6"]
     assert "removed step_2" in result.stderr + result.stdout
     assert [row["step"] for row in read_log(out)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_streaming_a_dataset_folder_resumes_exactly(micro_folder, tmp_path):
+    """--streaming reads a dataset folder lazily (no Arrow cache written), validates on its first articles (which
+    training skips), and a run stopped in its first pass and resumed in the second equals the uninterrupted one."""
+    train, _, texts = write_corpus(tmp_path / "data")
+    (tmp_path / "dataset").mkdir()
+    train.rename(tmp_path / "dataset" / "train.jsonl")
+    common = [sys.executable, str(SCRIPT), "--model_name_or_path", str(micro_folder), "--dataset_name",
+              str(tmp_path / "dataset"), "--streaming", "--streaming_validation_articles", "4", "--max_train_steps", "8",
+              "--per_device_train_batch_size", "8", "--checkpointing_steps", "3", "--eval_batches", "1", "--seed", "1"]
+    a, b = tmp_path / "A", tmp_path / "B"
+    result = run(common + ["--output_dir", str(a)], tmp_path)
+    assert_ok(result)
+    assert "train: streamed from" in result.stdout and "validation: 4 articles" in result.stdout
+    assert_ok(run(common + ["--output_dir", str(b), "--stop_after_steps", "3"], tmp_path))
+    resumed = run(common + ["--output_dir", str(b), "--resume_from_checkpoint", "latest"], tmp_path)
+    assert_ok(resumed)
+    log_a, log_b = read_log(a), read_log(b)
+    documents = len(chunk_documents_to_bytes(texts[4:], 128)["input_ids"])  # 4 of the 32 articles held out
+    per_pass = -(-documents // 8)
+    assert 1 < per_pass < 8 and [row["epoch"] for row in log_a] == [0] * per_pass + [1] * (8 - per_pass)
+    held_in = sum(len(t.encode()) for t in texts[4:] if t.strip())  # whitespace-only articles make no document
+    assert sum(sum(row["process_bytes"]) for row in log_a[:per_pass]) == held_in
+    assert [(r["loss"], r["process_checksum"]) for r in log_a] == [(r["loss"], r["process_checksum"]) for r in log_b]
+    weights_a, weights_b = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    assert not list((tmp_path / "hf").rglob("*.arrow"))
+    results = json.loads((a / "train_results.json").read_text())
+    assert results["train_stats"] is None and results["validation_stats"]["articles"] == 4
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--train_file", "x.jsonl", "--max_train_steps", "2"], "--streaming reads a --dataset_name"),
+    (["--dataset_name", "org/data"], "needs --max_train_steps"),
+])
+def test_streaming_needs_a_dataset_and_a_step_count(in_process, tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit):
+        in_process.parse_args(["--config_name", "c.json", "--output_dir", str(tmp_path), "--streaming", *extra])
+    assert message in capsys.readouterr().err
