@@ -35,6 +35,7 @@ import shutil
 import sys
 import time
 import uuid
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -403,50 +404,166 @@ def main(argv=None) -> None:
         raise SystemExit(1) from None
 
 
-def train(args) -> None:
-    tracker = args.report_to if args.with_tracking else None
+def make_accelerator(args) -> Accelerator:
+    """The Accelerator of this run, with warnings for launches that do not do what they seem to."""
     if args.deterministic:
         make_deterministic()  # before the accelerator touches a GPU (cuBLAS reads its workspace setting at start)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
-        log_with=tracker, project_dir=args.output_dir,
+        log_with=args.report_to if args.with_tracking else None, project_dir=args.output_dir,
         # a stream is read by every process, each keeping its share (IterableDatasetShard): accelerate's dispatching
         # loader would drop the loader's generator and draw from the training RNG, so a resume would differ
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, dispatch_batches=False if args.streaming else None),
-        cpu=launched_on_cpus(),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True,
+                                                  dispatch_batches=False if args.streaming else None),
+        cpu=launched_on_cpus(), kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     if (accelerator.num_processes == 1 and os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
             and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ):
         print("warning: `accelerate launch --cpu --num_processes N` starts ONE process (accelerate's CPU launcher "
               "expects mpirun): this run is single-process. For N processes on CPUs use `accelerate launch "
               "--config_file configuration/accelerate-cpu-ddp-2.yaml ...` (or `--multi_gpu --num_processes N`).",
               file=sys.stderr, flush=True)
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and accelerator.distributed_type != DistributedType.FSDP:
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not fsdp:
         accelerator.print(f"warning: FSDP was requested but needs GPUs; running {accelerator.distributed_type.value} "
                           "instead (every process holds the whole model).")
-    if accelerator.distributed_type == DistributedType.FSDP:
-        if args.ema_decay is not None:
-            raise TrainingError("--ema_decay is not supported with FSDP (each process holds a shard of the weights).")
-        if accelerator.state.fsdp_plugin.fsdp_version != 2:
-            raise TrainingError("use FSDP2 (fsdp_version: 2, as in configuration/accelerate-fsdp.yaml): the evaluation "
-                                "gathers the shards with FSDP2's unshard().")
-    output_dir = claim_output_dir(args, accelerator)
-    resume = locate_resume(args, output_dir, accelerator)
-    saved_args = resume[1].get("run_args", {}) if resume else {}
+    if fsdp and args.ema_decay is not None:
+        raise TrainingError("--ema_decay is not supported with FSDP (each process holds a shard of the weights).")
+    if fsdp and accelerator.state.fsdp_plugin.fsdp_version != 2:
+        raise TrainingError("use FSDP2 (fsdp_version: 2, as in configuration/accelerate-fsdp.yaml): the evaluation "
+                            "gathers the shards with FSDP2's unshard().")
+    return accelerator
+
+
+def start_threads(args, saved_args: dict, accelerator) -> ThreadGovernor:
+    """Set torch's CPU threads: fixed (--threads N, OMP_NUM_THREADS), or adapting to the machine's load ('auto');
+    --deterministic keeps one count for the whole run (a resumed run: the checkpoint's)."""
     threads = fixed_threads(args.threads)
     if args.deterministic and threads is None:
-        threads = saved_args.get("threads")  # a resumed deterministic run keeps the checkpoint's count
+        threads = saved_args.get("threads")
     governor = ThreadGovernor(threads)
     threads = governor.start()
     if args.deterministic:
         governor.fixed = threads  # the count 'auto' chose, for the whole run
     accelerator.print(f"CPU threads per process: {threads} of {governor.cores} cores"
                       + (" (auto: the free ones, re-measured every 30 s)" if governor.adaptive else " (fixed)"))
+    return governor
+
+
+def plan_steps(args, train_loader, accelerator) -> tuple[int | None, int, int]:
+    """(optimizer steps per epoch, None for a stream; optimizer steps in all; epochs, at most)."""
+    if args.streaming:  # no length: as many passes as the steps need (an empty pass stops the run)
+        return None, args.max_train_steps, args.max_train_steps
+    batches = math.ceil(len(train_loader) / accelerator.num_processes)
+    per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
+    steps = args.max_train_steps or args.num_train_epochs * per_epoch
+    return per_epoch, steps, math.ceil(steps / per_epoch)
+
+
+@dataclass
+class RunState:
+    """Where a run stands: what a checkpoint's training_state.json records (with the run's id and arguments)."""
+
+    completed_steps: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    train_bytes: int = 0
+    train_seconds: float | None = 0.0  # training time before this process started (None: an old checkpoint's)
+
+
+@dataclass
+class StepTotals:
+    """One optimizer step's sums over its micro-batches, one entry per process (gathered from all of them)."""
+
+    bytes: torch.Tensor
+    loss_sum: torch.Tensor
+    micro_batches: torch.Tensor
+    checksum: torch.Tensor  # sum of the ids read: the data order, comparable between runs
+    nonfinite_losses: torch.Tensor
+    out_of_time: torch.Tensor
+    nonfinite_grad_norm: torch.Tensor
+
+    @classmethod
+    def gather(cls, accelerator, pending: list[float], out_of_time: bool, grad_norm: float) -> "StepTotals":
+        local = torch.tensor([[*pending, float(out_of_time), float(not math.isfinite(grad_norm))]], dtype=torch.float64)
+        return cls(*accelerator.gather(local.to(accelerator.device)).cpu().T)
+
+    @property
+    def loss(self) -> float:
+        return float(self.loss_sum.sum() / self.micro_batches.sum())
+
+
+def micro_batch_sums(batch: dict, loss: torch.Tensor) -> list[float]:
+    """bytes, loss, 1 micro-batch, data checksum, non-finite loss: what StepTotals adds up."""
+    mask = batch["attention_mask"]
+    return [float(mask.sum()), loss.item(), 1.0, float((batch["input_ids"] * mask).sum()),
+            float(not torch.isfinite(loss))]
+
+
+def step_error(totals: StepTotals, accelerator, state: RunState, bad_terms: dict, last_checkpoint: str) -> str | None:
+    """Before the optimizer step: a non-finite loss or gradient norm on any process (fp16's GradScaler skips inf
+    gradients by design) is an error naming the processes, the loss terms, and the last good checkpoint."""
+    bad_grads = totals.nonfinite_grad_norm.sum() > 0 and accelerator.scaler is None
+    if totals.nonfinite_losses.sum() == 0 and not bad_grads:
+        return None
+    where = [i for i in range(len(totals.bytes)) if totals.nonfinite_losses[i] > 0 or totals.nonfinite_grad_norm[i] > 0]
+    return (f"non-finite {'loss' if totals.nonfinite_losses.sum() > 0 else 'gradient norm'} at step "
+            f"{state.completed_steps + 1} on process(es) {where} (loss terms here: {bad_terms or 'finite'}): stopped "
+            f"before the optimizer step, nothing saved. Last good checkpoint: {last_checkpoint}. Resume from it "
+            f"(--resume_from_checkpoint latest) with a lower --learning_rate or more --num_warmup_steps.")
+
+
+def stop_reason(args, state: RunState, max_steps: int, totals: StepTotals) -> str | None:
+    """None: the run goes on after this step; else why it stops ("" when it simply reached its last step). Every
+    process sees the same totals, so all stop at the same step."""
+    stop_early = args.stop_after_steps is not None and state.completed_steps >= args.stop_after_steps
+    if totals.out_of_time.sum() > 0:
+        return f"--max_train_minutes {args.max_train_minutes} reached at step {state.completed_steps}"
+    if stop_early and state.completed_steps < max_steps:
+        return (f"--stop_after_steps: stopped at step {state.completed_steps} of {max_steps}; continue with "
+                "--resume_from_checkpoint latest")
+    return "" if stop_early or state.completed_steps >= max_steps else None
+
+
+def log_step(path: Path, state: RunState, totals: StepTotals, lr: float, grad_norm: float) -> None:
+    """One line of train_log.jsonl (main process)."""
+    with open(path, "a") as handle:
+        handle.write(json.dumps({
+            "step": state.completed_steps, "epoch": state.epoch, "loss": totals.loss, "lr": lr, "grad_norm": grad_norm,
+            "train_bytes": state.train_bytes, "process_bytes": totals.bytes.long().tolist(),
+            "process_checksum": totals.checksum.long().tolist(), "threads": torch.get_num_threads()}) + "\n")
+
+
+def save_final(args, accelerator, model, tokenizer, output_dir: Path, history: dict) -> None:
+    """The trained model, tokenizer, results and card in --output_dir (then pushed with --push_to_hub)."""
+    state_dict = accelerator.get_state_dict(model)  # every process: gathers the shards under FSDP
+    if accelerator.is_main_process:
+        try:
+            accelerator.unwrap_model(model).save_pretrained(output_dir, is_main_process=True,
+                                                            save_function=accelerator.save, state_dict=state_dict)
+            tokenizer.save_pretrained(output_dir)
+            (output_dir / "train_results.json").write_text(json.dumps(history, indent=2))
+            write_model_card(output_dir, args.hub_model_id)
+        except OSError as err:  # e.g. a full disk
+            raise TrainingError(f"cannot write the trained model to {output_dir} ({err.strerror or err}). The "
+                                f"checkpoints are intact ({checkpoint_names(output_dir)}).") from err
+        if args.push_to_hub:  # the folder is complete on disk first: a failed push loses nothing
+            try:
+                push_folder(output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private)
+            except ValueError as error:
+                raise TrainingError(f"{error} The trained model is saved in {output_dir}; push it later with "
+                                    f"`python examples/push_to_hub.py {output_dir} --repo_id {args.hub_model_id}`.") from error
+    accelerator.wait_for_everyone()
+
+
+def train(args) -> None:
+    accelerator = make_accelerator(args)
+    output_dir = claim_output_dir(args, accelerator)
+    resume = locate_resume(args, output_dir, accelerator)
+    governor = start_threads(args, resume[1].get("run_args", {}) if resume else {}, accelerator)
     set_seed(args.seed)
-    run_id = ((resume and (resume[1].get("run_id") or read_run_id(output_dir))) or uuid.uuid4().hex)
+    run_id = (resume and (resume[1].get("run_id") or read_run_id(output_dir))) or uuid.uuid4().hex
     if accelerator.is_main_process:
         write_run_id(output_dir, run_id)
-
     try:
         model, tokenizer = build_model(args)
         with accelerator.main_process_first():
@@ -472,23 +589,10 @@ def train(args) -> None:
     train_loader = DataLoader(train_set, batch_size=args.per_device_train_batch_size, shuffle=not args.streaming,
                               collate_fn=collator, drop_last=False, generator=torch.Generator().manual_seed(args.seed))
     val_loader = DataLoader(val_set, batch_size=args.per_device_eval_batch_size, collate_fn=collator)
-
-    no_decay = ("bias", "norm", "embeddings", "cls_vectors", "mask_vector", "time.", "alpha", "rho")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
-         "weight_decay": args.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, eps=args.adam_epsilon)
+    optimizer = torch.optim.AdamW(model.optimizer_groups(args.weight_decay), lr=args.learning_rate,
+                                  eps=args.adam_epsilon)
     num_parameters = sum(p.numel() for p in model.parameters())
-    if args.streaming:  # no length: as many passes as the steps need (an empty pass stops the run)
-        updates_per_epoch, max_steps = None, args.max_train_steps
-        epochs = max_steps
-    else:
-        batches = math.ceil(len(train_loader) / accelerator.num_processes)
-        updates_per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
-        max_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
-        epochs = math.ceil(max_steps / updates_per_epoch)
+    per_epoch, max_steps, epochs = plan_steps(args, train_loader, accelerator)
     # The prepared scheduler steps once per process at every optimizer step (accelerate's AcceleratedScheduler
     # without split_batches), so its lengths are counted in process-steps, as in run_clm_no_trainer.
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
@@ -504,212 +608,179 @@ def train(args) -> None:
     if args.with_tracking:
         accelerator.init_trackers("zonkey", {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
                                              for k, v in vars(args).items()})
-
-    completed_steps, start_epoch, resume_batches, train_bytes = 0, 0, 0, 0
-    resumed_from, seconds_before = None, 0.0  # a resumed run: the step it restarts from, training time before it
     this_run = run_arguments(args, num_processes=accelerator.num_processes, max_train_steps=max_steps,
                              train_documents=train_stats and train_stats.documents,
                              train_data_bytes=train_stats and train_stats.bytes, validation_documents=len(val_set),
-                             **({"threads": threads} if args.deterministic else {}))
+                             **({"threads": governor.fixed} if args.deterministic else {}))
+    state = RunState()
     if resume:
-        path, state = resume
-        check_run_arguments(args, path, state, this_run, accelerator)
-        try:
-            accelerator.load_state(str(path))
-        except RuntimeError as err:  # e.g. size mismatches: a checkpoint of another config
-            lines = str(err).strip().splitlines()
-            detail = " ".join(line.strip() for line in lines[:3]) + (f" ... ({len(lines) - 3} more)" if len(lines) > 3 else "")
-            raise TrainingError(f"{path} does not fit this model (written with another config?): {detail}") from err
-        if ema is not None and not ema.load(path):  # ema.safetensors was read by verify_checkpoint
-            ema = EMA(accelerator.unwrap_model(model), args.ema_decay).to(accelerator.device)
-            accelerator.print(f"warning: {path} has no {EMA_FILE}; the EMA restarts from the resumed weights")
-        completed_steps, start_epoch, train_bytes = state["completed_steps"], state["epoch"], state["train_bytes"]
-        resumed_from, seconds_before = completed_steps, state.get("train_seconds")
-        resume_batches = state["batches_in_epoch"]
-        accelerator.print(f"resumed from {path}: step {completed_steps}, epoch {start_epoch}, "
-                          f"{resume_batches} batches into it")
+        state, ema = restore(args, accelerator, model, ema, *resume, this_run)
+    resumed_from, resume_batches, start_epoch = (state.completed_steps if resume else None), state.batches_in_epoch, state.epoch
     log_path = output_dir / LOG_FILE
     if accelerator.is_main_process:
-        open_train_log(output_dir, completed_steps if args.resume_from_checkpoint else None)
+        open_train_log(output_dir, resumed_from)
     last_checkpoint: list[Path] = []
 
-    def checkpoint(name: str, epoch: int, batches_in_epoch: int) -> None:
-        try:
-            last_checkpoint[:] = [save_checkpoint(accelerator, output_dir, name, {
-                "completed_steps": completed_steps, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
-                "train_bytes": train_bytes,
-                "train_seconds": None if seconds_before is None else seconds_before + time.time() - started,
-                "run_id": run_id, "run_args": this_run},
-                tensors={EMA_FILE: ema.state_dict()} if ema is not None else None)]
-        except OSError as err:  # e.g. a full disk; the partial folder is gone, the complete ones are intact
-            progress.close()
-            raise TrainingError(f"cannot write the checkpoint {output_dir / name} ({err.strerror or err}): stopped. "
-                                f"The earlier checkpoints are intact ({checkpoint_names(output_dir)}); free space, "
-                                "then --resume_from_checkpoint latest.") from err
+    def checkpoint(name: str) -> None:
+        state.train_seconds = None if seconds_before is None else seconds_before + time.time() - started
+        last_checkpoint[:] = [save_run_state(accelerator, output_dir, name, state, run_id, this_run, ema, progress)]
         if args.checkpoints_total_limit and accelerator.is_main_process:
             for old in prune_checkpoints(output_dir, args.checkpoints_total_limit):
                 progress.write(f"--checkpoints_total_limit {args.checkpoints_total_limit}: removed {old.name}")
 
     accelerator.print(f"{num_parameters:,} parameters; {max_steps} optimizer steps, "
-                      f"{updates_per_epoch or 'streamed: unknown'} per epoch, {accelerator.num_processes} process(es)")
+                      f"{per_epoch or 'streamed: unknown'} per epoch, {accelerator.num_processes} process(es)")
     if not args.streaming:
         print(f"process {accelerator.process_index}/{accelerator.num_processes}: {len(train_loader)} training batches "
               f"per epoch", flush=True)
-    progress = tqdm(total=max_steps, initial=completed_steps, disable=not accelerator.is_local_main_process)
-    started, log_time, log_bytes = time.time(), time.time(), train_bytes
-    bytes_at_start = train_bytes
-    # this process's bytes, loss sum, micro-batches, data checksum and non-finite losses since the last step
-    pending = torch.zeros(5, dtype=torch.float64)
-    bad_terms: dict[str, float] = {}
-    last_eval: dict = {}
-    stop = False
+    progress = tqdm(total=max_steps, initial=state.completed_steps, disable=not accelerator.is_local_main_process)
+    started, seconds_before = time.time(), state.train_seconds
+    log_time, log_bytes, bytes_at_start = started, state.train_bytes, state.train_bytes
+    pending, bad_terms, last_eval, reason = [0.0] * 5, {}, {}, None
     model.train()
-    if completed_steps >= max_steps:
-        accelerator.print(f"the checkpoint is at step {completed_steps} >= {max_steps} optimizer steps: nothing to train")
-    for epoch in range(start_epoch, epochs if completed_steps < max_steps else start_epoch):
+    if state.completed_steps >= max_steps:
+        accelerator.print(f"the checkpoint is at step {state.completed_steps} >= {max_steps} optimizer steps: "
+                          "nothing to train")
+    for epoch in range(start_epoch, epochs if state.completed_steps < max_steps else start_epoch):
+        state.epoch, skip = epoch, resume_batches if epoch == start_epoch else 0
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
-        skip = resume_batches if epoch == start_epoch else 0
-        loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-        batches_in_epoch = skip
-        for batch in loader:
-            batches_in_epoch += 1
+        state.batches_in_epoch = skip
+        for batch in accelerator.skip_first_batches(train_loader, skip) if skip else train_loader:
+            state.batches_in_epoch += 1
             with accelerator.accumulate(model):
                 out = model(**batch, return_loss=True)
                 loss = out.loss.detach().float()
-                mask = batch["attention_mask"]
-                pending += torch.tensor([float(mask.sum()), loss.item(), 1.0,
-                                         float((batch["input_ids"] * mask).sum()), float(not torch.isfinite(loss))],
-                                        dtype=torch.float64)
+                pending = [a + b for a, b in zip(pending, micro_batch_sums(batch, loss))]
                 if not torch.isfinite(loss) and not bad_terms:
                     bad_terms = {k: round(v.item(), 4) for k, v in out.loss_terms.items()}
                 accelerator.backward(out.loss)  # every process takes part in the gradient all-reduce, even on NaN
                 if accelerator.sync_gradients:
                     norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm or math.inf)
                     grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # DTensor (FSDP2)
-                    out_of_time = args.max_train_minutes is not None and (time.time() - started) / 60 >= args.max_train_minutes
-                    local = torch.cat([pending, torch.tensor([float(out_of_time), float(not math.isfinite(grad_norm))],
-                                                             dtype=torch.float64)])
-                    table = accelerator.gather(local[None].to(accelerator.device)).cpu()  # (processes, 7)
-                    pending.zero_()
-                    # fp16's GradScaler skips steps with inf gradients by design; otherwise they mean divergence
-                    bad_grads = table[:, 6].sum() > 0 and accelerator.scaler is None
-                    if table[:, 4].sum() > 0 or bad_grads:
-                        where = [i for i in range(len(table)) if table[i, 4] > 0 or table[i, 6] > 0]
+                    out_of_time = (args.max_train_minutes is not None
+                                   and (time.time() - started) / 60 >= args.max_train_minutes)
+                    totals = StepTotals.gather(accelerator, pending, out_of_time, grad_norm)
+                    pending = [0.0] * 5
+                    error = step_error(totals, accelerator, state, bad_terms, last_checkpoint_name(last_checkpoint))
+                    if error:
                         progress.close()  # ends the bar's line, so the error starts a line of its own
-                        raise TrainingError(
-                            f"non-finite {'loss' if table[:, 4].sum() > 0 else 'gradient norm'} at step "
-                            f"{completed_steps + 1} on process(es) {where} (loss terms here: {bad_terms or 'finite'}): "
-                            f"stopped before the optimizer step, nothing saved. Last good checkpoint: "
-                            f"{last_checkpoint[0] if last_checkpoint else 'none written by this run'}. Resume from it "
-                            f"(--resume_from_checkpoint latest) with a lower --learning_rate or more --num_warmup_steps.",
-                            synchronized=True)
+                        raise TrainingError(error, synchronized=True)
                     lr = scheduler.get_last_lr()[0]
                 optimizer.step()
                 if accelerator.sync_gradients and not weights_are_finite(model):
-                    progress.close()  # ends the bar's line, so the error starts a line of its own
+                    progress.close()
                     raise TrainingError(
-                        f"the optimizer step {completed_steps + 1} made some weights non-finite (too high a "
+                        f"the optimizer step {state.completed_steps + 1} made some weights non-finite (too high a "
                         f"--learning_rate, or no --max_grad_norm?): stopped, nothing of this step saved. Last good "
-                        f"checkpoint: {last_checkpoint[0] if last_checkpoint else 'none written by this run'}.",
-                        synchronized=True)
+                        f"checkpoint: {last_checkpoint_name(last_checkpoint)}.", synchronized=True)
                 scheduler.step()
                 optimizer.zero_grad()
             if not accelerator.sync_gradients:
                 continue
-            completed_steps += 1
-            step_loss = float(table[:, 1].sum() / table[:, 2].sum())
-            train_bytes += int(table[:, 0].sum())
+            state.completed_steps += 1
+            state.train_bytes += int(totals.bytes.sum())
             if ema is not None:
                 ema.update(accelerator.unwrap_model(model))
             progress.update(1)
             changed = governor.step()
             if changed is not None:
-                progress.write(f"step {completed_steps}: CPU threads -> {changed} (other processes use the rest)")
+                progress.write(f"step {state.completed_steps}: CPU threads -> {changed} (other processes use the rest)")
             if accelerator.is_main_process:
-                with open(log_path, "a") as handle:
-                    handle.write(json.dumps({
-                        "step": completed_steps, "epoch": epoch, "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
-                        "train_bytes": train_bytes, "process_bytes": table[:, 0].long().tolist(),
-                        "process_checksum": table[:, 3].long().tolist(), "threads": torch.get_num_threads()}) + "\n")
-            if completed_steps % args.logging_steps == 0 or completed_steps == 1:
+                log_step(log_path, state, totals, lr, grad_norm)
+            if state.completed_steps % args.logging_steps == 0 or state.completed_steps == 1:
                 now = time.time()
-                rate = (train_bytes - log_bytes) / max(now - log_time, 1e-9)
-                log_time, log_bytes = now, train_bytes
-                progress.set_postfix(loss=f"{step_loss:.3f}", bytes_per_s=f"{rate:,.0f}")
+                rate = (state.train_bytes - log_bytes) / max(now - log_time, 1e-9)
+                log_time, log_bytes = now, state.train_bytes
+                progress.set_postfix(loss=f"{totals.loss:.3f}", bytes_per_s=f"{rate:,.0f}")
                 if args.with_tracking:
-                    logs = {"train/loss": step_loss, "train/bytes_per_second": rate, "train/lr": lr,
-                            "train/grad_norm": grad_norm}
-                    logs.update({f"train/{k}": v.item() for k, v in out.loss_terms.items()})
-                    accelerator.log(logs, step=completed_steps)
-            out_of_time = bool(table[:, 5].sum() > 0)  # any process out of time: all stop at this same step
-            stop_early = args.stop_after_steps is not None and completed_steps >= args.stop_after_steps
-            done = completed_steps >= max_steps or out_of_time or stop_early
-            if (completed_steps % args.eval_steps == 0 or done) and evaluating:
+                    accelerator.log({"train/loss": totals.loss, "train/bytes_per_second": rate, "train/lr": lr,
+                                     "train/grad_norm": grad_norm,
+                                     **{f"train/{k}": v.item() for k, v in out.loss_terms.items()}},
+                                    step=state.completed_steps)
+            reason = stop_reason(args, state, max_steps, totals)
+            if (state.completed_steps % args.eval_steps == 0 or reason) and evaluating:
                 last_eval = evaluate(model, val_loader, accelerator, args.eval_batches, args.seed)
-                accelerator.print(f"step {completed_steps}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+                accelerator.print(f"step {state.completed_steps}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
                 if args.with_tracking:
-                    accelerator.log(last_eval, step=completed_steps)
-            every = str(args.checkpointing_steps).isdigit() and completed_steps % int(args.checkpointing_steps) == 0
-            if every or stop_early or (out_of_time and args.checkpointing_steps is not None):
-                checkpoint(f"step_{completed_steps}", epoch, batches_in_epoch)
-            if done:
-                if out_of_time:
-                    accelerator.print(f"--max_train_minutes {args.max_train_minutes} reached at step {completed_steps}")
-                elif stop_early and completed_steps < max_steps:
-                    accelerator.print(f"--stop_after_steps: stopped at step {completed_steps} of {max_steps}; continue "
-                                      f"with --resume_from_checkpoint latest")
-                stop = True
+                    accelerator.log(last_eval, step=state.completed_steps)
+            every = str(args.checkpointing_steps).isdigit() and state.completed_steps % int(args.checkpointing_steps) == 0
+            stop_early = args.stop_after_steps is not None and state.completed_steps >= args.stop_after_steps
+            if every or stop_early or (totals.out_of_time.sum() > 0 and args.checkpointing_steps is not None):
+                checkpoint(f"step_{state.completed_steps}")
+            if reason is not None:
+                if reason:
+                    accelerator.print(reason)
                 break
-        if batches_in_epoch == skip:  # a stream that ended at once: another pass would not end either
+        if state.batches_in_epoch == 0:  # a stream that ended at once: another pass would not end either
             progress.close()
             raise TrainingError(f"epoch {epoch}: the training data gave no batch (an empty stream?).", synchronized=True)
-        if args.checkpointing_steps == "epoch" and not stop:
-            checkpoint(f"epoch_{epoch + 1}", epoch + 1, 0)
-        if stop:
+        if reason is not None:
             break
+        if args.checkpointing_steps == "epoch":
+            state.epoch, state.batches_in_epoch = epoch + 1, 0
+            checkpoint(f"epoch_{epoch + 1}")
     progress.close()
 
     accelerator.wait_for_everyone()
-    final = accelerator.unwrap_model(model)
     if ema is not None:
-        ema.copy_to(final)
+        ema.copy_to(accelerator.unwrap_model(model))
     if evaluating and (ema is not None or not last_eval):  # the EMA weights, or a resumed run that trained no step
         last_eval = evaluate(model, val_loader, accelerator, args.eval_batches, args.seed)
-        accelerator.print(("EMA weights: " if ema is not None else f"step {completed_steps}: ")
+        accelerator.print(("EMA weights: " if ema is not None else f"step {state.completed_steps}: ")
                           + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
-    state_dict = accelerator.get_state_dict(model)  # every process: gathers the shards under FSDP
-    history = {"completed_steps": completed_steps, "train_bytes": train_bytes, "final_eval": last_eval,
+    now = time.time()
+    history = {"completed_steps": state.completed_steps, "train_bytes": state.train_bytes, "final_eval": last_eval,
                # train_minutes: the whole run's training time (None when resumed from a checkpoint that did not
                # record it); the rate counts this process's bytes and time only
-               "train_minutes": None if seconds_before is None else (seconds_before + time.time() - started) / 60,
-               "train_minutes_this_run": (time.time() - started) / 60, "resumed_from_step": resumed_from,
-               "num_processes": accelerator.num_processes,
-               "num_parameters": num_parameters,
-               "train_bytes_per_second": (train_bytes - bytes_at_start) / max(time.time() - started, 1e-9),
+               "train_minutes": None if seconds_before is None else (seconds_before + now - started) / 60,
+               "train_minutes_this_run": (now - started) / 60, "resumed_from_step": resumed_from,
+               "num_processes": accelerator.num_processes, "num_parameters": num_parameters,
+               "train_bytes_per_second": (state.train_bytes - bytes_at_start) / max(now - started, 1e-9),
                "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
                "train_stats": train_stats and vars(train_stats), "validation_stats": vars(val_stats),
-               "args": {k: v for k, v in vars(args).items() if k != "hub_token" and isinstance(v, (int, float, str, bool, type(None)))}}
-    if accelerator.is_main_process:
-        try:
-            final.save_pretrained(output_dir, is_main_process=True, save_function=accelerator.save,
-                                  state_dict=state_dict)
-            tokenizer.save_pretrained(output_dir)
-            (output_dir / "train_results.json").write_text(json.dumps(history, indent=2))
-            write_model_card(output_dir, args.hub_model_id)
-        except OSError as err:  # e.g. a full disk
-            raise TrainingError(f"cannot write the trained model to {output_dir} ({err.strerror or err}). The "
-                                f"checkpoints are intact ({checkpoint_names(output_dir)}).") from err
-        if args.push_to_hub:  # the folder is complete on disk first: a failed push loses nothing
-            try:
-                push_folder(output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private)
-            except ValueError as error:
-                raise TrainingError(f"{error} The trained model is saved in {output_dir}; push it later with "
-                                 f"`python examples/push_to_hub.py {output_dir} --repo_id {args.hub_model_id}`.") from error
-    accelerator.wait_for_everyone()
+               "args": {k: v for k, v in vars(args).items()
+                        if k != "hub_token" and isinstance(v, (int, float, str, bool, type(None)))}}
+    save_final(args, accelerator, model, tokenizer, output_dir, history)
     if args.with_tracking:
         accelerator.end_training()
     accelerator.print(f"saved to {output_dir}: " + json.dumps(last_eval))
+
+
+def last_checkpoint_name(last_checkpoint: list[Path]) -> str:
+    return str(last_checkpoint[0]) if last_checkpoint else "none written by this run"
+
+
+def restore(args, accelerator, model, ema, path: Path, saved: dict, this_run: dict) -> tuple[RunState, "EMA | None"]:
+    """Load a verified checkpoint into the prepared model, optimizer, scheduler and RNGs (and the EMA)."""
+    check_run_arguments(args, path, saved, this_run, accelerator)
+    try:
+        accelerator.load_state(str(path))
+    except RuntimeError as err:  # e.g. size mismatches: a checkpoint of another config
+        lines = str(err).strip().splitlines()
+        detail = " ".join(line.strip() for line in lines[:3]) + (f" ... ({len(lines) - 3} more)" if len(lines) > 3 else "")
+        raise TrainingError(f"{path} does not fit this model (written with another config?): {detail}") from err
+    if ema is not None and not ema.load(path):  # ema.safetensors was read by verify_checkpoint
+        ema = EMA(accelerator.unwrap_model(model), args.ema_decay).to(accelerator.device)
+        accelerator.print(f"warning: {path} has no {EMA_FILE}; the EMA restarts from the resumed weights")
+    state = RunState(saved["completed_steps"], saved["epoch"], saved["batches_in_epoch"], saved["train_bytes"],
+                     saved.get("train_seconds"))
+    accelerator.print(f"resumed from {path}: step {state.completed_steps}, epoch {state.epoch}, "
+                      f"{state.batches_in_epoch} batches into it")
+    return state, ema
+
+
+def save_run_state(accelerator, output_dir: Path, name: str, state: RunState, run_id: str, this_run: dict, ema,
+                   progress) -> Path:
+    """A checkpoint of the run (see modeling_zonkey/checkpointing.py); a failed write is one error line."""
+    try:
+        return save_checkpoint(accelerator, output_dir, name, {**asdict(state), "run_id": run_id, "run_args": this_run},
+                               tensors={EMA_FILE: ema.state_dict()} if ema is not None else None)
+    except OSError as err:  # e.g. a full disk; the partial folder is gone, the complete ones are intact
+        progress.close()
+        raise TrainingError(f"cannot write the checkpoint {output_dir / name} ({err.strerror or err}): stopped. "
+                            f"The earlier checkpoints are intact ({checkpoint_names(output_dir)}); free space, "
+                            "then --resume_from_checkpoint latest.") from err
 
 
 if __name__ == "__main__":

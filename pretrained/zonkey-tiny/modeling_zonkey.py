@@ -241,6 +241,18 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
                                      "splitter, compressor, decoder, stitcher, masked_vector at levels >= 1).")
                 module.compile(dynamic=dynamic)
 
+    # parameters that get no weight decay: biases and norms, and the learned vectors that are not projections
+    # (byte embeddings, CLS and mask vectors, the diffusion-time embedding, the stitcher's alpha and rho)
+    NO_WEIGHT_DECAY = ("bias", "norm", "embeddings", "cls_vectors", "mask_vector", "time.", "alpha", "rho")
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict]:
+        """Parameter groups for torch.optim (AdamW): `weight_decay` for the projection weights, 0 for the parameters
+        whose name contains a NO_WEIGHT_DECAY part. Every parameter is in exactly one group."""
+        decay, no_decay = [], []
+        for name, parameter in self.named_parameters():
+            (no_decay if any(part in name for part in self.NO_WEIGHT_DECAY) else decay).append(parameter)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
     @torch.no_grad()
     def decode_latents(self, latents: list[torch.Tensor], level: int | None = None,
                        parents: dict[int, torch.Tensor] | None = None,
