@@ -134,6 +134,44 @@ def _in_backward(event) -> bool:
     return False
 
 
+def flop_table(config, input_ids: torch.Tensor) -> None:
+    """Training FLOPs (forward + backward, torch's FlopCounterMode: matmuls, convolutions, attention) of Zonkey
+    and of the same-size byte GPT-2 on the same batch, and Zonkey's forward FLOPs per component."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from modeling_zonkey.baseline import char_baseline
+
+    torch.manual_seed(0)
+    model = ZonkeyModel(config).train()
+    baseline = char_baseline(sum(p.numel() for p in model.parameters()), context=input_ids.shape[1]).train()
+    counts = {}
+    for name, loss_of in (("Zonkey", lambda: model(input_ids, return_loss=True).loss),
+                          ("baseline", lambda: baseline(input_ids=input_ids, labels=input_ids).loss)):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            loss_of().backward()
+        counts[name] = counter.get_total_flops()
+    counter = FlopCounterMode(display=False, depth=4)
+    with counter:
+        model(input_ids, return_loss=True)
+    forward = counter.get_flop_counts()
+    bytes_ = int((input_ids != config.pad_token_id).sum())
+    print("\ntraining FLOPs per step (forward + backward):\n")
+    print("| model | GFLOP / step | MFLOP / byte | vs baseline |")
+    print("|---|---:|---:|---:|")
+    for name, flops in counts.items():
+        print(f"| {name} | {flops / 1e9:.1f} | {flops / bytes_ / 1e6:.1f} | {flops / counts['baseline']:.2f}x |")
+    total = sum(forward["Global"].values())
+    print("\nZonkey forward FLOPs by component (the decoder's three passes and the light pass's re-compression "
+          "included):\n")
+    print("| component | GFLOP | share |")
+    print("|---|---:|---:|")
+    for key in sorted(k for k in forward if k.count(".") == 3 and k.startswith("ZonkeyModel.levels.")):
+        flops = sum(forward[key].values())
+        print(f"| level {key.split('.')[2]} {key.split('.')[3]} | {flops / 1e9:.2f} | {100 * flops / total:.0f}% |")
+    print(f"| total | {total / 1e9:.2f} | |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configuration/zonkey-tiny.json")
