@@ -1,14 +1,14 @@
-"""Decoder (decompressor + PA denoiser + existence head) and the diffusion losses that train it at every noise level."""
+"""Decoder: time embedding, decompressor (causal, with a key/value cache), PA denoiser and existence head.
+
+The diffusion losses that train it at every noise level are ZonkeyLevel's (tests/test_level.py)."""
+
+import math
 
 import pytest
 import torch
 
-from modeling_zonkey import ZonkeyConfig, ZonkeyModel
-from modeling_zonkey.ddmm import add_noise
-from modeling_zonkey.decoder import Decoder
-from modeling_zonkey.level import LevelTargets, SegmentBatch
-from modeling_zonkey.segment_splitter import build_segments
-from modeling_zonkey.sphere import expected_norm, to_sphere
+from modeling_zonkey.decoder import CausalBlock, Decoder, Decompressor, TimeEmbedding
+from modeling_zonkey.sphere import expected_norm, sinusoid, to_sphere
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -49,99 +49,100 @@ def test_the_predicted_existence_masks_the_denoiser():
         assert (changed > 1e-2) if flag else (changed == 0.0), (flag, changed)
 
 
-def test_the_loss_is_a_mean_over_bytes_not_over_segments():
-    """Segments of 2 and 8 bytes: a loss of 1 on every byte of the short one and 0 on the long one averages to
-    2 / 10 per byte (a per-segment mean would say 1 / 2)."""
-    valid = torch.ones(1, 10, dtype=torch.bool)
-    p = torch.zeros(1, 10)
-    p[0, [0, 2]] = 1.0
-    segments = build_segments(p, p.bool(), valid, L)
-    assert segments.gap.tolist() == [2, 8]
-    x = to_sphere(torch.randn(1, 10, D))
-    windows = segments.gather(x)
-    sub = SegmentBatch.take(segments, windows, torch.arange(2), LevelTargets(x), valid)
-    losses = torch.zeros(2, L)
-    losses[0, :2] = 1.0
-    assert sub.average(losses).item() == pytest.approx(2 / 10, abs=1e-5)
+def perturb(module, seed):
+    """Seeded noise on every parameter (LayerNorm weights and biases off their init values)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    return module
 
 
-@pytest.fixture(scope="module")
-def training_level(micro_config):
+def full_causal_pass(decompressor, sequence):
+    """Every layer over the whole sequence at once, without a cache (is_causal attention) -> normalised outputs."""
+    x = sequence
+    for layer in decompressor.layers:
+        x, _ = layer(x, 0, None)
+    return decompressor.norm(x)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("prompt_length", [1, 3])
+def test_cached_decompressor_equals_a_full_causal_pass(prompt_length):
+    """The decompressor emits L vectors one at a time with a key/value cache, each step reading the previous
+    output. Teacher-forcing its own outputs, one causal pass over [prompt, y_1 .. y_{L-1}] gives the same L vectors
+    at positions P-1 .. P+L-2 (and the prompt's first outputs do not depend on what follows)."""
     torch.manual_seed(0)
-    model = ZonkeyModel(micro_config).train()
-    ids = torch.randint(97, 123, (3, 40))
-    valid = torch.ones(3, 40, dtype=torch.bool)
-    x = model.embed_bytes(ids)
-    level = model.levels[0]
-    split = level.splitter(x, valid)
-    segments = build_segments(split.bos_probs, split.boundaries, valid, level.window_length, split.log_not_bos)
-    windows = segments.gather(x)
-    latents = level.compressor(windows, segments.existence).latents
-    targets = LevelTargets(x, ids, to_sphere(model.byte_embeddings.weight[:256]))
-    sub = SegmentBatch.take(segments, windows, torch.arange(len(latents)), targets, valid)
-    return model, level, sub, latents
+    decompressor = perturb(Decompressor(D, HEADS, 2, L, 2), 1).eval()
+    prompt = torch.randn(3, prompt_length, D, generator=torch.Generator().manual_seed(2))
+    emitted = decompressor(prompt)
+    assert emitted.shape == (3, L, D)
+    full = full_causal_pass(decompressor, torch.cat([prompt, emitted[:, :-1]], dim=1))
+    torch.testing.assert_close(full[:, prompt_length - 1 :], emitted, atol=1e-5, rtol=1e-5)
+    # causal: replacing the later inputs changes nothing before them
+    other = torch.cat([prompt, torch.randn(3, L - 1, D, generator=torch.Generator().manual_seed(3))], dim=1)
+    torch.testing.assert_close(full_causal_pass(decompressor, other)[:, :prompt_length], full[:, :prompt_length],
+                               atol=1e-6, rtol=1e-6)
 
 
-def test_the_heavy_pass_is_trained_directly_and_the_light_pass_cannot_move_it(training_level):
-    """The degenerate minimiser of the first checkpoint (heavy and light passes agreeing on one constant) needs
-    the light pass's loss to reach the heavy estimate X2. It must not: X2 is trained by its own reconstruction
-    loss ("denoising", at t ~ U(0, 1)), and the light pass reads it without gradient."""
-    model, level, sub, latents = training_level
-    torch.manual_seed(3)
-    _, heavy, t1 = level.clean_and_heavy_passes(latents)
-    terms = level.diffusion_terms(sub, heavy, t1)
-    assert terms.ddmm is not None and torch.isfinite(terms.ddmm) and torch.isfinite(terms.denoising)
-    to_heavy = torch.autograd.grad(terms.ddmm, terms.heavy.sequence, allow_unused=True, retain_graph=True)[0]
-    assert to_heavy is None or to_heavy.abs().max() == 0
-    from_denoising = torch.autograd.grad(terms.denoising, terms.heavy.sequence, retain_graph=True)[0]
-    assert from_denoising.abs().sum() > 0
-    decoder_grads = torch.autograd.grad(terms.ddmm, list(level.decoder.parameters()), allow_unused=True)
-    assert sum(g.abs().sum() for g in decoder_grads if g is not None) > 0
+@torch.no_grad()
+def test_causal_block_cache_gives_the_keys_values_and_outputs_of_one_pass():
+    """A causal block run over a prefix, then token by token with the cache, equals one causal pass over the whole
+    sequence: the same outputs and the same cached keys and values (position codes included)."""
+    torch.manual_seed(4)
+    block = perturb(CausalBlock(D, HEADS, 2), 5).eval()
+    x = torch.randn(2, 7, D, generator=torch.Generator().manual_seed(6))
+    whole, (k_whole, v_whole) = block(x, 0, None)
+    out, cache = block(x[:, :3], 0, None)
+    steps = [out]
+    for position in range(3, 7):
+        y, cache = block(x[:, position : position + 1], position, cache)
+        steps.append(y)
+    torch.testing.assert_close(torch.cat(steps, dim=1), whole, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cache[0], k_whole, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(cache[1], v_whole, atol=1e-6, rtol=1e-6)
+    assert cache[0].shape == (2, HEADS, 7, D // HEADS)
+    # precomputed codes (what the decompressor passes) change nothing
+    codes = sinusoid(torch.arange(16), D // HEADS)
+    torch.testing.assert_close(block(x, 0, None, codes)[0], whole, atol=0, rtol=0)
 
 
-def test_single_step_objective_has_no_light_pass(training_level, micro_config):
-    _, level, sub, latents = training_level
-    level.config = ZonkeyConfig(**{**micro_config.to_dict(), "ddmm_objective": "single_step"})
+@torch.no_grad()
+def test_the_decoder_prompt_is_tau_then_the_latent_vectors_plus_tau():
+    """The decompressor reads [tau(t); z_1 + tau(t); ...; z_C + tau(t)] (C + 1 tokens of width d)."""
+    decoder = make_decoder(7)
+    z = to_sphere(torch.randn(2, C * D, generator=torch.Generator().manual_seed(8)))
+    t = torch.tensor([0.2, 0.9])
+    prompts = []
+    handle = decoder.decompressor.register_forward_hook(lambda module, args, output: prompts.append(args[0]))
     try:
-        terms = level.diffusion_terms(sub, *level.clean_and_heavy_passes(latents)[1:])
+        decoder(z, t)
     finally:
-        level.config = micro_config
-    assert terms.ddmm is None and torch.isfinite(terms.denoising)
-
-
-def test_decoder_rows_are_independent_so_passes_can_share_one_call(training_level):
-    """The clean and heavy passes run as one batched decoder call: a row's output must not depend on the
-    other rows of the batch (equal to float tolerance, with gradients)."""
-    _, level, _, latents = training_level
-    count = len(latents)
-    t0, t1 = torch.full((count,), 0.05), torch.linspace(0.0, 1.0, count)
-    noise = torch.randn(2, *latents.shape, generator=torch.Generator().manual_seed(0))
-    z0 = add_noise(latents.detach(), t0, noise=noise[0])
-    z1 = add_noise(latents.detach(), t1, noise=noise[1])
-    both = level.decoder(torch.cat([z0, z1]), torch.cat([t0, t1]))
-    apart = [level.decoder(z0, t0), level.decoder(z1, t1)]
-    torch.testing.assert_close(both.sequence, torch.cat([a.sequence for a in apart]), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(both.existence, torch.cat([a.existence for a in apart]), rtol=1e-4, atol=1e-5)
-    clean, heavy, _ = level.clean_and_heavy_passes(latents)
-    assert clean.sequence.shape == heavy.sequence.shape == (count, level.window_length, latents.shape[1] // level.num_cls)
-
-
-def test_light_pass_fraction_sends_that_share_of_the_rows_through_the_light_pass(training_level, micro_config):
-    _, level, sub, latents = training_level
-    rows = []
-    handle = level.decoder.register_forward_hook(lambda module, args, output: rows.append(len(args[0])))
-    level.config = ZonkeyConfig(**{**micro_config.to_dict(), "light_pass_fraction": 0.5})
-    try:
-        torch.manual_seed(0)
-        _, heavy, t1 = level.clean_and_heavy_passes(latents)
-        terms = level.diffusion_terms(sub, heavy, t1)
-    finally:
-        level.config = micro_config
         handle.remove()
-    count = len(latents)
-    assert rows == [2 * count, round(0.5 * count)]
-    assert torch.isfinite(terms.ddmm) and terms.ddmm > 0
-    grads = torch.autograd.grad(terms.ddmm, list(level.decoder.parameters()), allow_unused=True)
-    assert sum(g.abs().sum() for g in grads if g is not None) > 0
-    with pytest.raises(ValueError, match="light_pass_fraction must be in"):
-        ZonkeyConfig(**{**micro_config.to_dict(), "light_pass_fraction": 0.0})
+    tau = (1 - t)[:, None] * decoder.time.clean + t[:, None] * decoder.time.noisy
+    expected = torch.cat([tau[:, None], z.view(2, C, D) + tau[:, None]], dim=1)
+    torch.testing.assert_close(prompts[0], expected)
+
+
+def test_time_embedding_interpolates_or_encodes():
+    embedding = TimeEmbedding(D, "interpolate")
+    torch.nn.init.normal_(embedding.clean)
+    torch.nn.init.normal_(embedding.noisy)
+    t = torch.tensor([0.0, 0.25, 1.0])
+    out = embedding(t)
+    torch.testing.assert_close(out[0], embedding.clean.detach(), atol=0, rtol=0)
+    torch.testing.assert_close(out[2], embedding.noisy.detach(), atol=0, rtol=0)
+    torch.testing.assert_close(out[1], 0.75 * embedding.clean.detach() + 0.25 * embedding.noisy.detach())
+    torch.manual_seed(9)
+    sinusoidal = TimeEmbedding(D, "sinusoidal")
+    torch.testing.assert_close(sinusoidal(t), sinusoidal.mlp(sinusoid(t * 1000.0, D)))
+
+
+def test_existence_is_the_survival_product_of_p_end():
+    """e_hat_0 = 1, e_hat_j = prod_{k=1..j} (1 - p_end_k), p_end = sigmoid(w . y / sqrt(d) - 2)."""
+    decoder = make_decoder(10)
+    y = torch.randn(3, L, D, generator=torch.Generator().manual_seed(11)) * 4.0
+    p_end = torch.sigmoid(decoder.existence_head(y).squeeze(-1) / math.sqrt(D) - 2.0)
+    expected = torch.cat([torch.ones(3, 1), torch.cumprod(1 - p_end[:, 1:], dim=1)], dim=1)
+    torch.testing.assert_close(decoder.existence(y), expected, atol=1e-6, rtol=1e-5)
+    assert (expected[:, 1:] < expected[:, :-1]).all()  # strictly decreasing: each p_end > 0

@@ -22,7 +22,8 @@ from modeling_zonkey.configuration_zonkey import REGULARIZER_TERMS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-MICRO_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configuration", "zonkey-micro.json")
+MICRO_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configuration",
+                          "zonkey-micro.json")
 
 TEXTS = [
     "Zonkeys are hybrids of zebras and donkeys; the stripes usually show on the legs, rarely on the body.",
