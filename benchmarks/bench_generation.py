@@ -2,7 +2,7 @@
 
 Zonkey samples from top-level noise with `--steps` denoising steps (DDMM sampler) and decodes down through
 every level; its bytes/s counts the bytes it actually returned. The baseline is a GPT-2-style byte model
-of about the same parameter count (modeling_zonkey/baseline.py), generating the same number of bytes per
+of about the same parameter count (modeling_zonkey/evaluation/baseline.py), generating the same number of bytes per
 sample (Zonkey's mean output length) with transformers' generate(), sampling, with its key/value cache.
 Both run in the same process, alternately, and the median of `--repeats` timed calls (after one warm-up)
 is reported, so the ratio is measured under the same machine load.
@@ -16,13 +16,12 @@ import statistics
 import time
 
 import torch
+from common import machine_line  # benchmarks/common.py (scripts run from this folder's path)
 from transformers import AutoModel
 
 import modeling_zonkey  # noqa: F401  (registers the Auto classes)
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel
-from modeling_zonkey.baseline import char_baseline
-
-from common import machine_line  # benchmarks/common.py (scripts run from this folder's path)
+from modeling_zonkey.evaluation.baseline import char_baseline
 
 
 def median_seconds(function, repeats: int) -> tuple[float, object]:
@@ -41,7 +40,7 @@ def main() -> None:
     source.add_argument("--model", help="a saved Zonkey folder (e.g. runs/zonkey-tiny)")
     source.add_argument("--config", default="configuration/zonkey-tiny.json", help="a preset, random weights")
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no_clamp", action="store_true", help="sample without clamping (faster, collapsed samples)")

@@ -31,10 +31,9 @@ import time
 
 import torch
 import torch.nn.functional as F
+from common import machine_line  # benchmarks/common.py (scripts run from this folder's path)
 
 from modeling_zonkey.probabilistic_attention import ProbabilisticAttention, existence_bias
-
-from common import machine_line  # benchmarks/common.py (scripts run from this folder's path)
 
 TARGET = 1.2
 
@@ -94,7 +93,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--existence-grad", choices=("both", "yes", "no"), default="both",
+    parser.add_argument("--existence_grad", choices=("both", "yes", "no"), default="both",
                         help="time with existence requiring grad (training: the splitter's existence is "
                              "differentiable), with a constant existence, or both (default)")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,7 +1,7 @@
 """Benchmark: training cost per byte as documents grow, Zonkey vs the flat byte-level baseline (equal size).
 
 For each document length N (default 256 512 1024 2048 4096 8192 bytes) and each model, a fresh subprocess
-builds the model, runs `--warmup` + `--steps` training steps (forward, backward, AdamW) on `--batch-size`
+builds the model, runs `--warmup` + `--steps` training steps (forward, backward, AdamW) on `--batch_size`
 documents of N bytes of English-looking text and prints the median step time and the process's peak RSS.
 Zonkey is the tiny preset with document_length = [N, N / 4] (level 1 reads at most N / 4 latents per row);
 at most max_decoded_segments = 256 level-0 segments per batch go through the decoder, as in training. The
@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import machine_line  # benchmarks/common.py (scripts run from this folder's path)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +42,7 @@ def text_batch(batch: int, length: int, seed: int = 0) -> torch.Tensor:
 def measure(model_name: str, length: int, batch: int, steps: int, warmup: int, config_path: str) -> dict:
     """One configuration, in this process: median training-step seconds and peak RSS."""
     from modeling_zonkey import ZonkeyConfig, ZonkeyModel
-    from modeling_zonkey.baseline import char_baseline
+    from modeling_zonkey.evaluation.baseline import char_baseline
 
     torch.manual_seed(0)
     config = ZonkeyConfig.from_pretrained(str(ROOT / config_path if not Path(config_path).is_file() else config_path))
@@ -81,7 +80,7 @@ def measure(model_name: str, length: int, batch: int, steps: int, warmup: int, c
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096, 8192])
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
@@ -103,7 +102,7 @@ def main() -> None:
     for length in args.lengths:
         rows = {}
         for name in ("zonkey", "baseline"):
-            command = [sys.executable, __file__, "--one", name, str(length), "--batch-size", str(args.batch_size),
+            command = [sys.executable, __file__, "--one", name, str(length), "--batch_size", str(args.batch_size),
                        "--steps", str(args.steps), "--warmup", str(args.warmup), "--config", args.config]
             if args.threads:
                 command += ["--threads", str(args.threads)]

@@ -1,7 +1,7 @@
 """Benchmark: Zonkey training-step time, throughput and memory on CPU, plus parameter counts of the presets.
 
 A training step is model.train(); loss = model(input_ids, return_loss=True).loss; loss.backward();
-clip_grad_norm_(1.0); AdamW.step() (eps 1e-7, as the paper release). The batch is `--batch-size`
+clip_grad_norm_(1.0); AdamW.step() (eps 1e-7, as the paper release). The batch is `--batch_size`
 documents of exactly document_length[0] bytes of English-looking text, generated deterministically from
 a small built-in word list (no downloads). After `--warmup` steps the median of `--steps` steps is
 reported, with bytes/s = batch * document bytes / median step time and the process's peak RSS
@@ -14,7 +14,7 @@ environment: with the default (spinning) OpenMP wait policy a 2-thread step can 
 another process holds a core. The header prints the load average and the policy in force.
 
     python benchmarks/bench_training_step.py                       # zonkey-tiny, 8 documents
-    python benchmarks/bench_training_step.py --config configuration/zonkey-micro.json --batch-size 4 --threads 1
+    python benchmarks/bench_training_step.py --config configuration/zonkey-micro.json --batch_size 4 --threads 1
 """
 
 import argparse
@@ -25,10 +25,9 @@ import time
 from pathlib import Path
 
 import torch
+from common import configure_threads, machine_line  # benchmarks/common.py (scripts run from this folder's path)
 
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel
-
-from common import configure_threads, machine_line  # benchmarks/common.py (scripts run from this folder's path)
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ("zonkey-micro", "zonkey-tiny", "zonkey-paper")
@@ -127,15 +126,15 @@ def parameter_table() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configuration/zonkey-tiny.json", help="preset JSON (path or repo-relative)")
-    parser.add_argument("--batch-size", type=int, default=8, help="documents per batch")
-    parser.add_argument("--document-bytes", type=int, default=None, help="bytes per document (default: document_length[0])")
+    parser.add_argument("--batch_size", type=int, default=8, help="documents per batch")
+    parser.add_argument("--document_bytes", type=int, default=None, help="bytes per document (default: document_length[0])")
     parser.add_argument("--threads", default=None,
                         help='torch.set_num_threads (default: torch\'s); "auto": the training script\'s choice')
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip-parameters", action="store_true", help="do not print the preset parameter counts")
+    parser.add_argument("--skip_parameters", action="store_true", help="do not print the preset parameter counts")
     args = parser.parse_args()
     configure_threads(args.threads)
     torch.manual_seed(args.seed)

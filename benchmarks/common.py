@@ -13,10 +13,10 @@ def machine_line() -> str:
 
 def configure_threads(threads: str | int | None) -> None:
     """torch.set_num_threads(threads) when given; "auto": the training script's choice, the cores other processes
-    leave free (modeling_zonkey/threads.py); None: torch's own default."""
+    leave free (modeling_zonkey/training/threads.py); None: torch's own default."""
     import torch
 
-    from modeling_zonkey.threads import ThreadGovernor
+    from modeling_zonkey.training.threads import ThreadGovernor
 
     if threads == "auto":
         ThreadGovernor(None).start()

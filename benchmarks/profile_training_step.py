@@ -20,10 +20,9 @@ import time
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile, record_function
-
 from bench_training_step import load_config, make_batch  # benchmarks/ (scripts run from this folder's path)
 from common import configure_threads, machine_line
+from torch.profiler import ProfilerActivity, profile, record_function
 
 import modeling_zonkey.level as level_module
 from modeling_zonkey import ZonkeyModel
@@ -139,7 +138,7 @@ def flop_table(config, input_ids: torch.Tensor) -> None:
     and of the same-size byte GPT-2 on the same batch, and Zonkey's forward FLOPs per component."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from modeling_zonkey.baseline import char_baseline
+    from modeling_zonkey.evaluation.baseline import char_baseline
 
     torch.manual_seed(0)
     model = ZonkeyModel(config).train()
@@ -175,12 +174,12 @@ def flop_table(config, input_ids: torch.Tensor) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configuration/zonkey-tiny.json")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--ops", type=int, default=25, help="rows of the op table")
-    parser.add_argument("--skip-flops", action="store_true", help="skip the FLOP table (Zonkey vs the baseline)")
+    parser.add_argument("--skip_flops", action="store_true", help="skip the FLOP table (Zonkey vs the baseline)")
     parser.add_argument("--trace", default=None, help="also write a Chrome trace (JSON) here")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides, JSON values (e.g. light_pass_fraction=0.5)")

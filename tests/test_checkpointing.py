@@ -1,4 +1,4 @@
-"""Training-state checkpoints (modeling_zonkey/checkpointing.py): atomic save under a simulated kill, the
+"""Training-state checkpoints (modeling_zonkey/training/checkpointing.py): atomic save under a simulated kill, the
 "latest" lookup, the barrier that keeps other processes' files inside the folder, and the EMA of the weights.
 A fake accelerator stands in for accelerate (save_state writes files into the folder it is given)."""
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from modeling_zonkey import checkpointing
-from modeling_zonkey.checkpointing import (EMA, STATE_FILE, CheckpointError, changed_arguments, find_checkpoint,
+from modeling_zonkey.training import checkpointing
+from modeling_zonkey.training.checkpointing import (EMA, STATE_FILE, CheckpointError, changed_arguments, find_checkpoint,
                                           foreign_checkpoints, read_state, save_checkpoint, write_run_id)
 
 

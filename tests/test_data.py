@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from modeling_zonkey import ZonkeyTokenizer
-from modeling_zonkey import data as zdata
-from modeling_zonkey.data import (
+from modeling_zonkey.training import data as zdata
+from modeling_zonkey.training.data import (
     DataStats,
     ZonkeyDataCollator,
+    articles_to_documents,
     build_level0_documents,
-    chunk_documents_to_bytes,
     load_streaming_documents,
     load_text_datasets,
     split_bytes,
@@ -95,7 +95,7 @@ def test_split_bytes_loses_nothing(length):
 
 def test_chunk_documents_counts_and_ids_match_tokenizer():
     texts = ["hello world " * 30, "", "   \n\t", None, "naïve café 東京"]
-    out = chunk_documents_to_bytes(texts, 64)
+    out = articles_to_documents(texts, 64)
     assert sorted(set(out["article"])) == [0, 4]  # empty, whitespace-only and None articles skipped
     assert out["length"] == [len(ids) for ids in out["input_ids"]]
     assert out["length"] == [60, 60, 60, 60, 60, 60, 19]  # 360 bytes cut after a space, + 19 bytes of UTF-8

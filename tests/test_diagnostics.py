@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel
-from modeling_zonkey.diagnostics import bos_saturation, denoiser_curve, mean_pairwise_cosine
+from modeling_zonkey.evaluation.diagnostics import bos_saturation, denoiser_curve, mean_pairwise_cosine
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

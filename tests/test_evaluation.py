@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from modeling_zonkey.evaluation import judge_perplexity
-from modeling_zonkey.metrics import (average_precision, binary_entropy, boundary_scores, mean_and_cv,
+from modeling_zonkey.evaluation.suite import judge_perplexity
+from modeling_zonkey.evaluation.metrics import (average_precision, binary_entropy, boundary_scores, mean_and_cv,
                                      over_segmentation, r_value, segment_lengths, sentence_starts, word_starts)
-from modeling_zonkey.text_statistics import (diversity, entropy_bits, length_statistics, memorisation,
+from modeling_zonkey.evaluation.text_statistics import (diversity, entropy_bits, length_statistics, memorisation,
                                              training_ngrams, vocabulary_share, words)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -163,7 +163,7 @@ def test_evaluate_script_writes_every_key_and_picture(make_model, tokenizer, tmp
 
 
 def test_pictures_without_matplotlib_say_what_to_install(monkeypatch):
-    from modeling_zonkey import pictures
+    from modeling_zonkey.evaluation import pictures
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
     with pytest.raises(ValueError, match=r"pictures need matplotlib: pip install"):
@@ -173,7 +173,7 @@ def test_pictures_without_matplotlib_say_what_to_install(monkeypatch):
 def test_training_curves_come_from_the_tensorboard_logs(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
-    from modeling_zonkey.pictures import plot_training_curves, read_scalars
+    from modeling_zonkey.evaluation.pictures import plot_training_curves, read_scalars
 
     with pytest.raises(ValueError, match="--with_tracking"):
         read_scalars(tmp_path)
@@ -194,7 +194,7 @@ def test_training_curves_come_from_the_tensorboard_logs(tmp_path):
 def test_chance_boundaries_at_level_0_are_the_share_of_word_starts(make_model):
     """F1 inner's chance reference: at level 0 every byte but the first is a candidate, so chance precision is the
     share of those bytes that start a word."""
-    from modeling_zonkey.evaluation import segmentation_metrics
+    from modeling_zonkey.evaluation.suite import segmentation_metrics
 
     documents = [b"The cat sat on the mat.", b"A dog ran to the fox and back again, 3 times."]
     metrics = segmentation_metrics(make_model(seed=2).eval(), documents)["level0"]

@@ -13,8 +13,8 @@ import pytest
 import torch
 from huggingface_hub import HfApi
 
-from modeling_zonkey.evaluation import EvaluationSettings, evaluate_model
-from modeling_zonkey.hub import files_to_push, push_folder
+from modeling_zonkey.evaluation.suite import EvaluationSettings, evaluate_model
+from modeling_zonkey.hub.push import files_to_push, push_folder
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -246,4 +246,44 @@ def test_a_built_wheel_carries_the_card_template(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("zonkey-*.whl")
     with zipfile.ZipFile(wheel) as archive:
-        assert archive.read("modeling_zonkey/model_card.md") == (root / "model_card.md").read_bytes()
+        assert archive.read("modeling_zonkey/hub/model_card.md") == (root / "model_card.md").read_bytes()
+        packages = {name.split("/")[1] for name in archive.namelist() if name.count("/") == 2}
+        assert {"training", "evaluation", "hub"} <= packages
+    # installed (not editable) away from the repository, it renders a card from the template it carries
+    site = tmp_path / "site"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
+                           str(wheel)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    check = ("from modeling_zonkey.hub import model_card; print(model_card.TEMPLATE, model_card.TEMPLATE.is_file()); "
+             "from modeling_zonkey.training.data import load_text_datasets")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(site)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [str(site / "modeling_zonkey" / "hub" / "model_card.md"), "True"]
+
+
+def test_the_package_top_level_is_exactly_the_remote_code(tmp_path, make_model, tokenizer):
+    """modeling_zonkey/ holds the model files flat (what save_pretrained copies as remote code) and nothing else:
+    training, evaluation and Hub support live in subpackages."""
+    import modeling_zonkey
+
+    make_model().save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    package = {path.name for path in Path(modeling_zonkey.__file__).parent.glob("*.py")} - {"__init__.py"}
+    assert {path.name for path in tmp_path.glob("*.py")} == package
+    assert "modeling_zonkey.py" in package and "data.py" not in package
+
+
+def test_refresh_remote_code_rewrites_the_copies(tmp_path, make_model, tokenizer, capsys):
+    from modeling_zonkey.hub import refresh_remote_code
+
+    make_model().save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / "level.py").write_text("# an old copy\n")
+    (tmp_path / "model" / "report.py").write_text("# a module the package no longer has\n")
+    refresh_remote_code.main([str(tmp_path / "model")])
+    assert "level.py" in capsys.readouterr().out
+    sources = {path.name: path.read_text() for path in refresh_remote_code.remote_code_files()}
+    assert {path.name: path.read_text() for path in (tmp_path / "model").glob("*.py")} == sources
+    with pytest.raises(SystemExit):
+        refresh_remote_code.main([str(tmp_path)])  # no config.json: not a model folder
+    assert "is not a saved model folder" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from transformers import pipeline
 from transformers.pipelines import get_supported_tasks
 
 from modeling_zonkey import ZonkeyModel, ZonkeyTextGenerationPipeline
-from modeling_zonkey.pipelines import TEXT_GENERATION_TASK, register_pipelines
+from modeling_zonkey.hub.pipelines import TEXT_GENERATION_TASK, register_pipelines
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

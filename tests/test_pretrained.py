@@ -9,10 +9,10 @@ import pytest
 from transformers import AutoModel, AutoTokenizer
 
 from modeling_zonkey import ZonkeyGenerationConfig, ZonkeyModel
-from modeling_zonkey.data import load_text_datasets
-from modeling_zonkey.evaluation import held_out_documents, reconstruction_metrics, segmentation_metrics
-from modeling_zonkey.hub import files_to_push
-from modeling_zonkey.inspection import mark_boundaries, segment_text
+from modeling_zonkey.training.data import load_text_datasets
+from modeling_zonkey.evaluation.suite import held_out_documents, reconstruction_metrics, segmentation_metrics
+from modeling_zonkey.hub.push import files_to_push
+from modeling_zonkey.evaluation.inspection import mark_boundaries, segment_text
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = [ROOT / "pretrained" / name for name in ("zonkey-tiny", "zonkey-tiny-sentences")]

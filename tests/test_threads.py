@@ -1,4 +1,4 @@
-"""CPU thread policy of the training script (modeling_zonkey/threads.py): the free cores, adapted as load changes."""
+"""CPU thread policy of the training script (modeling_zonkey/training/threads.py): the free cores, adapted as load changes."""
 
 import subprocess
 import sys
@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from modeling_zonkey import threads
-from modeling_zonkey.threads import CpuNeighbours, ThreadGovernor, fixed_threads
+from modeling_zonkey.training import threads
+from modeling_zonkey.training.threads import CpuNeighbours, ThreadGovernor, fixed_threads
 
 
 @pytest.fixture

@@ -426,7 +426,7 @@ def test_resuming_a_finished_run_trains_no_further(runs, in_process, tmp_path, c
 
 
 def test_the_card_says_what_a_fine_tune_continued():
-    from modeling_zonkey.model_card import training_summary
+    from modeling_zonkey.hub.model_card import training_summary
 
     history = {"completed_steps": 10, "train_bytes": 1000, "train_minutes": 2.0,
                "args": {"model_name_or_path": "pretrained/zonkey-tiny", "config_name": "configuration/x.json",

@@ -11,9 +11,17 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from test_training import (MICRO, SCRIPT, assert_ok, read_log, run, run_expecting_one_error, script_env, train_args,
-                           write_corpus)
+from test_training import (
+    MICRO,
+    SCRIPT,
+    assert_ok,
+    read_log,
+    run,
+    run_expecting_one_error,
+    script_env,
+    train_args,
+    write_corpus,
+)
 from test_training_sources import data_args
 
 SHORT = ("--per_device_train_batch_size", "4", "--max_train_steps", "4", "--checkpointing_steps", "2", "--seed", "1")

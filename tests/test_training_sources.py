@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from modeling_zonkey.data import chunk_documents_to_bytes
 from test_hub import fake_snapshot
 from test_training import SCRIPT, assert_ok, read_log, run, write_corpus
+
+from modeling_zonkey.training.data import articles_to_documents
 
 FINE_TUNE = ("--max_train_steps", "2", "--per_device_train_batch_size", "4", "--eval_batches", "1", "--seed", "1")
 
@@ -69,7 +69,7 @@ def test_streaming_a_dataset_folder_resumes_exactly(micro_folder, tmp_path):
     resumed = run(common + ["--output_dir", str(b), "--resume_from_checkpoint", "latest"], tmp_path)
     assert_ok(resumed)
     log_a, log_b = read_log(a), read_log(b)
-    documents = len(chunk_documents_to_bytes(texts[4:], 128)["input_ids"])  # 4 of the 32 articles held out
+    documents = len(articles_to_documents(texts[4:], 128)["input_ids"])  # 4 of the 32 articles held out
     per_pass = -(-documents // 8)
     assert 1 < per_pass < 8 and [row["epoch"] for row in log_a] == [0] * per_pass + [1] * (8 - per_pass)
     held_in = sum(len(t.encode()) for t in texts[4:] if t.strip())  # whitespace-only articles make no document

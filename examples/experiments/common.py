@@ -5,8 +5,8 @@ import time
 import torch
 
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel
-from modeling_zonkey.data import ZonkeyDataCollator
-from modeling_zonkey.metrics import boundary_scores
+from modeling_zonkey.evaluation.metrics import boundary_scores
+from modeling_zonkey.training.data import ZonkeyDataCollator
 
 
 def one_level_config(width: int = 64, window: int = 12, document: int = 256, **overrides) -> ZonkeyConfig:

@@ -17,11 +17,11 @@ import argparse
 import math
 
 import torch
-
 from common import one_level_config, train  # examples/experiments/common.py
+
 from modeling_zonkey import ZonkeyModel
-from modeling_zonkey.data import load_text_datasets
-from modeling_zonkey.evaluation import held_out_documents, reconstruction_metrics
+from modeling_zonkey.evaluation.suite import held_out_documents, reconstruction_metrics
+from modeling_zonkey.training.data import load_text_datasets
 
 
 def scores(model, documents: list[bytes], t: float, steps: int, seed: int = 0) -> tuple[float, float]:

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from modeling_zonkey import ZonkeyModel
-from modeling_zonkey.data import load_text_datasets
-from modeling_zonkey.evaluation import held_out_documents, segmentation_metrics
+from modeling_zonkey.evaluation.suite import held_out_documents, segmentation_metrics
+from modeling_zonkey.training.data import load_text_datasets
 
 ROOT = Path(__file__).resolve().parents[2]
 

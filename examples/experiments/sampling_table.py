@@ -18,10 +18,15 @@ from pathlib import Path
 import torch
 
 from modeling_zonkey import ZonkeyModel, ZonkeyTokenizer
-from modeling_zonkey.data import load_text_datasets
-from modeling_zonkey.evaluation import (EvaluationSettings, generation_metrics, held_out_documents, load_judge,
-                                        zonkey_sampler)
-from modeling_zonkey.text_statistics import training_ngrams, words
+from modeling_zonkey.evaluation.suite import (
+    EvaluationSettings,
+    generation_metrics,
+    held_out_documents,
+    load_judge,
+    zonkey_sampler,
+)
+from modeling_zonkey.evaluation.text_statistics import training_ngrams, words
+from modeling_zonkey.training.data import load_text_datasets
 
 COLUMNS = ("judge_perplexity", "char_entropy", "vocabulary_share", "div", "mean_bytes")
 

@@ -12,7 +12,6 @@ import argparse
 import random
 
 import torch
-
 from common import level0_boundaries, one_level_config, train  # examples/experiments/common.py
 
 

@@ -9,6 +9,8 @@ import math
 
 from transformers import PreTrainedConfig
 
+from .tokenization_zonkey import PAD_TOKEN_ID, VOCAB_SIZE
+
 PER_LEVEL_FIELDS = (
     "hidden_size",
     "num_attention_heads",
@@ -89,8 +91,8 @@ class ZonkeyConfig(PreTrainedConfig):
 
     def __init__(
         self,
-        vocab_size: int = 257,
-        pad_token_id: int = 256,
+        vocab_size: int = VOCAB_SIZE,
+        pad_token_id: int = PAD_TOKEN_ID,
         num_levels: int = 2,
         hidden_size: list[int] | None = None,
         num_attention_heads: list[int] | None = None,
@@ -188,7 +190,7 @@ class ZonkeyConfig(PreTrainedConfig):
                 if self.hidden_size[level + 1] != latent:
                     fail(f"hidden_size[{level + 1}] must equal num_cls_vectors[{level}] * hidden_size[{level}] "
                          f"= {latent} (level {level + 1} reads level-{level} latents), got {self.hidden_size[level + 1]}.")
-        if self.vocab_size != 257 or self.pad_token_id != 256:
+        if self.vocab_size != VOCAB_SIZE or self.pad_token_id != PAD_TOKEN_ID:
             fail(f"vocab_size must be 257 and pad_token_id 256 (the byte vocabulary is fixed: 256 bytes + pad), got "
                  f"{self.vocab_size} / {self.pad_token_id}.")
         if any(not isinstance(k, int) or k < 1 or k % 2 == 0 for k in self.splitter_conv_kernels):

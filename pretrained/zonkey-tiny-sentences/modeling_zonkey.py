@@ -24,7 +24,7 @@ from .generation_zonkey import ZonkeyGenerationConfig, ZonkeyGenerationMixin
 from .level import LevelTargets, ZonkeyLevel, ZonkeyLevelOutput, chunk_documents
 from .sphere import to_sphere
 from .stitcher import Stitcher
-from .tokenization_zonkey import ZonkeyTokenizer
+from .tokenization_zonkey import NUM_BYTES, ZonkeyTokenizer
 
 # the dtypes input_ids may have (converted to torch.long): ZonkeyTokenizer's long ids, or raw bytes as uint8
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -65,7 +65,7 @@ class ZonkeyPreTrainedModel(PreTrainedModel):
         the weights, config and remote code in one commit, the card in a second. Without the installed package
         (remote code only) it falls back to transformers' push. Returns the last commit's URL."""
         try:
-            hub = importlib.import_module("modeling_zonkey.hub")
+            hub = importlib.import_module("modeling_zonkey.hub.push")
         except ImportError:
             return super().push_to_hub(repo_id, commit_message=commit_message, private=private, token=token,
                                        revision=revision, create_pr=create_pr, **kwargs)
@@ -206,7 +206,7 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
         input_ids, valid = self.check_inputs(input_ids, attention_mask)
         x = self.embed_bytes(input_ids)
         parent = torch.arange(len(input_ids), device=input_ids.device)
-        targets = LevelTargets(x, input_ids, to_sphere(self.byte_embeddings.weight[:256])) if return_loss else None
+        targets = LevelTargets(x, input_ids, to_sphere(self.byte_embeddings.weight[:NUM_BYTES])) if return_loss else None
         outputs = []
         for index, level in enumerate(self.levels):
             output = level(x, valid, parent, targets)
@@ -283,7 +283,7 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
 
     def nearest_bytes(self, vectors: torch.Tensor) -> torch.Tensor:
         """(N, d_0) level-0 vectors -> (N,) the byte ids of their nearest byte embeddings (cosine)."""
-        vocabulary = F.normalize(self.byte_embeddings.weight[:256].float(), dim=-1)
+        vocabulary = F.normalize(self.byte_embeddings.weight[:NUM_BYTES].float(), dim=-1)
         return (F.normalize(vectors.float(), dim=-1) @ vocabulary.T).argmax(-1)
 
     @torch.no_grad()

@@ -29,7 +29,9 @@ from transformers import AddedToken, PreTrainedTokenizer
 
 NUM_BYTES = 256
 PAD_TOKEN = "<pad>"
-PAD_TOKEN_ID = NUM_BYTES
+PAD_TOKEN_ID = NUM_BYTES  # the one pad id of the package: configuration, model, generation, data and baseline use it
+VOCAB_SIZE = NUM_BYTES + 1
+WHITESPACE_BYTES = b" \t\n\r\x0b\x0c"  # the bytes for which bytes.isspace() holds (word and sentence boundaries)
 
 
 class ZonkeyTokenizer(PreTrainedTokenizer):

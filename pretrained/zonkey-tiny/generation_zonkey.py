@@ -20,14 +20,25 @@ from transformers.utils import ModelOutput
 from transformers.utils.logging import tqdm  # (remote code may import only transformers, torch, numpy)
 
 from .ddmm import add_noise
-from .sampling import (NOISE_SCHEDULES, SAMPLERS, Canvas, check_seed, denoise, final_decode, kept_length,
-                       noise_schedule, sample_generators, sample_noise)
+from .sampling import (
+    NOISE_SCHEDULES,
+    SAMPLERS,
+    Canvas,
+    check_seed,
+    denoise,
+    final_decode,
+    kept_length,
+    noise_schedule,
+    sample_generators,
+    sample_noise,
+)
 from .sphere import to_sphere
+from .tokenization_zonkey import PAD_TOKEN_ID
 
 _DEFAULTS = {
     "num_steps": 50, "sampler": "ddmm", "noise_schedule": "linear", "existence_threshold": 0.5,
     "max_length": None, "max_new_tokens": None, "seed": None, "noise_level": None, "gap_segments": 2,
-    "num_return_sequences": 1, "return_dict_in_generate": False, "pad_token_id": 256, "clamp": True,
+    "num_return_sequences": 1, "return_dict_in_generate": False, "pad_token_id": PAD_TOKEN_ID, "clamp": True,
 }
 
 

@@ -15,8 +15,17 @@ from .compressor import Compressor, MaskedVectorHead, anti_collapse_loss, info_n
 from .configuration_zonkey import ZonkeyConfig
 from .ddmm import add_noise, light_noise_levels, path_positive
 from .decoder import Decoder, DecoderOutput
-from .segment_splitter import (SegmentSplitter, Segments, SplitterOutput, build_segments, compression_loss,
-                               density_factor, mean_bos_probability, patch_loss, short_segment_loss)
+from .segment_splitter import (
+    Segments,
+    SegmentSplitter,
+    SplitterOutput,
+    build_segments,
+    compression_loss,
+    density_factor,
+    mean_bos_probability,
+    patch_loss,
+    short_segment_loss,
+)
 from .sphere import cosine_logits, full_precision
 from .stitcher import Stitcher, position_loss
 

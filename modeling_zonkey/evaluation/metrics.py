@@ -8,7 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
-WHITESPACE = frozenset(b" \t\n\r\x0b\x0c")
+from ..tokenization_zonkey import WHITESPACE_BYTES
+
+WHITESPACE = frozenset(WHITESPACE_BYTES)
 
 
 def word_starts(data: bytes) -> list[int]:
@@ -121,10 +123,15 @@ def binary_entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * p.log2() + (1 - p) * (1 - p).log2())
 
 
-def mean_and_cv(values: list[float]) -> tuple[float, float]:
-    """Mean and coefficient of variation (std / mean, population std)."""
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and population standard deviation ((0, 0) for no values): the one spread of every report."""
     if not values:
         return 0.0, 0.0
     mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def mean_and_cv(values: list[float]) -> tuple[float, float]:
+    """Mean and coefficient of variation (std / mean, population std)."""
+    mean, std = mean_std(values)
     return mean, (std / mean if mean else 0.0)

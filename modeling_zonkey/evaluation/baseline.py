@@ -7,10 +7,12 @@ so that speed, memory and quality are compared at equal size. It is a plain tran
 
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from ..tokenization_zonkey import PAD_TOKEN_ID, VOCAB_SIZE
+
 HEAD_DIM = 32
 
 
-def baseline_config(num_parameters: int, context: int = 1024, vocab_size: int = 257, pad_token_id: int = 256,
+def baseline_config(num_parameters: int, context: int = 1024, vocab_size: int = VOCAB_SIZE, pad_token_id: int = PAD_TOKEN_ID,
                     ) -> GPT2Config:
     """The GPT-2 config whose parameter count is closest to the target, among usual shapes: 2..24 layers,
     width a multiple of 32 between 32 and 64 times the depth (nanoGPT's are 48-64x)."""

@@ -13,9 +13,9 @@ bos_saturation: the share of p_bos within 1e-4 of 0 or 1 (the first checkpoint's
 import torch
 import torch.nn.functional as F
 
-from .ddmm import add_noise
-from .level import chunk_documents
-from .sampling import check_seed
+from ..ddmm import add_noise
+from ..level import chunk_documents
+from ..sampling import check_seed
 
 SATURATION = 1e-4
 

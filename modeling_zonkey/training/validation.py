@@ -7,9 +7,9 @@ Runs on every process of an Accelerate job and reduces the counts across them.
 import torch
 from torch.distributed.fsdp import FSDPModule
 
-from .diagnostics import bos_saturation, denoiser_curve
-from .inspection import level_starts
-from .metrics import boundary_scores, byte_accuracy, sentence_starts, without_document_starts, word_starts
+from ..evaluation.diagnostics import bos_saturation, denoiser_curve
+from ..evaluation.inspection import level_starts
+from ..evaluation.metrics import boundary_scores, byte_accuracy, sentence_starts, without_document_starts, word_starts
 
 # noise levels of the collapse diagnostics logged during training (one decode of the first validation batch)
 DIAGNOSTIC_NOISE_LEVELS = (0.3, 0.5, 1.0)
@@ -31,7 +31,7 @@ def diagnostic_scalars(model, batch, seed: int) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate(model, loader, accelerator, max_batches: int, seed: int) -> dict[str, float]:
+def validate(model, loader, accelerator, max_batches: int, seed: int) -> dict[str, float]:
     """Validation loss, byte reconstruction accuracy at t = 0 (from level 0 and from the top, true offsets),
     level-0 boundary precision / recall / F1 against word starts (val/boundary_*), level l >= 1 F1 against sentence
     starts (val/level{l}/boundary_f1, and boundary_f1_inner without each document's forced first boundary), and the
