@@ -32,9 +32,9 @@ CLEARED = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THRE
 def step_seconds(env: dict[str, str], extra: list[str], steps: int, config: str) -> float:
     environment = {k: v for k, v in os.environ.items() if k not in CLEARED}
     environment.update(env)
-    done = subprocess.run([sys.executable, str(HERE / "bench_training_step.py"), "--skip_parameters", "--config", config,
-                           "--steps", str(steps), "--warmup", "2", *extra], capture_output=True, text=True,
-                          env=environment, cwd=HERE)
+    done = subprocess.run([sys.executable, str(HERE / "bench_training_step.py"), "--skip_parameters",
+                           "--config", config, "--steps", str(steps), "--warmup", "2", *extra],
+                          capture_output=True, text=True, env=environment, cwd=HERE)
     if done.returncode != 0:
         raise RuntimeError(done.stderr.strip().splitlines()[-1])
     row = next(line for line in done.stdout.splitlines() if line.startswith(f"| {Path(config).stem} "))

@@ -84,9 +84,9 @@ def main() -> None:
         zonkey_rate, baseline_rate = produced / zonkey_time, batch * per_sample / baseline_time
         print(f"| {batch} | {produced / batch:.1f} | {zonkey_time:.3f} | {zonkey_rate:,.0f} | {baseline_time:.3f} | "
               f"{baseline_rate:,.0f} | {zonkey_rate / baseline_rate:.2f}x |")
-        notes.append(f"batch {batch}: the baseline would need {zonkey_time / (baseline_time / per_sample):.0f} bytes per "
-                     f"sample to take as long as Zonkey's {args.steps} steps (Zonkey's time does not grow with the "
-                     f"output length, up to {model.config.window_length[-1]} top-level positions per sample)")
+        notes.append(f"batch {batch}: the baseline would need {zonkey_time / (baseline_time / per_sample):.0f} "
+                     f"bytes per sample to take as long as Zonkey's {args.steps} steps (Zonkey's time does not grow "
+                     f"with the output length, up to {model.config.window_length[-1]} top-level positions per sample)")
     print("\n" + "\n".join(notes))
 
 

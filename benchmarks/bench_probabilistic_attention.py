@@ -168,7 +168,8 @@ def main() -> None:
           f"threads {torch.get_num_threads()}; warmup {args.warmup}, repeats {args.repeats}; torch {torch.__version__}")
     print(machine_line())
     print()
-    print("| fwd+bwd path | PA median ms | hard-mask median ms | PA/hard (medians) | PA/hard (paired median) | <= 1.2x |")
+    print("| fwd+bwd path | PA median ms | hard-mask median ms | PA/hard (medians) | PA/hard (paired median) "
+          "| <= 1.2x |")
     print("|---|---:|---:|---:|---:|:---:|")
     for r in rows:
         ok = "yes" if r["ratio"] <= TARGET else "NO"

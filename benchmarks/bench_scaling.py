@@ -120,7 +120,8 @@ def main() -> None:
               f"{z['peak_mib']:,.0f} | {b['peak_mib']:,.0f} |", flush=True)
         last = (z, b)
     if last is not None:
-        print(f"\nparameters: Zonkey {last[0]['parameters']:,}, baseline {last[1]['parameters']:,} (at the last length)")
+        print(f"\nparameters: Zonkey {last[0]['parameters']:,}, baseline {last[1]['parameters']:,} "
+              "(at the last length)")
 
 
 if __name__ == "__main__":

@@ -95,14 +95,16 @@ def parameter_table() -> None:
         total = count(model)
         embeddings = count(model.byte_embeddings)
         level_cells = [f"{levels[i]:,}" if i < len(levels) else "-" for i in range(2)]
-        diff = f"{100 * (total - PAPER_PARAMETERS['total']) / PAPER_PARAMETERS['total']:+.1f}%" if name == "zonkey-paper" else "-"
+        diff = (f"{100 * (total - PAPER_PARAMETERS['total']) / PAPER_PARAMETERS['total']:+.1f}%"
+                if name == "zonkey-paper" else "-")
         print(f"| {name} | {embeddings:,} | {level_cells[0]} | {level_cells[1]} | {total:,} | "
               f"{'410M' if name == 'zonkey-paper' else '-'} | {diff} |")
         if name == "zonkey-paper":
             paper_model = model
     if paper_model is None:
         return
-    # Per level against the paper's split (byte embeddings counted with level 0, as the paper's level-0 model holds them).
+    # Per level against the paper's split (byte embeddings counted with level 0, as the paper's level-0
+    # model holds them).
     print()
     print("| zonkey-paper | ours | paper | difference |")
     print("|---|---:|---:|---:|")
@@ -125,9 +127,11 @@ def parameter_table() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configuration/zonkey-tiny.json", help="preset JSON (path or repo-relative)")
+    parser.add_argument("--config", default="configuration/zonkey-tiny.json",
+                        help="preset JSON (path or repo-relative)")
     parser.add_argument("--batch_size", type=int, default=8, help="documents per batch")
-    parser.add_argument("--document_bytes", type=int, default=None, help="bytes per document (default: document_length[0])")
+    parser.add_argument("--document_bytes", type=int, default=None,
+                        help="bytes per document (default: document_length[0])")
     parser.add_argument("--threads", default=None,
                         help='torch.set_num_threads (default: torch\'s); "auto": the training script\'s choice')
     parser.add_argument("--warmup", type=int, default=2)
@@ -171,8 +175,8 @@ def main() -> None:
           "RSS before model MiB | loss first -> last |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     print(f"| {name} | {count(model) / 1e6:.2f}M | {args.batch_size} | {num_bytes} | {median:.3f} | "
-          f"{min(times):.3f} / {max(times):.3f} | {args.batch_size * num_bytes / median:,.0f} | {peak_rss / 1024:.0f} | "
-          f"{rss_start / 1024:.0f} | {losses[0]:.3f} -> {losses[-1]:.3f} |")
+          f"{min(times):.3f} / {max(times):.3f} | {args.batch_size * num_bytes / median:,.0f} | "
+          f"{peak_rss / 1024:.0f} | {rss_start / 1024:.0f} | {losses[0]:.3f} -> {losses[-1]:.3f} |")
     if not args.skip_parameters:
         print()
         parameter_table()

@@ -217,7 +217,8 @@ def main() -> None:
             step()
             times.append(time.perf_counter() - start)
     print(f"profile: {Path(args.config).stem}, {args.batch_size} x {config.document_length[0]} bytes, "
-          f"threads {torch.get_num_threads()}, {args.steps} profiled steps after {args.warmup}; torch {torch.__version__}")
+          f"threads {torch.get_num_threads()}, {args.steps} profiled steps after {args.warmup}; "
+          f"torch {torch.__version__}")
     print(machine_line())
     print(f"median step under the profiler: {statistics.median(times):.3f} s")
     tables(prof, args.steps, labels)

@@ -31,7 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     mode.add_argument("--infill", help=f"fill the gap marked {GAP} in this text")
     mode.add_argument("--reconstruct", help="encode this text, noise its latents to --noise_level, denoise")
     parser.add_argument("--noise_level", type=float, default=0.0, help="t for --reconstruct (0: clean)")
-    parser.add_argument("--level", type=int, default=None, help="level whose latents --reconstruct noises (default: top)")
+    parser.add_argument("--level", type=int, default=None,
+                        help="level whose latents --reconstruct noises (default: top)")
     parser.add_argument("--num_samples", type=int, default=4)
     parser.add_argument("--num_steps", type=int, default=None, help="denoising steps (default: generation config, 50)")
     parser.add_argument("--sampler", choices=["ddmm", "deterministic"], default=None)
@@ -56,8 +57,8 @@ def generate(model, tokenizer, args: argparse.Namespace) -> list[str]:
         if not before or not after:
             raise ValueError(f"--infill needs text on both sides of {GAP} (use --prompt to continue a text).")
         suffix = tokenizer([after], return_tensors="pt").to(model.device)
-        ids = model.generate(**tokenizer([before], return_tensors="pt").to(model.device), suffix_ids=suffix["input_ids"],
-                             suffix_attention_mask=suffix["attention_mask"], **options)
+        ids = model.generate(**tokenizer([before], return_tensors="pt").to(model.device),
+                             suffix_ids=suffix["input_ids"], suffix_attention_mask=suffix["attention_mask"], **options)
     elif args.prompt is not None or args.reconstruct is not None:
         text = args.prompt if args.prompt is not None else args.reconstruct
         if not text:
@@ -74,7 +75,8 @@ def generate(model, tokenizer, args: argparse.Namespace) -> list[str]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     local = Path(args.model).expanduser()
-    if not local.is_dir() and (args.model.startswith((".", "/", "~")) or local.parent.is_dir() and local.parent != Path(".")):
+    if not local.is_dir() and (args.model.startswith((".", "/", "~"))
+                               or local.parent.is_dir() and local.parent != Path(".")):
         print(f"error: no model folder {args.model!r} (give a folder written by save_pretrained, e.g. the training "
               "script's --output_dir, or a Hub repo id)", file=sys.stderr)
         return 1

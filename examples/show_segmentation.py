@@ -42,8 +42,8 @@ def main() -> None:
     starts = level_starts(outputs, 0)
     print("\nSegmentation (| level-0 segment start, ‖ level-1 start):\n")
     print(mark_boundaries(data, starts))
-    print("\n" + ", ".join(f"level {l}: {len(s)} segments ({len(data) / max(len(s), 1):.1f} bytes each)"
-                           for l, s in enumerate(starts)))
+    print("\n" + ", ".join(f"level {level}: {len(s)} segments ({len(data) / max(len(s), 1):.1f} bytes each)"
+                           for level, s in enumerate(starts)))
     for level in range(model.config.num_levels):
         ids = model.reconstruct(**batch, from_level=level)[0]
         decoded = tokenizer.decode(ids, skip_special_tokens=True)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Train the flat baseline: a byte-level GPT-2 (modeling_zonkey/evaluation/baseline.py) of the same size as a Zonkey preset,
-on the same documents (same corpus, split and document length), with the same optimiser, schedule and
+"""Train the flat baseline: a byte-level GPT-2 (modeling_zonkey/evaluation/baseline.py) of the same size as a Zonkey
+preset, on the same documents (same corpus, split and document length), with the same optimiser, schedule and
 wall-clock budget conventions as examples/train_zonkey.py, under Accelerate.
 
     python examples/train_baseline.py --zonkey_config configuration/zonkey-tiny.json --output_dir runs/baseline-tiny \\
@@ -60,7 +60,8 @@ def next_byte_loss(model, batch) -> tuple[torch.Tensor, int]:
     ids, mask = batch["input_ids"], batch["attention_mask"]
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
     targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100,
+                                             reduction="sum")
     return loss, int((targets != -100).sum())
 
 
@@ -92,8 +93,9 @@ def train(args) -> dict:
     documents, stats = build_level0_documents(raw, length)
     accelerator.print(f"{stats['train'].describe()}\n{stats['validation'].describe()}")
     collator = ZonkeyDataCollator()
-    train_loader = DataLoader(documents["train"].remove_columns(["article"]), batch_size=args.per_device_train_batch_size,
-                              shuffle=True, collate_fn=collator, generator=torch.Generator().manual_seed(args.seed))
+    train_loader = DataLoader(documents["train"].remove_columns(["article"]),
+                              batch_size=args.per_device_train_batch_size, shuffle=True, collate_fn=collator,
+                              generator=torch.Generator().manual_seed(args.seed))
     val_loader = DataLoader(documents["validation"].remove_columns(["article"]),
                             batch_size=args.per_device_eval_batch_size, collate_fn=collator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, eps=1e-7, weight_decay=args.weight_decay)

@@ -28,7 +28,8 @@ DEFAULT_LOSS_WEIGHTS = {
     "existence": 0.05,  # decoder existence vs splitter existence (BCE)
     "stitcher_position": 0.1,  # characters between true cut and inferred offset (not given; 1.0 stalled learning)
     "stitcher_sequence": 1.0,  # reconstruction loss of the refined segment
-    "denoising": 1.0,  # reconstruction from latents noised to t ~ U(0, 1) (the heavy pass; the reference's later x0 term)
+    "denoising": 1.0,  # reconstruction from latents noised to t ~ U(0, 1) (the heavy pass; the reference's
+                       # later x0 term)
     "ddmm": 1.0,  # light pass on the decoder's own re-compressed estimate ("mixed" objective only)
     "patch": 10.0,  # P(no BOS in a window of L, L+1, L+2)
     "short_segment": 10.0,  # P(segment shorter than C)
@@ -189,7 +190,8 @@ class ZonkeyConfig(PreTrainedConfig):
                 latent = self.num_cls_vectors[level] * d
                 if self.hidden_size[level + 1] != latent:
                     fail(f"hidden_size[{level + 1}] must equal num_cls_vectors[{level}] * hidden_size[{level}] "
-                         f"= {latent} (level {level + 1} reads level-{level} latents), got {self.hidden_size[level + 1]}.")
+                         f"= {latent} (level {level + 1} reads level-{level} latents), "
+                         f"got {self.hidden_size[level + 1]}.")
         if self.vocab_size != VOCAB_SIZE or self.pad_token_id != PAD_TOKEN_ID:
             fail(f"vocab_size must be 257 and pad_token_id 256 (the byte vocabulary is fixed: 256 bytes + pad), got "
                  f"{self.vocab_size} / {self.pad_token_id}.")

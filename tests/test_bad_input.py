@@ -178,7 +178,8 @@ def test_uint8_byte_ids_are_accepted(model, tokenizer):
     batch = tokenizer(["héllo", "bye"], padding=True, return_tensors="pt")
     ids = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, 0)  # uint8 cannot hold the pad id 256
     long_out, long_gen = forward_and_generate(model, input_ids=ids, attention_mask=batch["attention_mask"])
-    byte_out, byte_gen = forward_and_generate(model, input_ids=ids.to(torch.uint8), attention_mask=batch["attention_mask"])
+    byte_out, byte_gen = forward_and_generate(model, input_ids=ids.to(torch.uint8),
+                                              attention_mask=batch["attention_mask"])
     assert torch.equal(byte_out.levels[0].bos_probs, long_out.levels[0].bos_probs)
     assert torch.equal(byte_gen, long_gen) and byte_gen.dtype == torch.long
 
@@ -203,13 +204,15 @@ def test_list_ids_and_list_mask_are_refused(model):
 
 def test_mask_of_another_shape_names_both_shapes(model):
     ids = torch.tensor([[104, 105, 106]])
-    for mask in (torch.ones(1, 4, dtype=torch.long), torch.ones(3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long)):
+    for mask in (torch.ones(1, 4, dtype=torch.long), torch.ones(3, dtype=torch.long),
+                 torch.ones(2, 3, dtype=torch.long)):
         expected = f"attention_mask has shape {tuple(mask.shape)} but input_ids has shape (1, 3)"
         raises(model, re.escape(expected), ids, attention_mask=mask)
         raises(model, re.escape(expected), ids, attention_mask=mask, labels=ids)  # the labels check comes first
         with pytest.raises(ValueError, match=re.escape(expected)):
             model.generate(ids, attention_mask=mask, num_steps=2)
-    with pytest.raises(ValueError, match=re.escape("suffix_attention_mask has shape (1, 2) but suffix_ids has shape (1, 3)")):
+    with pytest.raises(ValueError, match=re.escape("suffix_attention_mask has shape (1, 2) "
+                                                   "but suffix_ids has shape (1, 3)")):
         model.generate(ids, suffix_ids=ids, suffix_attention_mask=torch.ones(1, 2), num_steps=2)
 
 
@@ -236,5 +239,6 @@ def test_denoiser_curve_seed_out_of_range(model):
     from modeling_zonkey.evaluation.diagnostics import denoiser_curve
 
     ids = torch.tensor([[104, 105, 106]])
-    with pytest.raises(ValueError, match=re.escape("seed must be an integer in [0, 2**63 - 1], got 18446744073709551616.")):
+    with pytest.raises(ValueError, match=re.escape("seed must be an integer in [0, 2**63 - 1], "
+                                                   "got 18446744073709551616.")):
         denoiser_curve(model, ids, torch.ones_like(ids), (0.5,), seed=2**64)

@@ -35,9 +35,8 @@ def test_train_baseline_script_learns_and_saves(tmp_path, monkeypatch):
     import sys
     from pathlib import Path
 
-    from transformers import AutoModelForCausalLM
-
     import datasets
+    from transformers import AutoModelForCausalLM
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
     try:

@@ -12,8 +12,17 @@ import torch
 from torch import nn
 
 from modeling_zonkey.training import checkpointing
-from modeling_zonkey.training.checkpointing import (EMA, STATE_FILE, CheckpointError, changed_arguments, find_checkpoint,
-                                          foreign_checkpoints, read_state, save_checkpoint, write_run_id)
+from modeling_zonkey.training.checkpointing import (
+    EMA,
+    STATE_FILE,
+    CheckpointError,
+    changed_arguments,
+    find_checkpoint,
+    foreign_checkpoints,
+    read_state,
+    save_checkpoint,
+    write_run_id,
+)
 
 
 class Killed(BaseException):

@@ -9,11 +9,27 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from modeling_zonkey.evaluation.metrics import (
+    average_precision,
+    binary_entropy,
+    boundary_scores,
+    mean_and_cv,
+    over_segmentation,
+    r_value,
+    segment_lengths,
+    sentence_starts,
+    word_starts,
+)
 from modeling_zonkey.evaluation.suite import judge_perplexity
-from modeling_zonkey.evaluation.metrics import (average_precision, binary_entropy, boundary_scores, mean_and_cv,
-                                     over_segmentation, r_value, segment_lengths, sentence_starts, word_starts)
-from modeling_zonkey.evaluation.text_statistics import (diversity, entropy_bits, length_statistics, memorisation,
-                                             training_ngrams, vocabulary_share, words)
+from modeling_zonkey.evaluation.text_statistics import (
+    diversity,
+    entropy_bits,
+    length_statistics,
+    memorisation,
+    training_ngrams,
+    vocabulary_share,
+    words,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -96,19 +112,22 @@ def test_evaluate_script_writes_every_key_and_picture(make_model, tokenizer, tmp
     make_model(seed=2).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     torch.manual_seed(0)  # a tiny stand-in judge: a random byte-level causal LM with the byte tokenizer
-    GPT2LMHeadModel(GPT2Config(vocab_size=257, n_positions=256, n_embd=32, n_layer=1, n_head=2)).save_pretrained(judge_dir)
+    GPT2LMHeadModel(GPT2Config(vocab_size=257, n_positions=256, n_embd=32, n_layer=1,
+                               n_head=2)).save_pretrained(judge_dir)
     tokenizer.save_pretrained(judge_dir)
     baseline_dir = tmp_path / "baseline"
     torch.manual_seed(1)
-    GPT2LMHeadModel(GPT2Config(vocab_size=257, n_positions=256, n_embd=32, n_layer=1, n_head=2)).save_pretrained(baseline_dir)
+    GPT2LMHeadModel(GPT2Config(vocab_size=257, n_positions=256, n_embd=32, n_layer=1,
+                               n_head=2)).save_pretrained(baseline_dir)
     corpus = tmp_path / "corpus.txt"
     paragraphs = [f"The {w} sat on the mat. A dog ran to the {w} and back again, {i} times." for i, w in
                   enumerate(["cat", "bird", "fox", "cow", "hen", "owl", "pig", "rat"] * 4)]
     corpus.write_text("\n\n".join(paragraphs))
     out = tmp_path / "eval"
-    code = script.main([str(model_dir), "--train_file", str(corpus), "--text_file", str(corpus), "--max_documents", "6",
-                        "--noise_levels", "0", "0.3", "--seeds", "0", "1", "--samples_per_seed", "2", "--num_steps", "3",
-                        "--judge_model", str(judge_dir), "--output_dir", str(out), "--baseline_model", str(baseline_dir)])
+    code = script.main([str(model_dir), "--train_file", str(corpus), "--text_file", str(corpus),
+                        "--max_documents", "6", "--noise_levels", "0", "0.3", "--seeds", "0", "1",
+                        "--samples_per_seed", "2", "--num_steps", "3", "--judge_model", str(judge_dir),
+                        "--output_dir", str(out), "--baseline_model", str(baseline_dir)])
     assert code == 0, capsys.readouterr().err
     results = json.loads((out / "evaluation.json").read_text())
     assert results["documents"] == 6

@@ -47,7 +47,8 @@ def test_seeded_generation_is_deterministic(model, sampler):
 def test_batch_of_n_equals_n_single_runs(model, sampler):
     batch = model.generate(num_return_sequences=4, seed=5, sampler=sampler, return_dict_in_generate=True, **FAST)
     for i in range(4):
-        single = model.generate(num_return_sequences=1, seed=5 + i, sampler=sampler, return_dict_in_generate=True, **FAST)
+        single = model.generate(num_return_sequences=1, seed=5 + i, sampler=sampler, return_dict_in_generate=True,
+                                **FAST)
         torch.testing.assert_close(single.latents[0], batch.latents[i], atol=1e-5, rtol=1e-5)
         width = single.sequences.shape[1]
         assert torch.equal(single.sequences[0], batch.sequences[i, :width])
@@ -175,8 +176,9 @@ def test_generation_config_round_trips_through_save_and_load(model, tmp_path):
         assert (config.num_steps, config.sampler, config.noise_schedule, config.existence_threshold,
                 config.max_new_tokens, config.seed) == (7, "deterministic", "cosine", 0.4, 30, 9)
         # the loaded options are the defaults of generate()
-        assert torch.equal(loaded.generate(), model.generate(num_steps=7, sampler="deterministic", noise_schedule="cosine",
-                                                             existence_threshold=0.4, max_new_tokens=30, seed=9))
+        assert torch.equal(loaded.generate(), model.generate(num_steps=7, sampler="deterministic",
+                                                             noise_schedule="cosine", existence_threshold=0.4,
+                                                             max_new_tokens=30, seed=9))
 
 
 def test_model_without_generation_config_file_gets_defaults(model, tmp_path):
@@ -290,7 +292,8 @@ def test_largest_seed_generates_every_sample(model):
     """#16 item 9: seeds up to 2**63 - 1 work (seed + i of every sample stays within torch's 64-bit seeds); the
     config refuses larger ones itself instead of torch overflowing later."""
     assert model.generate(seed=2**63 - 1, num_return_sequences=3, **FAST).shape[0] == 3
-    with pytest.raises(ValueError, match=re.escape("seed must be an integer in [0, 2**63 - 1], got 18446744073709551616.")):
+    with pytest.raises(ValueError, match=re.escape("seed must be an integer in [0, 2**63 - 1], "
+                                                   "got 18446744073709551616.")):
         ZonkeyGenerationConfig(seed=2**64)
 
 

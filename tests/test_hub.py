@@ -76,7 +76,8 @@ def test_push_uploads_the_model_then_the_card(folder, monkeypatch):
     before = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
     result = push_folder(path, "org/zonkey-micro", token="hf_test", private=True, revision="v1",
                          commit_message="first upload")
-    assert hub.calls[0] == ("create_repo", "org/zonkey-micro", {"private": True, "exist_ok": True, "repo_type": "model"})
+    assert hub.calls[0] == ("create_repo", "org/zonkey-micro",
+                            {"private": True, "exist_ok": True, "repo_type": "model"})
     assert hub.calls[1][0] == "create_branch" and hub.calls[1][2]["branch"] == "v1"
     assert len(hub.commits) == 2 and result.files[-1] == "README.md"
     body, card = hub.commits

@@ -4,7 +4,6 @@ seed equal the stored reference (tests/loss_reference.py) to float tolerance."""
 import json
 
 import pytest
-
 from loss_reference import CASES, REFERENCE, compute
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -10,15 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_training import SCRIPT, assert_ok, read_log, run, write_corpus
 
 from modeling_zonkey import ZonkeyModel, ZonkeyTokenizer
 from modeling_zonkey.sphere import cosine_logits
-from test_training import SCRIPT, assert_ok, read_log, run, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "pretrained" / "zonkey-tiny"
 TEXTS = ["The river flows north through the old town, past the mill.", "In 1889 the railway station opened.",
-         "Species of this genus live in shallow water and eat algae.", "She wrote three albums and toured Europe twice."]
+         "Species of this genus live in shallow water and eat algae.",
+         "She wrote three albums and toured Europe twice."]
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

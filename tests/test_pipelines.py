@@ -59,7 +59,8 @@ def test_the_output_puts_the_segment_latents_first_and_keeps_the_loss_first(make
     assert out.segment_latents.shape == (2, int(out.levels[0].latent_mask.sum(1).max()), 4 * 16)  # C_0 d_0
     torch.manual_seed(0)
     with_loss = model(**batch, return_loss=True)
-    assert with_loss[0] is with_loss.loss and list(with_loss.keys()) == ["loss", "loss_terms", "segment_latents", "levels"]
+    assert (with_loss[0] is with_loss.loss
+            and list(with_loss.keys()) == ["loss", "loss_terms", "segment_latents", "levels"])
 
 
 def test_feature_extraction_returns_the_segment_latents(micro_folder, model, tokenizer):
@@ -91,13 +92,15 @@ def test_feature_extraction_with_remote_code_alone(micro_folder, model, tokenize
     script, out = tmp_path / "features.py", tmp_path / "features.json"
     script.write_text(FEATURES_WITHOUT_THE_PACKAGE)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), PYTHONNOUSERSITE="1")
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"),
+               PYTHONNOUSERSITE="1")
     done = subprocess.run([sys.executable, str(script), str(micro_folder), TEXTS[0], str(out)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(out.read_text())
     assert result["module"].startswith("transformers_modules."), result["module"]
-    np.testing.assert_allclose(np.array(result["features"]), latents(model, tokenizer, TEXTS[0]).numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.array(result["features"]), latents(model, tokenizer, TEXTS[0]).numpy(),
+                               rtol=0, atol=1e-6)
 
 
 def test_feature_extraction_refuses_what_the_model_refuses(micro_folder, model):
@@ -130,7 +133,8 @@ def test_generated_text_is_what_generate_writes(generator, model, tokenizer):
     prompt = TEXTS[0]
     result = generator(prompt, seed=0, **FAST)
     expected = generated(model, tokenizer, prompt, seed=0, **FAST)
-    assert result == [{"generated_text": expected[0]}] and expected[0].startswith(prompt) and len(expected[0]) > len(prompt)
+    assert (result == [{"generated_text": expected[0]}] and expected[0].startswith(prompt)
+            and len(expected[0]) > len(prompt))
     assert generator(prompt, seed=1, **FAST) != result  # the seed is passed on
     new = generator(prompt, seed=0, return_full_text=False, **FAST)
     assert new == [{"generated_text": expected[0][len(prompt):]}]
@@ -138,7 +142,8 @@ def test_generated_text_is_what_generate_writes(generator, model, tokenizer):
     row = model.generate(**tokenizer([prompt], return_tensors="pt"), seed=0, **FAST)[0]
     assert ids == row[row != 256].tolist() and ids[: len(prompt)] == list(prompt.encode())
     several = generator(prompt, seed=0, num_return_sequences=2, **FAST)
-    assert [r["generated_text"] for r in several] == generated(model, tokenizer, prompt, seed=0, num_return_sequences=2, **FAST)
+    assert [r["generated_text"] for r in several] == generated(model, tokenizer, prompt, seed=0,
+                                                               num_return_sequences=2, **FAST)
 
 
 def test_other_modes_are_what_generate_writes(generator, model, tokenizer):
@@ -152,7 +157,8 @@ def test_other_modes_are_what_generate_writes(generator, model, tokenizer):
     assert generator("", seed=0, **FAST) == [{"generated_text": generated(model, tokenizer, None, seed=0, **FAST)[0]}]
     capped = generator(TEXTS[0], seed=0, max_new_tokens=2, **FAST)
     assert capped == [{"generated_text": generated(model, tokenizer, TEXTS[0], seed=0, max_new_tokens=2, **FAST)[0]}]
-    assert len(generator(TEXTS[0], seed=0, max_new_tokens=2, return_tensors=True, **FAST)[0]["generated_token_ids"]) <= 24
+    assert len(generator(TEXTS[0], seed=0, max_new_tokens=2, return_tensors=True,
+                         **FAST)[0]["generated_token_ids"]) <= 24
 
 
 def test_a_list_of_prompts_equals_single_calls(micro_folder, generator):

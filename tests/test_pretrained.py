@@ -9,18 +9,18 @@ import pytest
 from transformers import AutoModel, AutoTokenizer
 
 from modeling_zonkey import ZonkeyGenerationConfig, ZonkeyModel
-from modeling_zonkey.training.data import load_text_datasets
+from modeling_zonkey.evaluation.inspection import mark_boundaries, segment_text
 from modeling_zonkey.evaluation.suite import held_out_documents, reconstruction_metrics, segmentation_metrics
 from modeling_zonkey.hub.push import files_to_push
-from modeling_zonkey.evaluation.inspection import mark_boundaries, segment_text
+from modeling_zonkey.training.data import load_text_datasets
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = [ROOT / "pretrained" / name for name in ("zonkey-tiny", "zonkey-tiny-sentences")]
 README_TEXTS = {  # the held-out text each checkpoint's README example segments
     "zonkey-tiny": "The river flows through the old town and into the sea.",
     "zonkey-tiny-sentences": ("The river flows through the old town and into the sea. The town was founded in 1850 by "
-                              "farmers from the north. Today it is known for its bridges, its market and a small museum "
-                              "of local history. It has a population of about 12,000."),
+                              "farmers from the north. Today it is known for its bridges, its market and a small "
+                              "museum of local history. It has a population of about 12,000."),
 }
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -49,8 +49,8 @@ def test_its_remote_code_is_the_packages(folder):
     """Users with trust_remote_code run the folder's copies: they must be the package's current files."""
     package = ROOT / "modeling_zonkey"
     stale = [f.name for f in folder.glob("*.py") if f.read_bytes() != (package / f.name).read_bytes()]
-    assert not stale, (f"{stale} differ from modeling_zonkey/: re-save the checkpoint (AutoModel.from_pretrained(folder)"
-                       ".save_pretrained(folder)) so that its remote code is current")
+    assert not stale, (f"{stale} differ from modeling_zonkey/: re-save the checkpoint "
+                       "(AutoModel.from_pretrained(folder).save_pretrained(folder)) so that its remote code is current")
 
 
 def test_it_loads_segments_and_generates(pretrained, folder):

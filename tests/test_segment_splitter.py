@@ -8,9 +8,16 @@ import torch
 
 from modeling_zonkey.configuration_zonkey import ZonkeyConfig
 from modeling_zonkey.modeling_zonkey import ZonkeyModel
-from modeling_zonkey.segment_splitter import (SegmentSplitter, build_segments, compression_loss, density_factor,
-                                              force_boundaries, mean_bos_probability, patch_loss,
-                                              short_segment_loss)
+from modeling_zonkey.segment_splitter import (
+    SegmentSplitter,
+    build_segments,
+    compression_loss,
+    density_factor,
+    force_boundaries,
+    mean_bos_probability,
+    patch_loss,
+    short_segment_loss,
+)
 
 MICRO = str(Path(__file__).resolve().parents[1] / "configuration" / "zonkey-micro.json")
 
@@ -339,7 +346,8 @@ def test_reconstruction_reaches_splitter_through_existence_not_only_density(micr
                                                          retain_graph=True)
     assert torch.isfinite(grad_existence).all() and grad_existence.abs().sum() > 0  # PA (compressor)
     assert torch.isfinite(grad_ownership).all() and grad_ownership.abs().sum() > 0  # loss ownership
-    (grad_head,) = torch.autograd.grad(segments.existence.sum(), model.levels[0].splitter.head.weight, retain_graph=True)
+    (grad_head,) = torch.autograd.grad(segments.existence.sum(), model.levels[0].splitter.head.weight,
+                                       retain_graph=True)
     assert grad_head.abs().sum() > 0  # existence is a function of the splitter's logits
     model.zero_grad()
     without_density.backward(retain_graph=True)

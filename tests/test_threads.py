@@ -1,4 +1,5 @@
-"""CPU thread policy of the training script (modeling_zonkey/training/threads.py): the free cores, adapted as load changes."""
+"""CPU thread policy of the training script (modeling_zonkey/training/threads.py): the free cores, adapted as load
+changes."""
 
 import subprocess
 import sys

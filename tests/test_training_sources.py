@@ -59,8 +59,9 @@ def test_streaming_a_dataset_folder_resumes_exactly(micro_folder, tmp_path):
     (tmp_path / "dataset").mkdir()
     train.rename(tmp_path / "dataset" / "train.jsonl")
     common = [sys.executable, str(SCRIPT), "--model_name_or_path", str(micro_folder), "--dataset_name",
-              str(tmp_path / "dataset"), "--streaming", "--streaming_validation_articles", "4", "--max_train_steps", "8",
-              "--per_device_train_batch_size", "8", "--checkpointing_steps", "3", "--eval_batches", "1", "--seed", "1"]
+              str(tmp_path / "dataset"), "--streaming", "--streaming_validation_articles", "4",
+              "--max_train_steps", "8", "--per_device_train_batch_size", "8", "--checkpointing_steps", "3",
+              "--eval_batches", "1", "--seed", "1"]
     a, b = tmp_path / "A", tmp_path / "B"
     result = run(common + ["--output_dir", str(a)], tmp_path)
     assert_ok(result)

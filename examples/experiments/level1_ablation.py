@@ -100,9 +100,9 @@ def score_boundaries(folders: dict[str, Path], budget: int) -> None:
         length = model.config.document_length[0]
         metrics = segmentation_metrics(model, held_out_documents(texts, length, budget // length))
         one, zero = metrics["level1"], metrics["level0"]
-        print(f"| {name} | {one['precision']:.3f} / {one['recall']:.3f} / {one['f1']:.3f} | {one['precision_inner']:.3f} "
-              f"/ {one['recall_inner']:.3f} / {one['f1_inner']:.3f} | {one['bytes_per_segment']:.1f} | {zero['f1']:.3f} |",
-              flush=True)
+        print(f"| {name} | {one['precision']:.3f} / {one['recall']:.3f} / {one['f1']:.3f} | "
+              f"{one['precision_inner']:.3f} / {one['recall_inner']:.3f} / {one['f1_inner']:.3f} | "
+              f"{one['bytes_per_segment']:.1f} | {zero['f1']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

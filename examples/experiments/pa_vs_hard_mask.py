@@ -39,8 +39,8 @@ def main() -> None:
                             ("1 - 1e-3 / 1e-3", keep.float() * (1 - 2e-3) + 1e-3),
                             ("1 - 1e-6 / 1e-6", keep.float() * (1 - 2e-6) + 1e-6),
                             ("soft survival (splitter-like)",
-                             torch.cumprod(torch.cat([torch.ones(segments, 1), 1 - 0.2 * torch.rand(segments, length - 1)],
-                                                     1), 1) * keep)):
+                             torch.cumprod(torch.cat([torch.ones(segments, 1),
+                                                      1 - 0.2 * torch.rand(segments, length - 1)], 1), 1) * keep)):
                 out, weights = run(module, x, e, keep, positions)
                 print(f"| {segments} x {length} | {width} / {heads} | {name} | {out:.2e} | {weights:.2e} |")
 

@@ -12,8 +12,8 @@ from ..tokenization_zonkey import PAD_TOKEN_ID, VOCAB_SIZE
 HEAD_DIM = 32
 
 
-def baseline_config(num_parameters: int, context: int = 1024, vocab_size: int = VOCAB_SIZE, pad_token_id: int = PAD_TOKEN_ID,
-                    ) -> GPT2Config:
+def baseline_config(num_parameters: int, context: int = 1024, vocab_size: int = VOCAB_SIZE,
+                    pad_token_id: int = PAD_TOKEN_ID) -> GPT2Config:
     """The GPT-2 config whose parameter count is closest to the target, among usual shapes: 2..24 layers,
     width a multiple of 32 between 32 and 64 times the depth (nanoGPT's are 48-64x)."""
     if num_parameters < 50_000:

@@ -55,7 +55,8 @@ def without_document_starts(rows: list[list[int]]) -> list[list[int]]:
     return [[position for position in row if position] for row in rows]
 
 
-def byte_accuracy(reconstructed: list[torch.Tensor], input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[int, int]:
+def byte_accuracy(reconstructed: list[torch.Tensor], input_ids: torch.Tensor,
+                  attention_mask: torch.Tensor) -> tuple[int, int]:
     """(correct bytes, total bytes): position-wise matches of each reconstruction against its input row;
     missing or extra bytes count as errors (total = max of the two lengths)."""
     correct = total = 0

@@ -125,7 +125,8 @@ def plot_training_curves(scalars: dict[str, list[tuple[int, float]]], path: str 
     figure, axes = plt.subplots(1, 5, figsize=(21, 3.4))
     panels = [("training loss", ["train/loss"]), ("validation loss", ["val/loss"]),
               ("byte accuracy at t = 0", ["val/byte_accuracy_level0", "val/byte_accuracy_top"]),
-              ("level-0 boundaries vs word starts", ["val/boundary_precision", "val/boundary_recall", "val/boundary_f1"]),
+              ("level-0 boundaries vs word starts",
+               ["val/boundary_precision", "val/boundary_recall", "val/boundary_f1"]),
               ("decoder at t = 0.5", ["val/level0/accuracy_t0.5", "val/level0/pairwise_cosine_t0.5",
                                       "val/level1/cosine_t0.5", "val/level1/pairwise_cosine_t0.5"])]
     for ax, (title, tags) in zip(axes, panels):

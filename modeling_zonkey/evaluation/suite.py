@@ -3,9 +3,9 @@
 `evaluate_model` returns one nested dict (written as JSON and as Markdown by examples/evaluate.py):
     segmentation.level{l}: boundary P / R / F1 (exact, +-1, and "inner": without each document's first byte, a
         forced BOS, next to the inner P and F1 of as many boundaries placed at random among the positions the level
-        can cut at) against word starts (level 0) or sentence starts (levels >= 1), AUPRC of p_bos, over-segmentation, R-value, bytes per segment and its CV,
-        sharpness (mean binary entropy of p_bos in bits, share of p_bos in (0.1, 0.9)), share of p_bos
-        saturated (within 1e-4 of 0 or 1);
+        can cut at) against word starts (level 0) or sentence starts (levels >= 1), AUPRC of p_bos,
+        over-segmentation, R-value, bytes per segment and its CV, sharpness (mean binary entropy of p_bos in bits,
+        share of p_bos in (0.1, 0.9)), share of p_bos saturated (within 1e-4 of 0 or 1);
     reconstruction["t={t}"].level{l}: byte accuracy, character error rate and exact-segment match of
         encode -> noise the level-l latents to t -> denoise (the sampler, settings.num_steps steps) -> decode
         (t = 0: the model's reconstruction);

@@ -16,14 +16,14 @@ def _saturated(m: dict) -> str:
 def results_markdown(results: dict) -> str:
     lines = [f"Held-out text: {results['documents']} documents, {results['bytes']:,} bytes.", "",
              "**Segmentation** (boundaries against word starts at level 0, sentence starts above)", "",
-             "| level | reference | P | R | F1 | F1 +-1 | F1 inner (chance) | AUPRC | OS | R-value | bytes/segment (CV) | "
-             "H(p_bos) bits | p_bos in (0.1, 0.9) | p_bos saturated |",
+             "| level | reference | P | R | F1 | F1 +-1 | F1 inner (chance) | AUPRC | OS | R-value | "
+             "bytes/segment (CV) | H(p_bos) bits | p_bos in (0.1, 0.9) | p_bos saturated |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in results["segmentation"].items():
         lines.append(f"| {name[5:]} | {m['reference']} | {_f(m['precision'])} | {_f(m['recall'])} | {_f(m['f1'])} | "
-                     f"{_f(m['f1_pm1'])} | {_inner(m)} | {_f(m['auprc'])} | {_f(m['over_segmentation'], 2)} | {_f(m['r_value'])} | "
-                     f"{m['bytes_per_segment']:.1f} ({m['bytes_per_segment_cv']:.2f}) | {_f(m['p_bos_entropy_bits'])} | "
-                     f"{m['p_bos_share_uncertain']:.1%} | {_saturated(m)} |")
+                     f"{_f(m['f1_pm1'])} | {_inner(m)} | {_f(m['auprc'])} | {_f(m['over_segmentation'], 2)} | "
+                     f"{_f(m['r_value'])} | {m['bytes_per_segment']:.1f} ({m['bytes_per_segment_cv']:.2f}) | "
+                     f"{_f(m['p_bos_entropy_bits'])} | {m['p_bos_share_uncertain']:.1%} | {_saturated(m)} |")
     lines += ["", "F1 inner: without each document's first byte (a forced BOS at every level, and a sentence start); "
               "chance: as many boundaries placed at random among the positions the level can cut at.",
               "", "**Reconstruction** (encode -> noise the latents of a level to t -> denoise with the sampler -> "
@@ -37,7 +37,8 @@ def results_markdown(results: dict) -> str:
     if results.get("denoiser"):
         lines += ["", "**Denoiser against noise level** (one decode of the latents of a level noised to t, no sampler: "
                   "byte accuracy at level 0, cos(X_hat, X) above; pairwise = mean cosine between decoded vectors, "
-                  "1.000 when the decoder emits one vector for everything; the clean targets' own value in brackets)", "",
+                  "1.000 when the decoder emits one vector for everything; the clean targets' own value in brackets)",
+                  "",
                   "| t | " + " | ".join(f"level {name[5:]} {'accuracy' if name == 'level0' else 'cosine'} | "
                                         f"level {name[5:]} pairwise" for name in results["denoiser"]) + " |",
                   "|---:|" + "---:|---:|" * len(results["denoiser"])]
@@ -51,8 +52,8 @@ def results_markdown(results: dict) -> str:
     lines += ["", f"Stitcher overlap disagreement (level 0, t = 0): "
               f"{results['stitcher']['overlap_disagreement']:.1%} of overlapping positions."]
     for name, m in results["stitcher"].get("inferred_offsets", {}).items():
-        lines.append(f"Reconstruction at t = 0 from level {name[5:]} with the stitcher's inferred offsets: byte accuracy "
-                     f"{m['byte_accuracy']:.1%}, CER {m['cer']:.3f}.")
+        lines.append(f"Reconstruction at t = 0 from level {name[5:]} with the stitcher's inferred offsets: "
+                     f"byte accuracy {m['byte_accuracy']:.1%}, CER {m['cer']:.3f}.")
     generation, baseline = results.get("generation"), results.get("baseline_generation")
     if generation:
         lines += ["", f"**Generation** ({generation['samples_per_seed']} samples x {len(generation['seeds'])} seeds, "
@@ -61,7 +62,8 @@ def results_markdown(results: dict) -> str:
                   + ")", "", "| metric | Zonkey samples | real text |" + (" baseline samples |" if baseline else ""),
                   "|---|---:|---:|" + ("---:|" if baseline else "")]
         for key in generation["samples"]:
-            cells = [generation["samples"][key], generation["real"][key]] + ([baseline["samples"][key]] if baseline else [])
+            cells = ([generation["samples"][key], generation["real"][key]]
+                     + ([baseline["samples"][key]] if baseline else []))
             lines.append(f"| {key} | " + " | ".join(f"{c['mean']:.3f} +- {c['std']:.3f}" for c in cells) + " |")
         lines += ["", "Zonkey samples:", ""] + [f"- `{e!r}`" for e in generation["examples"]]
         if baseline:

@@ -45,7 +45,8 @@ def training_summary(history: dict) -> str:
     if args:
         text += (f", batch {args.get('per_device_train_batch_size')} x {history.get('num_processes', 1)} process(es) x "
                  f"{args.get('gradient_accumulation_steps')} accumulation, lr {args.get('learning_rate')} "
-                 f"({args.get('lr_scheduler_type')}, {args.get('num_warmup_steps')} warm-up steps), seed {args.get('seed')}")
+                 f"({args.get('lr_scheduler_type')}, {args.get('num_warmup_steps')} warm-up steps), "
+                 f"seed {args.get('seed')}")
     minutes, this_run = history.get("train_minutes"), history.get("train_minutes_this_run")
     if history.get("resumed_from_step") is not None:
         text += f", resumed from its step-{history['resumed_from_step']} checkpoint"

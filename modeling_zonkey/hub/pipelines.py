@@ -74,8 +74,8 @@ class ZonkeyTextGenerationPipeline(Pipeline):
     def _check_generate_kwargs(self, generate_kwargs: dict) -> None:
         """Unknown or invalid generation options fail when given (at pipeline(...) or at the call), not mid-batch."""
         config = copy.deepcopy(generate_kwargs.get("generation_config") or self.model.generation_config)
-        options = sorted(name for name in config.to_dict() if not name.startswith("_") and name != "transformers_version"
-                         and name not in PIPELINE_SET)
+        options = sorted(name for name in config.to_dict()
+                         if not name.startswith("_") and name != "transformers_version" and name not in PIPELINE_SET)
         fixed = sorted(set(generate_kwargs) & set(PIPELINE_SET))
         if fixed:
             raise ValueError(f"{TEXT_GENERATION_TASK} sets {fixed} itself; drop them (call model.generate for a "

@@ -95,6 +95,7 @@ def push_folder(folder: str | Path, repo_id: str, token: str | None = None, priv
             urls.append(getattr(info, "commit_url", str(info)))
     except Exception as error:  # noqa: BLE001 - Hub HTTP errors, the HTTP client's network errors, offline mode
         raise ValueError(f"pushing {folder} to {repo_id} failed ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else 'no detail'}). Check the network, the token's "
-                         f"write access and the repo id; {folder} is unchanged, run the push again.") from error
+                         f"{str(error).splitlines()[0] if str(error) else 'no detail'}). "
+                         f"Check the network, the token's write access and the repo id; {folder} is unchanged, "
+                         "run the push again.") from error
     return PushResult(repo_id, revision, files, urls)

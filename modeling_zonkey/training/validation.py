@@ -1,5 +1,6 @@
 """Validation while training: loss, byte reconstruction accuracy at t = 0, boundary scores (level 0 against word
-starts, levels >= 1 against sentence starts), and the collapse diagnostics (one-decode reconstruction and diversity against noise level, saturated p_bos).
+starts, levels >= 1 against sentence starts), and the collapse diagnostics (one-decode reconstruction and
+diversity against noise level, saturated p_bos).
 
 Runs on every process of an Accelerate job and reduces the counts across them.
 """
@@ -35,9 +36,9 @@ def validate(model, loader, accelerator, max_batches: int, seed: int) -> dict[st
     """Validation loss, byte reconstruction accuracy at t = 0 (from level 0 and from the top, true offsets),
     level-0 boundary precision / recall / F1 against word starts (val/boundary_*), level l >= 1 F1 against sentence
     starts (val/level{l}/boundary_f1, and boundary_f1_inner without each document's forced first boundary), and the
-    collapse diagnostics of `diagnostic_scalars` on the first batch (averaged over processes). Seeded inside a forked RNG (CPU and the
-    accelerator's device), so evaluating does not move the training RNG: a run that evaluates at a step where
-    another does not still draws the same training noise afterwards."""
+    collapse diagnostics of `diagnostic_scalars` on the first batch (averaged over processes). Seeded inside a
+    forked RNG (CPU and the accelerator's device), so evaluating does not move the training RNG: a run that
+    evaluates at a step where another does not still draws the same training noise afterwards."""
     raw = accelerator.unwrap_model(model)
     was_training = raw.training
     raw.eval()
@@ -64,7 +65,8 @@ def validate(model, loader, accelerator, max_batches: int, seed: int) -> dict[st
             loss_sum += out.loss.item()
             batches += 1
             for level, offset in ((0, 0), (None, 2)):
-                c, t = byte_accuracy(raw.reconstruct(**batch, from_level=level), batch["input_ids"], batch["attention_mask"])
+                c, t = byte_accuracy(raw.reconstruct(**batch, from_level=level), batch["input_ids"],
+                                     batch["attention_mask"])
                 counts[offset] += c
                 counts[offset + 1] += t
             mask = batch["attention_mask"].bool()
@@ -76,7 +78,8 @@ def validate(model, loader, accelerator, max_batches: int, seed: int) -> dict[st
     for unit in units:
         unit.reshard()
     raw.train(was_training)
-    hits = []  # per level, all boundaries then without each document's forced first one: P hits, predicted, R hits, gold
+    # per level, all boundaries then without each document's forced first one: P hits, predicted, R hits, gold
+    hits = []
     for level in range(levels):
         inner = boundary_scores(without_document_starts(predicted[level]), without_document_starts(gold[level]))
         for scores in (boundary_scores(predicted[level], gold[level]), inner):

@@ -38,7 +38,8 @@ class TimeEmbedding(nn.Module):
             self.clean = nn.Parameter(torch.empty(hidden_size))
             self.noisy = nn.Parameter(torch.empty(hidden_size))
         else:
-            self.mlp = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size))
+            self.mlp = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU(),
+                                     nn.Linear(hidden_size, hidden_size))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """t (M,) in [0, 1] -> (M, d)."""
@@ -68,7 +69,8 @@ class CausalBlock(nn.Module):
         if codes is None:
             codes = sinusoid(torch.arange(start + x.shape[1], device=x.device), self.head_dim)
         codes = codes[start : start + x.shape[1]].to(x.dtype)
-        q, k, v = (t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2) for t in self.qkv(h).chunk(3, dim=-1))
+        q, k, v = (t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+                   for t in self.qkv(h).chunk(3, dim=-1))
         q, k = q + codes, k + codes
         if cache is not None:
             k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
@@ -127,7 +129,8 @@ class Decoder(nn.Module):
         return DecoderOutput(to_sphere(y), self.existence(y))
 
     def existence(self, vectors: torch.Tensor) -> torch.Tensor:
-        """e_hat_j = prod_{k=1..j}(1 - p_end_k), e_hat_0 = 1, p_end = sigmoid(w . y / sqrt(d) - 2). (M, L, d) -> (M, L)."""
+        """e_hat_j = prod_{k=1..j}(1 - p_end_k), e_hat_0 = 1, p_end = sigmoid(w . y / sqrt(d) - 2).
+        (M, L, d) -> (M, L)."""
         logits = self.existence_head(vectors).squeeze(-1).float() / math.sqrt(vectors.shape[-1]) - 2.0
         log_survive = (-F.softplus(logits[:, 1:])).cumsum(dim=1)
         return torch.cat([torch.ones_like(logits[:, :1]), log_survive.exp()], dim=1)

@@ -41,7 +41,8 @@ class AtLeastOneDim(ConversionOps):
 
 
 register_checkpoint_conversion_mapping("zonkey", [
-    WeightConverter(source_patterns=rf"stitcher\.{name}", target_patterns=f"stitcher.{name}", operations=[AtLeastOneDim()])
+    WeightConverter(source_patterns=rf"stitcher\.{name}", target_patterns=f"stitcher.{name}",
+                    operations=[AtLeastOneDim()])
     for name in ("alpha", "rho")], overwrite=True)
 
 

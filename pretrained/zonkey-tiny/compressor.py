@@ -1,7 +1,8 @@
 """Compressor: a segment's window -> one latent of C vectors, on the sphere of radius nu(C d).
 
 C learned CLS vectors (existence 1) are prepended to the segment, a small residual Conv1d (k = 3) acts
-on the inputs (x + LN(GELU(conv x)), as the reference; `conv_norm=False`: x + conv x, the first checkpoint's), and a PA encoder reads the lot under the segment's existence. The C CLS outputs, flattened
+on the inputs (x + LN(GELU(conv x)), as the reference; `conv_norm=False`: x + conv x, the first
+checkpoint's), and a PA encoder reads the lot under the segment's existence. The C CLS outputs, flattened
 to C * d, are projected onto the sphere. Levels >= 1 add a masked-vector prediction task that keeps the
 latents informative (20% of the inputs masked: 80% mask vector / 10% random vector / 10% kept; InfoNCE).
 """
@@ -81,7 +82,8 @@ class MaskedVectorHead(nn.Module):
         action = torch.rand(real.shape, device=real.device)
         pool = windows[real]
         random_vectors = pool[torch.randint(len(pool), real.shape, device=real.device)]
-        corrupted = torch.where((chosen & (action < 0.8)).unsqueeze(-1), to_sphere(self.mask_vector).to(windows.dtype), windows)
+        corrupted = torch.where((chosen & (action < 0.8)).unsqueeze(-1), to_sphere(self.mask_vector).to(windows.dtype),
+                                windows)
         corrupted = torch.where((chosen & (action >= 0.8) & (action < 0.9)).unsqueeze(-1), random_vectors, corrupted)
         hidden = compressor(corrupted, existence).hidden_states
         prediction = self.proj(hidden[chosen])  # (Q, d)
@@ -118,5 +120,7 @@ def _info_nce(prediction: torch.Tensor, target: torch.Tensor, pool: torch.Tensor
         negative_cos = (pred @ pool_unit.T).gather(1, index)
         with torch.no_grad():
             same = ((target_unit @ pool_unit.T) > 1.0 - 1e-6).gather(1, index)
-    logits = torch.cat([cosine_logits(positive_cos).unsqueeze(1), cosine_logits(negative_cos).masked_fill(same, float("-inf"))], dim=1)
-    return F.cross_entropy(logits, torch.zeros(len(prediction), dtype=torch.long, device=logits.device), reduction="none")
+    logits = torch.cat([cosine_logits(positive_cos).unsqueeze(1),
+                        cosine_logits(negative_cos).masked_fill(same, float("-inf"))], dim=1)
+    return F.cross_entropy(logits, torch.zeros(len(prediction), dtype=torch.long, device=logits.device),
+                           reduction="none")

@@ -18,7 +18,8 @@ from .sphere import to_sphere
 
 def add_noise(latents: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None,
               noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Noise latents on their sphere. latents (M, D), t (M,), noise (M, D) eps (default: drawn) -> (M, D), norm nu(D)."""
+    """Noise latents on their sphere. latents (M, D), t (M,), noise (M, D) eps (default: drawn) -> (M, D),
+    norm nu(D)."""
     eps = noise if noise is not None else torch.randn(latents.shape, generator=generator, device=latents.device,
                                                       dtype=latents.dtype)
     t = t.to(latents.dtype)[:, None]
@@ -48,7 +49,8 @@ def path_positive(x3: torch.Tensor, x2: torch.Tensor, x: torch.Tensor) -> PathPo
     ab, ac, bb, bc, cc = ((u * v).sum(-1) for u, v in ((a, b), (a, c), (b, b), (b, c), (c, c)))
     denominator = ab * cc - ac * bc
     safe = denominator.abs() > 1e-12
-    star = torch.where(safe, (ac * bb - ab * bc) / torch.where(safe, denominator, torch.ones_like(denominator)), torch.zeros_like(ab))
+    star = torch.where(safe, (ac * bb - ab * bc) / torch.where(safe, denominator, torch.ones_like(denominator)),
+                       torch.zeros_like(ab))
     candidates = torch.stack([torch.zeros_like(ab), torch.ones_like(ab), star.clamp(0.0, 1.0)], dim=-1)  # (..., 3)
     points = b.unsqueeze(-2) + candidates.unsqueeze(-1) * c.unsqueeze(-2)  # (..., 3, d)
     cos = F.cosine_similarity(a.unsqueeze(-2), points, dim=-1, eps=1e-8)

@@ -159,7 +159,8 @@ class ZonkeyLevel(nn.Module):
         positive = None
         if sub.ids is None:
             positive = path_positive(light.sequence, x2.sequence.detach(), light_sub.windows).cosine
-        return DiffusionTerms(heavy, denoising, light_sub.average(self.reconstruction(light.sequence, light_sub, positive)))
+        return DiffusionTerms(heavy, denoising,
+                              light_sub.average(self.reconstruction(light.sequence, light_sub, positive)))
 
     def stitcher_terms(self, segments: Segments, windows: torch.Tensor, chosen: torch.Tensor, clean: DecoderOutput,
                        sub: "SegmentBatch", density: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -167,9 +167,11 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
         lengths = mask.sum(1)
         if input_ids.shape[1] == 0 or (lengths == 0).any():
             rows = [] if input_ids.shape[1] == 0 else (lengths == 0).nonzero().flatten().tolist()
-            raise ValueError(f"empty document(s) in the batch (rows {rows or 'all'}): Zonkey needs at least one byte per text.")
+            raise ValueError(f"empty document(s) in the batch (rows {rows or 'all'}): Zonkey needs at least one byte "
+                             "per text.")
         if not torch.equal(mask, torch.arange(input_ids.shape[1], device=mask.device) < lengths[:, None]):
-            raise ValueError("attention_mask must be right-padded (ones, then zeros); ZonkeyTokenizer pads on the right.")
+            raise ValueError("attention_mask must be right-padded (ones, then zeros); ZonkeyTokenizer pads on the "
+                             "right.")
         return input_ids, mask
 
     def embed_bytes(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -196,7 +198,8 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
 
     def check_labels(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor) -> None:
         input_ids, real = self.check_ids(input_ids, attention_mask)
-        if labels.shape != input_ids.shape or not torch.equal(torch.where(real, labels, input_ids)[real], input_ids[real]):
+        if (labels.shape != input_ids.shape
+                or not torch.equal(torch.where(real, labels, input_ids)[real], input_ids[real])):
             raise ValueError("labels must equal input_ids (Zonkey's loss reconstructs its input; -100 may mark "
                              "padding): use a causal-LM collator such as DataCollatorForLanguageModeling(mlm=False), "
                              "or pass return_loss=True without labels.")
@@ -206,7 +209,8 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
         input_ids, valid = self.check_inputs(input_ids, attention_mask)
         x = self.embed_bytes(input_ids)
         parent = torch.arange(len(input_ids), device=input_ids.device)
-        targets = LevelTargets(x, input_ids, to_sphere(self.byte_embeddings.weight[:NUM_BYTES])) if return_loss else None
+        targets = (LevelTargets(x, input_ids, to_sphere(self.byte_embeddings.weight[:NUM_BYTES])) if return_loss
+                   else None)
         outputs = []
         for index, level in enumerate(self.levels):
             output = level(x, valid, parent, targets)
@@ -225,7 +229,8 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
             terms.update({f"level{index}/{name}": value for name, value in output.loss_terms.items()})
             terms[f"loss/level{index}"] = level_total
             total = total + level_total
-        return ZonkeyModelOutput(loss=total, loss_terms=terms, segment_latents=outputs[0].latents, levels=tuple(outputs))
+        return ZonkeyModelOutput(loss=total, loss_terms=terms, segment_latents=outputs[0].latents,
+                                 levels=tuple(outputs))
 
     def compile_components(self, components: tuple[str, ...] | list[str] = ("decoder", "compressor"),
                            dynamic: bool = True) -> None:
@@ -271,8 +276,10 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
         rows = latents
         for index in range(level, -1, -1):
             row_gaps = (gaps or {}).get(index) or [None] * len(rows)
-            rows = [self.levels[index].decode(row, row_gap if row_gap is not None and len(row_gap) in (len(row) - 1, len(row))
-                                              else None, refine, cutoff) for row, row_gap in zip(rows, row_gaps)]
+            rows = [self.levels[index].decode(row, row_gap if row_gap is not None
+                                                          and len(row_gap) in (len(row) - 1, len(row)) else None,
+                                              refine, cutoff)
+                    for row, row_gap in zip(rows, row_gaps)]
             if index > 0 and parents is not None and index in parents:
                 parent = parents[index].tolist()
                 joined = [[] for _ in range(max(parent) + 1)]
@@ -292,7 +299,8 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
         """Encode (eval-mode boundaries), then decode the latents of `from_level` (default: the top) at t = 0.
 
         true_offsets: stitch with the encoder's own segmentation (offsets and the last segment's length:
-        reconstruction given the segmentation); False infers them from n_hat and existence, as in generation. Returns the byte ids of each input row.
+        reconstruction given the segmentation); False infers them from n_hat and existence, as in generation.
+        Returns the byte ids of each input row.
         """
         outputs = self(input_ids, attention_mask).levels
         top = self.config.num_levels - 1 if from_level is None else from_level

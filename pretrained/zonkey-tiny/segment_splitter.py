@@ -89,7 +89,8 @@ class SegmentSplitter(nn.Module):
 
 
 def log_not_bos_from_probs(bos_probs: torch.Tensor) -> torch.Tensor:
-    """log(1 - p) of given probabilities (for callers without logits); p = 1 maps to LOG_CERTAIN_BOS. (B, N) -> (B, N)."""
+    """log(1 - p) of given probabilities (for callers without logits); p = 1 maps to LOG_CERTAIN_BOS.
+    (B, N) -> (B, N)."""
     finite = torch.log1p(-bos_probs.clamp(max=1.0 - 1e-7))
     return torch.where(bos_probs >= 1.0, torch.full_like(finite, LOG_CERTAIN_BOS), finite)
 
