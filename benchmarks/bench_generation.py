@@ -9,6 +9,8 @@ is reported, so the ratio is measured under the same machine load.
 
     python benchmarks/bench_generation.py --model runs/zonkey-tiny             # a trained folder
     python benchmarks/bench_generation.py --config configuration/zonkey-tiny.json   # random weights
+    python benchmarks/bench_generation.py --model pretrained/zonkey-tiny-sentences --max_new_bytes 100 1000 4000
+        # long samples: windows chained by generate(max_new_bytes=N); the time per byte should stay flat in N
 """
 
 import argparse
@@ -44,6 +46,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no_clamp", action="store_true", help="sample without clamping (faster, collapsed samples)")
+    parser.add_argument("--max_new_bytes", type=int, nargs="+", default=None,
+                        help="sample lengths to measure, each written as chained windows (default: one window)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -63,12 +67,14 @@ def main() -> None:
           f"clamping {'off' if args.no_clamp else 'on'}")
     print(f"baseline: byte-level GPT-2, {baseline.config.n_layer} layers x {baseline.config.n_embd}, "
           f"{baseline_parameters:,} parameters, KV cache, sampling\n")
-    print("| batch | bytes / sample | Zonkey s | Zonkey bytes/s | baseline s | baseline bytes/s | Zonkey / baseline |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("| batch | bytes / sample | Zonkey s | Zonkey ms / byte | Zonkey bytes/s | baseline s | baseline bytes/s | "
+          "Zonkey / baseline |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     notes = []
-    for batch in args.batch_sizes:
+    for batch, length in [(b, n) for b in args.batch_sizes for n in (args.max_new_bytes or [None])]:
         zonkey_time, ids = median_seconds(
-            lambda: model.generate(num_return_sequences=batch, num_steps=args.steps, seed=0, clamp=not args.no_clamp),
+            lambda: model.generate(num_return_sequences=batch, num_steps=args.steps, seed=0, clamp=not args.no_clamp,
+                                   max_new_bytes=length),
             args.repeats)
         produced = int((ids != model.config.pad_token_id).sum())
         per_sample = max(1, round(produced / batch))
@@ -82,8 +88,10 @@ def main() -> None:
 
         baseline_time, _ = median_seconds(run_baseline, args.repeats)
         zonkey_rate, baseline_rate = produced / zonkey_time, batch * per_sample / baseline_time
-        print(f"| {batch} | {produced / batch:.1f} | {zonkey_time:.3f} | {zonkey_rate:,.0f} | {baseline_time:.3f} | "
-              f"{baseline_rate:,.0f} | {zonkey_rate / baseline_rate:.2f}x |")
+        print(f"| {batch} | {produced / batch:.1f} | {zonkey_time:.3f} | {1000 * zonkey_time / produced:.2f} | "
+              f"{zonkey_rate:,.0f} | {baseline_time:.3f} | {baseline_rate:,.0f} | {zonkey_rate / baseline_rate:.2f}x |")
+        if length is not None:
+            continue
         notes.append(f"batch {batch}: the baseline would need {zonkey_time / (baseline_time / per_sample):.0f} "
                      f"bytes per sample to take as long as Zonkey's {args.steps} steps (Zonkey's time does not grow "
                      f"with the output length, up to {model.config.window_length[-1]} top-level positions per sample)")

@@ -355,3 +355,39 @@ def test_generate_example_runs_every_mode(model, tokenizer, tmp_path, capsys):
     assert "error: --infill needs exactly one [GAP] marker" in err
     assert "error: num_steps must be a positive integer" in err
     assert "no model folder" in err
+
+
+# ------------------------------------------------------------------------------- long text (chained windows)
+def test_max_new_bytes_chains_windows_to_the_length(model, tokenizer):
+    """One window of the micro model holds a few bytes; max_new_bytes keeps writing windows until each sample has
+    that many, and a batch equals its single runs (window w of sample i is seeded seed + i + w * 2**40)."""
+    one_window = lengths(model.generate(num_return_sequences=3, seed=7, **FAST))
+    batch = model.generate(num_return_sequences=3, seed=7, max_new_bytes=60, **FAST)
+    assert max(one_window) < 60 and lengths(batch) == [60, 60, 60]
+    for i in range(3):
+        single = model.generate(seed=7 + i, max_new_bytes=60, **FAST)
+        assert torch.equal(single[0], batch[i])
+    assert model.generate(seed=7, max_new_bytes=5, **FAST).shape == (1, 5)
+
+
+def test_max_new_bytes_continues_a_prompt_verbatim_across_windows(model, tokenizer):
+    prompt = "The river flows through the old town"
+    inputs = tokenizer([prompt, "A"], return_tensors="pt", padding=True)
+    out = model.generate(**inputs, seed=2, max_new_bytes=50, **FAST)
+    decoded = [row[row != 256] for row in out]
+    assert [len(row) for row in decoded] == [len(prompt) + 50, 1 + 50]
+    assert bytes(decoded[0][: len(prompt)].tolist()).decode() == prompt and decoded[1][0] == ord("A")
+    # the chained continuation's first window is the one-window continuation
+    first = model.generate(**tokenizer([prompt], return_tensors="pt"), seed=2, **FAST)[0]
+    first = first[first != 256]
+    assert torch.equal(decoded[0][: len(first)], first[: len(prompt) + 50])
+
+
+def test_max_new_bytes_refuses_one_window_modes(model, tokenizer):
+    inputs = tokenizer(["The river"], return_tensors="pt")
+    with pytest.raises(ValueError, match="max_new_bytes chains windows"):
+        model.generate(**inputs, suffix_ids=inputs["input_ids"], max_new_bytes=10, **FAST)
+    with pytest.raises(ValueError, match="max_new_bytes chains windows"):
+        model.generate(**inputs, noise_level=0.5, max_new_bytes=10, **FAST)
+    with pytest.raises(ValueError, match="max_new_bytes must be a positive integer"):
+        model.generate(max_new_bytes=0, **FAST)
