@@ -26,8 +26,8 @@ from modeling_zonkey import ZonkeyConfig, ZonkeyModel
 from modeling_zonkey.evaluation.baseline import char_baseline
 
 
-def median_seconds(function, repeats: int) -> tuple[float, object]:
-    result = function()  # warm-up
+def median_seconds(function, repeats: int, warmup: bool = True) -> tuple[float, object]:
+    result = function() if warmup else None
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no_warmup", action="store_true", help="skip the untimed first call (long samples)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no_clamp", action="store_true", help="sample without clamping (faster, collapsed samples)")
     parser.add_argument("--max_new_bytes", type=int, nargs="+", default=None,
@@ -59,7 +60,7 @@ def main() -> None:
         model, name = ZonkeyModel(ZonkeyConfig.from_pretrained(args.config)).eval(), f"{args.config} (random weights)"
     zonkey_parameters = sum(p.numel() for p in model.parameters())
     torch.manual_seed(0)
-    baseline = char_baseline(zonkey_parameters).eval()
+    baseline = char_baseline(zonkey_parameters, context=max([1024, *(n + 2 for n in args.max_new_bytes or [])])).eval()
     baseline_parameters = sum(p.numel() for p in baseline.parameters())
 
     print(machine_line() + f"; torch threads {torch.get_num_threads()}")
@@ -75,7 +76,7 @@ def main() -> None:
         zonkey_time, ids = median_seconds(
             lambda: model.generate(num_return_sequences=batch, num_steps=args.steps, seed=0, clamp=not args.no_clamp,
                                    max_new_bytes=length),
-            args.repeats)
+            args.repeats, not args.no_warmup)
         produced = int((ids != model.config.pad_token_id).sum())
         per_sample = max(1, round(produced / batch))
         prompt = torch.full((batch, 1), ord(" "), dtype=torch.long)
@@ -86,7 +87,7 @@ def main() -> None:
                                          max_new_tokens=per_sample, min_new_tokens=per_sample, use_cache=True,
                                          pad_token_id=model.config.pad_token_id)
 
-        baseline_time, _ = median_seconds(run_baseline, args.repeats)
+        baseline_time, _ = median_seconds(run_baseline, args.repeats, not args.no_warmup)
         zonkey_rate, baseline_rate = produced / zonkey_time, batch * per_sample / baseline_time
         print(f"| {batch} | {produced / batch:.1f} | {zonkey_time:.3f} | {1000 * zonkey_time / produced:.2f} | "
               f"{zonkey_rate:,.0f} | {baseline_time:.3f} | {baseline_rate:,.0f} | {zonkey_rate / baseline_rate:.2f}x |")
