@@ -391,3 +391,46 @@ def test_max_new_bytes_refuses_one_window_modes(model, tokenizer):
         model.generate(**inputs, noise_level=0.5, max_new_bytes=10, **FAST)
     with pytest.raises(ValueError, match="max_new_bytes must be a positive integer"):
         model.generate(max_new_bytes=0, **FAST)
+
+
+class Collector:
+    """A streamer: records every put() and whether end() was called."""
+
+    def __init__(self):
+        self.parts, self.ended = [], False
+
+    def put(self, value):
+        self.parts.append(value.reshape(-1).clone())
+
+    def end(self):
+        self.ended = True
+
+
+@pytest.mark.parametrize("mode", ["long", "long_prompt", "window", "window_prompt", "reconstruct"])
+def test_a_streamer_receives_the_returned_sample(model, tokenizer, mode):
+    options = dict(seed=7, **FAST)
+    if mode.startswith("long"):
+        options["max_new_bytes"] = 120
+    if mode.endswith("prompt") or mode == "reconstruct":
+        options.update(tokenizer(["The river flows"], return_tensors="pt"))
+    if mode == "reconstruct":
+        options["noise_level"] = 0.5
+    streamer = Collector()
+    out = model.generate(streamer=streamer, **options)[0]
+    assert streamer.ended and torch.equal(torch.cat(streamer.parts), out[out != 256])
+    if mode == "long":  # one put per window: the text arrives as it is written
+        assert len(streamer.parts) >= 2
+
+
+def test_text_streamer_prints_the_generated_text(model, tokenizer, capsys):
+    from transformers import TextStreamer
+
+    prompt = tokenizer(["The river"], return_tensors="pt")
+    out = model.generate(**prompt, streamer=TextStreamer(tokenizer), seed=1, max_new_bytes=30, **FAST)
+    printed = capsys.readouterr().out
+    assert printed.rstrip("\n") == tokenizer.decode(out[0], skip_special_tokens=True).rstrip("\n")
+
+
+def test_a_streamer_takes_one_sample(model):
+    with pytest.raises(ValueError, match="streamer receives one sample"):
+        model.generate(num_return_sequences=2, streamer=Collector(), **FAST)

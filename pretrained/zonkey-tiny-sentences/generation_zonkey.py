@@ -138,14 +138,16 @@ class ZonkeyGenerationMixin:
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                  suffix_ids: torch.Tensor | None = None, suffix_attention_mask: torch.Tensor | None = None,
                  generation_config: ZonkeyGenerationConfig | None = None, level: int | None = None,
-                 progress_bar: bool = False, **kwargs) -> torch.Tensor | ZonkeyGenerateOutput:
+                 progress_bar: bool = False, streamer=None, **kwargs) -> torch.Tensor | ZonkeyGenerateOutput:
         """Generate byte ids; decode them with `tokenizer.batch_decode(ids, skip_special_tokens=True)`.
 
         input_ids / attention_mask (B, N): prompts (continuation), texts to reconstruct (with noise_level), or
         the text before each gap (with suffix_ids (B, S), the text after it); ids and masks are checked as in
         forward (`check_ids`: integer byte ids, uint8 accepted; a mask of 0 and 1 shaped like the ids). level:
-        the level whose latents are noised in reconstruction mode (default: the top). kwargs: any
-        ZonkeyGenerationConfig option.
+        the level whose latents are noised in reconstruction mode (default: the top). streamer: a transformers
+        streamer (TextStreamer, TextIteratorStreamer, ...) for one sample: it receives the prompt's ids, then each
+        finished window's new ids (or the whole output when there is no prompt, or in reconstruction mode), then
+        end(); what it receives, joined, is the returned sample. kwargs: any ZonkeyGenerationConfig option.
         Returns (B * num_return_sequences, T) ids right-padded with pad_token_id, or a ZonkeyGenerateOutput.
         """
         config = copy.deepcopy(generation_config or self.generation_config)
@@ -165,8 +167,11 @@ class ZonkeyGenerationMixin:
         try:
             prompts = (None if input_ids is None else
                        self._prompts(input_ids, attention_mask, suffix_ids, suffix_attention_mask))
+            if streamer is not None and (1 if prompts is None else len(prompts)) * config.num_return_sequences != 1:
+                raise ValueError("streamer receives one sample, as transformers' streamers do: give one prompt (or "
+                                 "none) and num_return_sequences=1.")
             if config.max_new_bytes is not None:
-                samples, latents, existence = self._generate_long(prompts, config, progress_bar), None, None
+                samples, latents, existence = self._generate_long(prompts, config, progress_bar, streamer), None, None
             elif prompts is None:
                 samples, latents, existence = self._generate_from_noise(config, progress_bar)
             else:
@@ -177,6 +182,13 @@ class ZonkeyGenerationMixin:
                     samples, latents, existence = self._generate_around(prompts, config, progress_bar)
         finally:
             self.train(was_training)
+        if streamer is not None:
+            if config.max_new_bytes is None:  # one window: the prompt, then what was generated around it
+                shown = 0 if prompts is None or config.noise_level is not None else len(prompts[0].prefix)
+                if shown:
+                    streamer.put(samples[0][:shown].cpu())
+                streamer.put(samples[0][shown:].cpu())
+            streamer.end()
         width = max(1, max(len(s) for s in samples))
         sequences = torch.full((len(samples), width), config.pad_token_id, dtype=torch.long, device=self.device)
         for i, sample in enumerate(samples):
@@ -401,8 +413,8 @@ class ZonkeyGenerationMixin:
             samples.append(torch.cat(parts))
         return samples, z, existence
 
-    def _generate_long(self, prompts: list[_Prompt] | None, config: ZonkeyGenerationConfig,
-                       progress_bar: bool) -> list[torch.Tensor]:
+    def _generate_long(self, prompts: list[_Prompt] | None, config: ZonkeyGenerationConfig, progress_bar: bool,
+                       streamer=None) -> list[torch.Tensor]:
         """max_new_bytes: windows written one after another until every sample has that many new bytes. The first
         window is an unconditional one (or the prompt's continuation); each next one continues the text so far, so
         it sees the text's last top-level segment (encoded from its last document_length[0] bytes) and nothing
@@ -418,6 +430,8 @@ class ZonkeyGenerationMixin:
         base = config.seed if config.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
         seeds = [base + i for i in range(len(prefixes))]
         texts, active, window = list(prefixes), list(range(len(prefixes))), 0
+        if streamer is not None and len(prefixes[0]):
+            streamer.put(prefixes[0].cpu())
         while active:
             window_seeds = [(seeds[i] + window * WINDOW_SEED_STRIDE) % 2**64 for i in active]
             if prompts is None and window == 0:
@@ -427,7 +441,10 @@ class ZonkeyGenerationMixin:
                                                 window_seeds)[0]
                 added = [output[len(texts[i]):] for output, i in zip(outputs, active)]
             for i, new in zip(active, added):
+                new = new[: max(0, len(prefixes[i]) + config.max_new_bytes - len(texts[i]))]  # the last window: cut
                 texts[i] = torch.cat([texts[i], new])
+                if streamer is not None:
+                    streamer.put(new.cpu())
             active = [i for i, new in zip(active, added)
                       if len(new) > 0 and len(texts[i]) - len(prefixes[i]) < config.max_new_bytes]
             window += 1
