@@ -182,13 +182,7 @@ def load_text_datasets(
     if validation_file is not None and train_file is None:
         raise ValueError("--validation_file needs --train_file")
     if dataset_name is not None:
-        try:
-            raw = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
-        except Exception as err:  # noqa: BLE001
-            raise ValueError(f"Could not load dataset '{dataset_name}' ({err}). Offline? Use --train_file or the "
-                             f"default corpus ({CORPUS_INSTALL}).") from err
-        if "train" not in raw:
-            raise ValueError(f"Dataset '{dataset_name}' has no 'train' split (splits: {list(raw)})")
+        raw = _load_dataset_with_train_split(dataset_name, dataset_config_name, cache_dir, streaming=False)
         train = _select_text(raw["train"], text_column, f"dataset '{dataset_name}' (train)")
         _require_text(train, f"dataset '{dataset_name}' (train)")
         if "validation" in raw:
@@ -202,6 +196,18 @@ def load_text_datasets(
             return datasets.DatasetDict({"train": train, "validation": validation})
         return split_by_article(train, validation_fraction, seed)
     return split_by_article(load_default_corpus(), validation_fraction, seed)
+
+
+def _load_dataset_with_train_split(name: str, config_name: str | None, cache_dir: str | None, streaming: bool):
+    """datasets.load_dataset (a Hub id or a local dataset folder), with clear errors when it fails or has no train."""
+    try:
+        raw = datasets.load_dataset(name, config_name, cache_dir=cache_dir, streaming=streaming)
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"Could not {'stream' if streaming else 'load'} dataset '{name}' ({err}). Offline? Use "
+                         f"--train_file or the default corpus ({CORPUS_INSTALL}).") from err
+    if "train" not in raw:
+        raise ValueError(f"Dataset '{name}' has no 'train' split (splits: {list(raw)})")
+    return raw
 
 
 def load_streaming_documents(
@@ -224,13 +230,7 @@ def load_streaming_documents(
     if validation_articles < 0:
         raise ValueError(f"validation_articles must be >= 0, got {validation_articles}")
     source = f"dataset '{dataset_name}'"
-    try:
-        raw = datasets.load_dataset(dataset_name, dataset_config_name, streaming=True, cache_dir=cache_dir)
-    except Exception as err:  # noqa: BLE001
-        raise ValueError(f"Could not stream dataset '{dataset_name}' ({err}). Offline? Use --train_file or the "
-                         f"default corpus ({CORPUS_INSTALL}).") from err
-    if "train" not in raw:
-        raise ValueError(f"{source} has no 'train' split (splits: {list(raw)})")
+    raw = _load_dataset_with_train_split(dataset_name, dataset_config_name, cache_dir, streaming=True)
     train = _select_streamed_text(raw["train"], text_column, f"{source} (train)")
     if "validation" in raw:
         held_out = _select_streamed_text(raw["validation"], text_column, f"{source} (validation)")

@@ -448,4 +448,4 @@ class ZonkeyGenerationMixin:
             active = [i for i, new in zip(active, added)
                       if len(new) > 0 and len(texts[i]) - len(prefixes[i]) < config.max_new_bytes]
             window += 1
-        return [text[: len(prefix) + config.max_new_bytes] for text, prefix in zip(texts, prefixes)]
+        return texts
