@@ -223,9 +223,18 @@ class ZonkeyLevel(nn.Module):
                cutoff: float | None = None) -> torch.Tensor:
         """One row's latents (K, C d) at t = 0 -> the stitched level-l sequence (N', d). cutoff: the existence
         below which the last segment's tail is dropped (default: config.existence_threshold)."""
-        out = self.decoder(latents, torch.zeros(len(latents), device=latents.device))
+        return torch.cat(self.decode_pieces([latents], [gaps], refine, cutoff)[0], dim=0)
+
+    def decode_pieces(self, rows: list[torch.Tensor], gaps: list[torch.Tensor | None] | None = None,
+                      refine: bool = True, cutoff: float | None = None) -> list[list[torch.Tensor]]:
+        """Several rows' latents (K_r, C d) at t = 0, through the decoder in one batch -> for each row, the
+        stitcher's pieces (what each segment contributes to the row's sequence: K_r tensors (n, d))."""
         cutoff = self.config.existence_threshold if cutoff is None else cutoff
-        return self.stitcher.assemble(out.sequence, out.existence, gaps, cutoff, refine)
+        out = self.decoder(torch.cat(rows), torch.zeros(sum(len(r) for r in rows), device=rows[0].device))
+        sizes = [len(r) for r in rows]
+        return [self.stitcher.pieces(sequence, existence, row_gaps, cutoff, refine)
+                for sequence, existence, row_gaps in zip(out.sequence.split(sizes), out.existence.split(sizes),
+                                                         gaps or [None] * len(rows))]
 
 
 @dataclass

@@ -276,10 +276,9 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
         rows = latents
         for index in range(level, -1, -1):
             row_gaps = (gaps or {}).get(index) or [None] * len(rows)
-            rows = [self.levels[index].decode(row, row_gap if row_gap is not None
-                                                          and len(row_gap) in (len(row) - 1, len(row)) else None,
-                                              refine, cutoff)
-                    for row, row_gap in zip(rows, row_gaps)]
+            row_gaps = [g if g is not None and len(g) in (len(row) - 1, len(row)) else None
+                        for row, g in zip(rows, row_gaps)]
+            rows = [torch.cat(pieces) for pieces in self.levels[index].decode_pieces(rows, row_gaps, refine, cutoff)]
             if index > 0 and parents is not None and index in parents:
                 parent = parents[index].tolist()
                 joined = [[] for _ in range(max(parent) + 1)]

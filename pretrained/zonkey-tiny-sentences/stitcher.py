@@ -106,20 +106,26 @@ class Stitcher(nn.Module):
         (K,); None infers the offsets (round(n_hat)). Without a given length the last segment is kept up to
         where its existence falls to the cutoff.
         """
+        return torch.cat(self.pieces(segments, existence, gaps, cutoff, refine), dim=0)
+
+    def pieces(self, segments: torch.Tensor, existence: torch.Tensor, gaps: torch.Tensor | None = None,
+               cutoff: float = 0.5, refine: bool = True) -> list[torch.Tensor]:
+        """`assemble` before the concatenation: what each of the K segments contributes, K tensors (n_k, d).
+        Piece k depends on segments k and k + 1 only (the last on itself), so a document decoded in parts that
+        overlap by one segment gives the same pieces (generate(max_new_bytes=...) relies on this)."""
         count = segments.shape[0]
         if gaps is not None and len(gaps) == count:
             gaps, last_keep = gaps[:-1], int(gaps[-1])
         else:
             last_keep = int((existence[-1] > cutoff).long().cumprod(0).sum().clamp_min(1))
         if count == 1:
-            return segments[0, :last_keep]
+            return [segments[0, :last_keep]]
         seq1, e1, seq2, e2 = segments[:-1], existence[:-1], segments[1:], existence[1:]
         if gaps is None:
             gaps = self.infer_offset(seq1, e1, seq2).n_hat.round().long().clamp(1, self.window_length)
         if refine:
             seq1 = self.refine(seq1, e1, seq2, e2, gaps)
-        pieces = [seq1[i, : int(gaps[i])] for i in range(count - 1)]
-        return torch.cat(pieces + [segments[-1, :last_keep]], dim=0)
+        return [seq1[i, : int(gaps[i])] for i in range(count - 1)] + [segments[-1, :last_keep]]
 
 
 def position_loss(n_hat: torch.Tensor, gap: torch.Tensor, in_document: torch.Tensor) -> torch.Tensor:
