@@ -14,6 +14,7 @@ is reported, so the ratio is measured under the same machine load.
 """
 
 import argparse
+import json
 import statistics
 import time
 
@@ -46,6 +47,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no_warmup", action="store_true", help="skip the untimed first call (long samples)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--options", type=json.loads, default={},
+                        help='other generation options, a JSON object, e.g. \'{"clamp_min_existence": 0.5}\'')
     parser.add_argument("--no_clamp", action="store_true", help="sample without clamping (faster, collapsed samples)")
     parser.add_argument("--max_new_bytes", type=int, nargs="+", default=None,
                         help="sample lengths to measure, each written as chained windows (default: one window)")
@@ -65,7 +68,7 @@ def main() -> None:
 
     print(machine_line() + f"; torch threads {torch.get_num_threads()}")
     print(f"Zonkey: {name}, {zonkey_parameters:,} parameters, {args.steps} denoising steps, DDMM sampler, "
-          f"clamping {'off' if args.no_clamp else 'on'}")
+          f"clamping {'off' if args.no_clamp else 'on'}, options {json.dumps(args.options)}")
     print(f"baseline: byte-level GPT-2, {baseline.config.n_layer} layers x {baseline.config.n_embd}, "
           f"{baseline_parameters:,} parameters, KV cache, sampling\n")
     print("| batch | bytes / sample | Zonkey s | Zonkey ms / byte | Zonkey bytes/s | baseline s | baseline bytes/s | "
@@ -75,7 +78,7 @@ def main() -> None:
     for batch, length in [(b, n) for b in args.batch_sizes for n in (args.max_new_bytes or [None])]:
         zonkey_time, ids = median_seconds(
             lambda: model.generate(num_return_sequences=batch, num_steps=args.steps, seed=0, clamp=not args.no_clamp,
-                                   max_new_bytes=length),
+                                   max_new_bytes=length, **args.options),
             args.repeats, not args.no_warmup)
         produced = int((ids != model.config.pad_token_id).sum())
         per_sample = max(1, round(produced / batch))

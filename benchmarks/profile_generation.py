@@ -11,6 +11,7 @@ draws, nearest-byte search, Python).
 """
 
 import argparse
+import json
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -55,13 +56,15 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--max_new_bytes", type=int, default=None, help="chained windows (default: one window)")
+    parser.add_argument("--options", type=json.loads, default={},
+                        help='other generation options, a JSON object, e.g. \'{"clamp_min_existence": 0.5}\'')
     parser.add_argument("--no_clamp", action="store_true")
     parser.add_argument("--threads", default=None)
     args = parser.parse_args()
     configure_threads(args.threads)
     model = AutoModel.from_pretrained(args.model).eval()
     options = dict(num_return_sequences=args.batch_size, num_steps=args.steps, seed=0, clamp=not args.no_clamp,
-                   max_new_bytes=args.max_new_bytes)
+                   max_new_bytes=args.max_new_bytes, **args.options)
     model.generate(**{**options, "num_steps": 2, "max_new_bytes": None})  # warm-up
     seconds, calls = component_timers(model)
     start = time.perf_counter()
@@ -70,6 +73,7 @@ def main() -> None:
     produced = int((ids != model.config.pad_token_id).sum())
     print(machine_line() + f"; torch threads {torch.get_num_threads()}")
     print(f"{args.model}: batch {args.batch_size}, {args.steps} steps, clamping {'off' if args.no_clamp else 'on'}, "
+          f"options {json.dumps(args.options)}, "
           f"{produced / args.batch_size:.1f} bytes / sample, {total:.2f} s ({1000 * total / produced:.1f} ms / byte)\n")
     print("| component | calls | s | share |")
     print("|---|---:|---:|---:|")

@@ -110,6 +110,27 @@ def test_clamping_snaps_decoded_windows_to_the_data(model):
     assert not torch.allclose(on, off, atol=1e-4)
 
 
+def test_clamping_only_some_positions_or_steps(model, monkeypatch):
+    """clamp_min_existence: only positions whose decoded existence is above it are clamped (the rest pass as
+    decoded); clamp_max_t: only steps at t <= it clamp. Each chosen position equals the full clamp's."""
+    torch.manual_seed(0)
+    x1 = torch.randn(2, 8, 64)
+    chosen = torch.rand(2, 8) > 0.5
+    full, some = model.clamp_to_data(x1, level=1), model.clamp_to_data(x1, level=1, chosen=chosen)
+    torch.testing.assert_close(some[chosen], full[chosen], atol=1e-5, rtol=1e-5)
+    assert torch.equal(some[~chosen], x1[~chosen])
+    seen = []
+    original = model.clamp_to_data
+    monkeypatch.setattr(model, "clamp_to_data", lambda seq, level, chosen=None: (level == 1 and seen.append(chosen))
+                        or original(seq, level, chosen))
+    model.generate(seed=2, num_steps=4, clamp_max_t=0.5, clamp_min_existence=0.3)
+    assert len(seen) == 2  # t = 1, 0.75 skipped; 0.5, 0.25 clamped
+    assert all(c is not None and c.dtype == torch.bool for c in seen)
+    for name, value in (("clamp_min_existence", 1.0), ("clamp_min_existence", -0.1), ("clamp_max_t", 0.0)):
+        with pytest.raises(ValueError, match=name):
+            model.generate(**{name: value}, **FAST)
+
+
 def test_output_length_follows_predicted_existence(model, monkeypatch):
     """The number of top-level positions kept is where the decoded existence falls below the threshold."""
     top = model.levels[-1].decoder

@@ -7,12 +7,20 @@ seeds), next to real held-out text cut to the same byte lengths. One table, one 
 
     python examples/experiments/sampling_table.py runs/zonkey-tiny runs/zonkey-tiny/step_5000 \
         --samplers ddmm ddim deterministic --num_steps 50
+    python examples/experiments/sampling_table.py pretrained/zonkey-tiny-sentences --samplers ddmm \
+        --options '{}' '{"clamp_min_existence": 0.5}' --max_new_bytes 200
+
+--options: rows of other generation options (JSON objects, one row each); --max_new_bytes: samples of that many
+bytes (generate(max_new_bytes=...)) instead of one window. ms/byte is the sampling's wall time per returned byte
+(the judge not included), so compare it within one run only.
 
 A checkpoint folder step_N (raw weights, written by --checkpointing_steps) is loaded with the config of the
 run folder above it, so a run trained with --ema_decay can be compared with and without its EMA weights.
 """
 
 import argparse
+import json
+import time
 from pathlib import Path
 
 import torch
@@ -52,31 +60,54 @@ def main() -> None:
     parser.add_argument("--num_steps", type=int, nargs="+", default=[50])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--samples_per_seed", type=int, default=16)
+    parser.add_argument("--options", nargs="+", default=["{}"], help="generation options, a JSON object per row")
+    parser.add_argument("--max_new_bytes", type=int, default=None)
     args = parser.parse_args()
+    variants = [json.loads(text) for text in args.options]
     corpus = load_text_datasets()
     vocabulary = {w for text in corpus["train"]["text"] for w in words(text)}
     seen = training_ngrams(corpus["train"]["text"])
     judge, judge_tokenizer = load_judge()
     tokenizer = ZonkeyTokenizer()
-    print("| model | sampler | steps | " + " | ".join(COLUMNS) + " | real: " + " | ".join(COLUMNS[:3]) + " | example |")
-    print("|---|---|---:|" + "---:|" * (len(COLUMNS) + 3) + "---|")
+    print("| model | sampler | steps | options | ms / byte | " + " | ".join(COLUMNS) + " | real: "
+          + " | ".join(COLUMNS[:3]) + " | example |")
+    print("|---|---|---:|---|---:|" + "---:|" * (len(COLUMNS) + 3) + "---|")
     for folder in args.models:
         model = load(folder)
         real = held_out_documents(corpus["validation"]["text"], model.config.document_length[0], 64)
+        defaults = model.generation_config
         for sampler in args.samplers:
             for steps in args.num_steps:
-                model.generation_config.sampler = sampler
-                settings = EvaluationSettings(seeds=tuple(args.seeds), samples_per_seed=args.samples_per_seed,
-                                              num_steps=steps)
-                with torch.no_grad():
-                    result = generation_metrics(zonkey_sampler(model, tokenizer, settings), judge, judge_tokenizer,
-                                                real, vocabulary, seen, settings)
-                ours = [result["samples"][c]["mean"] for c in COLUMNS]
-                theirs = [result["real"][c]["mean"] for c in COLUMNS[:3]]
-                cells = [f"{ours[0]:,.0f}", f"{ours[1]:.2f}", f"{ours[2]:.0%}", f"{ours[3]:.2f}", f"{ours[4]:.1f}",
-                         f"{theirs[0]:,.0f}", f"{theirs[1]:.2f}", f"{theirs[2]:.0%}"]
-                print(f"| {folder} | {sampler} | {steps} | " + " | ".join(cells) + f" | `{result['examples'][0]!r}` |",
-                      flush=True)
+                for options in variants:
+                    model.generation_config = type(defaults)(**{**defaults.to_diff_dict(), "sampler": sampler,
+                                                                "max_new_bytes": args.max_new_bytes, **options})
+                    settings = EvaluationSettings(seeds=tuple(args.seeds), samples_per_seed=args.samples_per_seed,
+                                                  num_steps=steps)
+                    sample, clock = timed(zonkey_sampler(model, tokenizer, settings))
+                    with torch.no_grad():
+                        result = generation_metrics(sample, judge, judge_tokenizer, real, vocabulary, seen, settings)
+                    ours = [result["samples"][c]["mean"] for c in COLUMNS]
+                    theirs = [result["real"][c]["mean"] for c in COLUMNS[:3]]
+                    cells = [f"{ours[0]:,.0f}", f"{ours[1]:.2f}", f"{ours[2]:.0%}", f"{ours[3]:.2f}", f"{ours[4]:.1f}",
+                             f"{theirs[0]:,.0f}", f"{theirs[1]:.2f}", f"{theirs[2]:.0%}"]
+                    speed = 1000 * clock["seconds"] / max(1, clock["bytes"])
+                    print(f"| {folder} | {sampler} | {steps} | {json.dumps(options)} | {speed:.2f} | "
+                          + " | ".join(cells) + f" | `{result['examples'][0][:80]!r}` |", flush=True)
+        model.generation_config = defaults
+
+
+def timed(sample):
+    """sample(seed) -> texts, wrapped to add up its wall time and the bytes it returned."""
+    clock = {"seconds": 0.0, "bytes": 0}
+
+    def run(seed: int) -> list[str]:
+        start = time.perf_counter()
+        texts = sample(seed)
+        clock["seconds"] += time.perf_counter() - start
+        clock["bytes"] += sum(len(t.encode("utf-8")) for t in texts)
+        return texts
+
+    return run, clock
 
 
 if __name__ == "__main__":
