@@ -39,8 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--noise_schedule", choices=["linear", "cosine"], default=None)
     parser.add_argument("--gap_segments", type=int, default=None, help="top-level positions of an --infill gap")
     parser.add_argument("--max_new_bytes", type=int, default=None,
-                        help="samples and --prompt: write windows one after another up to this many new bytes; "
-                             "--infill / --reconstruct: a cap on the one window's bytes")
+                        help="samples, --prompt, --infill: write windows until this many new bytes (an --infill "
+                             "then joins them to the text after the gap); --reconstruct: a cap on the bytes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show_segmentation", action="store_true")
     parser.add_argument("--progress", action="store_true", help="a progress bar over the denoising steps")
@@ -51,9 +51,8 @@ def generate(model, tokenizer, args: argparse.Namespace) -> list[str]:
     options = {name: value for name, value in (
         ("num_steps", args.num_steps), ("sampler", args.sampler), ("noise_schedule", args.noise_schedule),
         ("gap_segments", args.gap_segments)) if value is not None}
-    if args.max_new_bytes is not None:  # chained windows where generate() has them, else a cap
-        one_window = args.infill is not None or args.reconstruct is not None
-        options["max_new_tokens" if one_window else "max_new_bytes"] = args.max_new_bytes
+    if args.max_new_bytes is not None:  # many windows where generate() writes new text, else a cap
+        options["max_new_tokens" if args.reconstruct is not None else "max_new_bytes"] = args.max_new_bytes
     options.update(seed=args.seed, num_return_sequences=args.num_samples, progress_bar=args.progress)
     if args.infill is not None:
         if args.infill.count(GAP) != 1:

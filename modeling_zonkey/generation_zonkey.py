@@ -40,7 +40,7 @@ _DEFAULTS = {
     "num_steps": 50, "sampler": "ddmm", "noise_schedule": "linear", "existence_threshold": 0.5,
     "max_length": None, "max_new_tokens": None, "seed": None, "noise_level": None, "gap_segments": 2,
     "num_return_sequences": 1, "return_dict_in_generate": False, "pad_token_id": PAD_TOKEN_ID, "clamp": True,
-    "clamp_min_existence": 0.5, "clamp_max_t": 1.0,
+    "clamp_min_existence": 0.0, "clamp_max_t": 1.0,
     "max_new_bytes": None, "chain_windows": False,
 }
 
@@ -72,9 +72,11 @@ class ZonkeyGenerationConfig(GenerationConfig):
         Li et al. 2022): level-0 vectors to their nearest byte embeddings; at levels >= 1 each vector, a latent
         of the level below, is decoded there, clamped in turn and compressed again. Without it the compressor
         reads decoded vectors unlike any input it was trained on and samples collapse (docs/generation.md).
-    clamp_min_existence: clamp only the positions whose decoded existence is above this (0: all of them). Clamping
-        is most of a step's time (a latent is decoded and compressed again per position) and most of a window's
-        positions lie past its end: 0.5 is 1.6x faster than 0 with no worse samples (docs/generation.md).
+    clamp_min_existence: clamp only the positions whose decoded existence is above this (0: all of them; the
+        others reach the compressor as decoded). Clamping is most of a step's time and most of a window's positions
+        lie past its end, but whether the compressor tolerates them unclamped depends on the checkpoint: measure
+        (docs/generation.md). zonkey-tiny-sentences ships 0.5 (3.6x faster long text, samples as good);
+        zonkey-tiny collapses with any value above 0.
     clamp_max_t: clamp only at the steps whose t is at most this (1: every step).
     """
 
@@ -171,6 +173,9 @@ class ZonkeyGenerationMixin:
         if config.max_new_bytes is not None and config.noise_level is not None:
             raise ValueError("max_new_bytes writes new text; noise_level reconstructs given texts in one window: "
                              "use max_new_tokens there.")
+        if config.max_new_bytes is not None and (config.max_length is not None or config.max_new_tokens is not None):
+            raise ValueError("max_new_bytes sets the new text's length; max_length and max_new_tokens cap one "
+                             "window: give one of them.")
         if config.chain_windows and suffix_ids is not None and config.max_new_bytes is not None:
             raise ValueError("chain_windows continues the text window by window; an infill (suffix_ids) is written "
                              "as new segments: leave chain_windows False.")

@@ -369,6 +369,9 @@ def test_generate_example_runs_every_mode(model, tokenizer, tmp_path, capsys):
     reconstruction = tokenizer.decode(model.reconstruct(**tokenizer(["the cat sat."], return_tensors="pt"))[0])
     assert f"\n{reconstruction}\n" in out
     assert "|" in out  # the segmentation view
+    assert script.main(common + ["--infill", "the [GAP] mat.", "--max_new_bytes", "30"]) == 0
+    long_infill = capsys.readouterr().out
+    assert long_infill.count("--- sample") == 2 and long_infill.count("mat.\n") == 2
     assert script.main(common + ["--infill", "no marker here"]) == 1
     assert script.main(common + ["--num_steps", "0"]) == 1
     assert script.main([str(tmp_path / "missing")]) == 1
@@ -461,6 +464,8 @@ def test_max_new_bytes_refuses_what_it_cannot_do(model, tokenizer):
         model.generate(**inputs, noise_level=0.5, max_new_bytes=10, **FAST)
     with pytest.raises(ValueError, match="chain_windows continues the text window by window"):
         model.generate(**inputs, suffix_ids=inputs["input_ids"], max_new_bytes=10, chain_windows=True, **FAST)
+    with pytest.raises(ValueError, match="max_length and max_new_tokens cap one window"):
+        model.generate(max_new_bytes=10, max_new_tokens=5, **FAST)
     with pytest.raises(ValueError, match="chain_windows must be True or False"):
         model.generate(max_new_bytes=10, chain_windows="yes", **FAST)
     with pytest.raises(ValueError, match="max_new_bytes must be a positive integer"):

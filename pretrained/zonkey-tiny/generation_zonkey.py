@@ -40,6 +40,7 @@ _DEFAULTS = {
     "num_steps": 50, "sampler": "ddmm", "noise_schedule": "linear", "existence_threshold": 0.5,
     "max_length": None, "max_new_tokens": None, "seed": None, "noise_level": None, "gap_segments": 2,
     "num_return_sequences": 1, "return_dict_in_generate": False, "pad_token_id": PAD_TOKEN_ID, "clamp": True,
+    "clamp_min_existence": 0.0, "clamp_max_t": 1.0,
     "max_new_bytes": None, "chain_windows": False,
 }
 
@@ -71,6 +72,12 @@ class ZonkeyGenerationConfig(GenerationConfig):
         Li et al. 2022): level-0 vectors to their nearest byte embeddings; at levels >= 1 each vector, a latent
         of the level below, is decoded there, clamped in turn and compressed again. Without it the compressor
         reads decoded vectors unlike any input it was trained on and samples collapse (docs/generation.md).
+    clamp_min_existence: clamp only the positions whose decoded existence is above this (0: all of them; the
+        others reach the compressor as decoded). Clamping is most of a step's time and most of a window's positions
+        lie past its end, but whether the compressor tolerates them unclamped depends on the checkpoint: measure
+        (docs/generation.md). zonkey-tiny-sentences ships 0.5 (3.6x faster long text, samples as good);
+        zonkey-tiny collapses with any value above 0.
+    clamp_max_t: clamp only at the steps whose t is at most this (1: every step).
     """
 
     def __init__(self, **kwargs):
@@ -107,6 +114,10 @@ class ZonkeyGenerationConfig(GenerationConfig):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         if not 0.0 < float(self.existence_threshold) < 1.0:
             raise ValueError(f"existence_threshold must lie in (0, 1), got {self.existence_threshold!r}.")
+        if not 0.0 <= float(self.clamp_min_existence) < 1.0:
+            raise ValueError(f"clamp_min_existence must lie in [0, 1), got {self.clamp_min_existence!r}.")
+        if not 0.0 < float(self.clamp_max_t) <= 1.0:
+            raise ValueError(f"clamp_max_t must lie in (0, 1], got {self.clamp_max_t!r}.")
         if self.noise_level is not None and not 0.0 <= float(self.noise_level) <= 1.0:
             raise ValueError(f"noise_level must lie in [0, 1] (0: clean, 1: pure noise), got {self.noise_level!r}.")
         if self.seed is not None:
@@ -162,6 +173,9 @@ class ZonkeyGenerationMixin:
         if config.max_new_bytes is not None and config.noise_level is not None:
             raise ValueError("max_new_bytes writes new text; noise_level reconstructs given texts in one window: "
                              "use max_new_tokens there.")
+        if config.max_new_bytes is not None and (config.max_length is not None or config.max_new_tokens is not None):
+            raise ValueError("max_new_bytes sets the new text's length; max_length and max_new_tokens cap one "
+                             "window: give one of them.")
         if config.chain_windows and suffix_ids is not None and config.max_new_bytes is not None:
             raise ValueError("chain_windows continues the text window by window; an infill (suffix_ids) is written "
                              "as new segments: leave chain_windows False.")
@@ -217,19 +231,25 @@ class ZonkeyGenerationMixin:
                 pass
 
     # --------------------------------------------------------------------------------------- helpers
-    def clamp_to_data(self, sequence: torch.Tensor, level: int) -> torch.Tensor:
+    def clamp_to_data(self, sequence: torch.Tensor, level: int, chosen: torch.Tensor | None = None) -> torch.Tensor:
         """Snap decoded level-`level` windows (M, L, d_level) to the data they stand for: nearest byte embeddings
         at level 0; at levels >= 1 each vector is decoded by the level below (t = 0), clamped there, and
-        compressed again (under its own decoded existence) into a latent."""
+        compressed again (under its own decoded existence) into a latent. chosen (M, L) bool: clamp only these
+        positions (the others are returned as they are)."""
         if level == 0:
             return (self.embed_bytes(self.nearest_bytes(sequence.flatten(0, 1)).view(sequence.shape[:2]))
                     .to(sequence.dtype))
         below = self.levels[level - 1]
         flat = sequence.flatten(0, 1)
+        index = None if chosen is None else chosen.flatten().nonzero().flatten()
+        if index is not None:
+            flat = flat[index]
         decoded = below.decoder(flat, torch.zeros(len(flat), device=flat.device))
         windows = self.clamp_to_data(decoded.sequence, level - 1)
-        latents = below.compressor(windows, decoded.existence.to(windows.dtype)).latents
-        return latents.view(sequence.shape).to(sequence.dtype)
+        latents = below.compressor(windows, decoded.existence.to(windows.dtype)).latents.to(sequence.dtype)
+        if index is None:
+            return latents.view(sequence.shape)
+        return sequence.flatten(0, 1).index_copy(0, index, latents).view(sequence.shape)
 
     def _seeds(self, config: ZonkeyGenerationConfig, count: int,
                seeds: list[int] | None = None) -> list[torch.Generator]:
@@ -240,7 +260,17 @@ class ZonkeyGenerationMixin:
         return sample_generators(seeds, self.device)
 
     def _clamp(self, config: ZonkeyGenerationConfig, level: int):
-        return (lambda sequence: self.clamp_to_data(sequence, level)) if config.clamp else None
+        """The denoiser's clamp (sequence (M, L, d), existence (M, L), t) -> sequence, or None without clamping."""
+        if not config.clamp:
+            return None
+
+        def clamp(sequence: torch.Tensor, existence: torch.Tensor, t: float) -> torch.Tensor:
+            if t > config.clamp_max_t:
+                return sequence
+            chosen = None if config.clamp_min_existence <= 0 else existence > config.clamp_min_existence
+            return self.clamp_to_data(sequence, level, chosen)
+
+        return clamp
 
     def _progress(self, steps: int, enabled: bool):
         return tqdm(total=steps, desc="denoising", unit="step", disable=not enabled)

@@ -57,11 +57,17 @@ def sample_generators(seeds: list[int], device: torch.device) -> list[torch.Gene
 def sample_noise(generators: list[torch.Generator], owner: torch.Tensor, size: int, device: torch.device,
                  dtype: torch.dtype) -> torch.Tensor:
     """eps (M, size): row m drawn from the generator of its sample owner[m] (rows of one sample in order)."""
+    owners = owner.tolist()
+    if owners == list(range(len(generators))):  # one row per sample (a batch of windows): no grouping
+        return torch.cat([torch.randn(1, size, generator=g, device=device, dtype=dtype) for g in generators])
     noise = torch.empty(len(owner), size, device=device, dtype=dtype)
+    rows: dict[int, list[int]] = {}
+    for row, sample in enumerate(owners):
+        rows.setdefault(sample, []).append(row)
     for sample, generator in enumerate(generators):
-        rows = (owner == sample).nonzero().flatten()
-        if len(rows):
-            noise[rows] = torch.randn(len(rows), size, generator=generator, device=device, dtype=dtype)
+        if sample in rows:
+            index = torch.tensor(rows[sample], device=device)
+            noise[index] = torch.randn(len(index), size, generator=generator, device=device, dtype=dtype)
     return noise
 
 
@@ -90,7 +96,7 @@ def denoise(level: ZonkeyLevel, z: torch.Tensor, schedule: list[float], sampler:
     """Run the sampler from z at t = schedule[0] down to a clean latent. z (M, C d) -> (M, C d).
 
     owner (M,): the sample (index into generators) each latent belongs to, for the re-noising draws.
-    progress: an optional tqdm bar, advanced once per step. clamp: X (M, L, d) -> X, or None.
+    progress: an optional tqdm bar, advanced once per step. clamp: (X (M, L, d), e (M, L), t) -> X, or None.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
@@ -98,7 +104,7 @@ def denoise(level: ZonkeyLevel, z: torch.Tensor, schedule: list[float], sampler:
         out = level.decoder(z, torch.full((len(z),), t, device=z.device))
         sequence, existence = out.sequence, out.existence
         if clamp is not None:
-            sequence = clamp(sequence)
+            sequence = clamp(sequence, existence, t)
         if canvas is not None:
             sequence, existence = canvas.apply(sequence, existence)
         estimate = level.compressor(sequence, existence.to(sequence.dtype)).latents
