@@ -3,11 +3,15 @@
 A top-level window is one top-level segment (a few word latents for zonkey-tiny), and nothing above the top level
 relates consecutive segments: the model's own long text is a row of top-level segments drawn independently,
 stitched at the level below. So, for each sample:
-  1. with a prompt, its last top-level segment is continued in one window (the one-window continuation);
+  1. with a prompt, its last top-level segment is continued in one window, for as long as the model says the
+     segment goes on (unlike a one-window continuation, which always writes at least one position: past a
+     segment's end that position is not trained content and decodes to a repeated non-word);
   2. new top-level segments are drawn from noise, in rounds: a round asks each sample for as many windows as its
      bytes per window so far say it still needs (+ 1), and every window of every sample in the round is
      denoised in one batch;
-  3. with a suffix, one infilling window joins the text so far to the suffix.
+  3. with a suffix, one infilling window joins the text so far to the suffix: a new segment of gap_segments
+     positions whose window runs on into the suffix's first top-level segment (known), as a segment's window runs
+     on into the next segments in training; the text before it is complete segments and is not in the window.
 The kept positions of a sample's windows form one row of level (top - 1) latents, decoded and stitched as one
 document. A round emits every segment's piece but its last, which is carried into the next round's row: the
 stitcher's piece of a segment depends on that segment and the next only, so the row decoded round by round
@@ -28,6 +32,7 @@ import torch
 from .sampling import kept_length
 
 MASK64 = 2**64 - 1
+MAX_WINDOWS_PER_BATCH = 1024  # windows denoised together at most (their clamping decodes ~27 latents each)
 
 
 @dataclass
@@ -82,7 +87,8 @@ def _segments(model, samples: list[Prompt], seeds: list[int], budget: int, one, 
     carry: list[torch.Tensor | None] = [None] * len(samples)  # the last kept position, not yet emitted
     if samples[0].prefix.numel():  # the prompts' continuations (window 0)
         new, _, _ = model._around_windows([Prompt(s.prefix, None) for s in samples], one, progress_bar,
-                                          _window_seeds(seeds, range(len(samples)), [0] * len(samples)))
+                                          _window_seeds(seeds, range(len(samples)), [0] * len(samples)),
+                                          min_new_positions=0)
     else:
         new = _new_segments(model, one, progress_bar, seeds, list(range(len(samples))), [0] * len(samples),
                             [1] * len(samples))
@@ -94,7 +100,9 @@ def _segments(model, samples: list[Prompt], seeds: list[int], budget: int, one, 
         still = []
         for i in active:
             need = budget - emitted[i]
-            if i not in whole:  # nothing kept, nothing carried: this window ended the sample
+            if i not in whole:  # nothing kept, nothing carried: the prompt's segment had ended, or the sample ends
+                if used[i] == 1 and samples[i].prefix.numel():
+                    still.append(i)
                 continue
             done = len(stable[i]) >= need or len(whole[i]) >= need
             out = (stable[i] if len(stable[i]) >= need else whole[i])[:need] if done else stable[i]
@@ -105,8 +113,8 @@ def _segments(model, samples: list[Prompt], seeds: list[int], budget: int, one, 
                 still.append(i)
         counts = []
         for i in still:  # windows still needed at this sample's bytes per window (the carried segment included)
-            rate = (emitted[i] + len(whole[i]) - len(stable[i])) / used[i]
-            counts.append(math.ceil((budget - emitted[i]) / max(rate, 1.0)) + 1)
+            known = emitted[i] + (len(whole[i]) - len(stable[i]) if i in whole else 0)
+            counts.append(math.ceil((budget - emitted[i]) * used[i] / known) + 1 if known else 1)
         if still:
             drawn = _new_segments(model, one, progress_bar, seeds, still, [used[i] for i in still], counts)
             for i, count in zip(still, counts):
@@ -122,12 +130,14 @@ def _new_segments(model, one, progress_bar: bool, seeds: list[int], samples: lis
     batch -> for each sample, the kept top-level positions of its windows, in order (n, d_top)."""
     owners = [i for i, c in zip(samples, counts) for _ in range(c)]
     windows = [f + k for f, c in zip(first, counts) for k in range(c)]
-    _, sequence, existence = model._sample_windows(one, len(owners), None, progress_bar,
-                                                   _window_seeds(seeds, owners, windows))
-    keep = kept_length(existence, one.existence_threshold).tolist()
     out = {i: [] for i in samples}
-    for row, i in enumerate(owners):
-        out[i].append(sequence[row, : keep[row]])
+    for start in range(0, len(owners), MAX_WINDOWS_PER_BATCH):  # windows are independent: batches bound memory
+        chunk = owners[start : start + MAX_WINDOWS_PER_BATCH]
+        _, sequence, existence = model._sample_windows(
+            one, len(chunk), None, progress_bar, _window_seeds(seeds, chunk, windows[start : start + len(chunk)]))
+        keep = kept_length(existence, one.existence_threshold).tolist()
+        for row, i in enumerate(chunk):
+            out[i].append(sequence[row, : keep[row]])
     return {i: torch.cat(parts) for i, parts in out.items()}
 
 
@@ -153,11 +163,13 @@ def _decode_rows(model, rows: dict[int, torch.Tensor], one) -> tuple[dict, dict]
 
 def _bridges(model, samples: list[Prompt], texts: list[torch.Tensor], seeds: list[int], one, progress_bar: bool,
              put) -> list[torch.Tensor]:
-    """Step 3: one infilling window (gap_segments positions) between each text so far and its suffix."""
+    """Step 3: one infilling window between each text so far and its suffix: gap_segments new positions, then the
+    suffix's first top-level segment known."""
     prompts = [Prompt(text, sample.suffix) for text, sample in zip(texts, samples)]
     bridge = 2**23  # the bridge's window index: past any window of the segments before it
     spans, _, _ = model._around_windows(prompts, one, progress_bar,
-                                        _window_seeds(seeds, range(len(samples)), [bridge] * len(samples)))
+                                        _window_seeds(seeds, range(len(samples)), [bridge] * len(samples)),
+                                        left_context=False)
     top = model.config.num_levels - 1
     out = []
     for i, (text, span) in enumerate(zip(texts, spans)):

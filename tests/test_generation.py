@@ -414,10 +414,20 @@ def test_max_new_bytes_continues_a_prompt_verbatim_across_windows(model, tokeniz
     decoded = [row[row != 256] for row in out]
     assert [len(row) for row in decoded] == [len(prompt) + 50, 1 + 50]
     assert bytes(decoded[0][: len(prompt)].tolist()).decode() == prompt and decoded[1][0] == ord("A")
-    # the continuation's first window is the one-window continuation (up to its last level-0 segment, as above)
-    first = model.generate(**tokenizer([prompt], return_tensors="pt"), seed=2, **FAST)[0]
-    first = first[first != 256][: len(prompt) + 50]
-    assert shared_prefix(decoded[0], first) >= len(first) - model.config.window_length[0]
+    for i, text in enumerate([prompt, "A"]):
+        single = model.generate(**tokenizer([text], return_tensors="pt"), seed=2 + i, max_new_bytes=50,
+                                chain_windows=chain_windows, **FAST)[0]
+        assert torch.equal(single, decoded[i])
+
+
+def test_windows_denoised_in_smaller_batches_give_the_same_text(model, monkeypatch):
+    """Long text's windows are independent: splitting a round into several denoising batches changes nothing."""
+    from modeling_zonkey import long_text
+
+    whole = model.generate(num_return_sequences=2, seed=4, max_new_bytes=60, **FAST)
+    monkeypatch.setattr(long_text, "MAX_WINDOWS_PER_BATCH", 3)
+    torch.testing.assert_close(model.generate(num_return_sequences=2, seed=4, max_new_bytes=60, **FAST), whole,
+                               rtol=0, atol=0)
 
 
 def test_every_window_draws_its_own_noise():

@@ -419,12 +419,13 @@ class ZonkeyGenerationMixin:
         return samples, z, existence
 
     def _around_windows(self, prompts: list[Prompt], config: ZonkeyGenerationConfig, progress_bar: bool,
-                        seeds: list[int] | None = None, min_new_positions: int = 1):
+                        seeds: list[int] | None = None, min_new_positions: int = 1, left_context: bool = True):
         """One top-level window per prompt (x num_return_sequences): its known start is the prompt's last top-level
         segment, the positions after it are generated (a continuation writes at least min_new_positions of them,
         more while the existence stays above the threshold; an infilling gap writes gap_segments, then the
         suffix's start is known). -> the generated top-level positions of each sample (n_i, d_top), the final
-        latents (M, C d) and existence (M, L)."""
+        latents (M, C d) and existence (M, L). left_context=False: no known start (infilling: the gap starts the
+        window, the suffix's start follows it)."""
         top = self.config.num_levels - 1
         window, limit = self.config.window_length[top], self.config.document_length[0]
         gap = config.gap_segments
@@ -436,7 +437,7 @@ class ZonkeyGenerationMixin:
         for prompt in prompts:
             # only the prompt's end conditions the window: encode at most one document's worth of bytes
             left, starts = self._context(prompt.prefix[-limit:], top)
-            k_left = min(len(left) - starts[-1], window - 1 - (gap if infilling else 0))
+            k_left = min(len(left) - starts[-1], window - 1 - (gap if infilling else 0)) if left_context else 0
             known = left.new_zeros(window, left.shape[1])
             mask = torch.zeros(window, dtype=torch.bool, device=self.device)
             known[:k_left], mask[:k_left] = left[len(left) - k_left :], True
