@@ -139,10 +139,15 @@ class PABlock(GradientCheckpointingLayer):
         self.ffn_norm = nn.LayerNorm(hidden_size)
         self.ffn = FeedForward(hidden_size, ffn_multiplier)
 
-    def forward(self, hidden_states: torch.Tensor, bias: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor:
-        """hidden_states (B, L, d), bias (B, 1, L, L) or None, positions (B, L)."""
+    def forward(self, hidden_states: torch.Tensor, bias: torch.Tensor | None, positions: torch.Tensor,
+                outputs: int | None = None) -> torch.Tensor:
+        """hidden_states (B, L, d), bias (B, 1, L, L) or None, positions (B, L) -> (B, L, d), or only the first
+        `outputs` positions' rows (B, outputs, d) (every position is still attended to)."""
         h = self.attn_norm(hidden_states)
-        hidden_states = hidden_states + self.attn(h, h, bias, positions, positions).hidden_states
+        if outputs is not None:
+            hidden_states, bias = hidden_states[:, :outputs], None if bias is None else bias[:, :, :outputs]
+        hidden_states = hidden_states + self.attn(h[:, : hidden_states.shape[1]], h, bias,
+                                                  positions[:, : hidden_states.shape[1]], positions).hidden_states
         return hidden_states + self.ffn(self.ffn_norm(hidden_states))
 
 
@@ -154,14 +159,18 @@ class PAEncoder(nn.Module):
         self.layers = nn.ModuleList(PABlock(hidden_size, num_heads, ffn_multiplier) for _ in range(num_layers))
         self.norm = nn.LayerNorm(hidden_size)
 
-    def forward(self, hidden_states: torch.Tensor, existence: torch.Tensor | None = None) -> torch.Tensor:
-        """hidden_states (B, L, d), existence (B, L) in [0, 1] (None: everything exists) -> (B, L, d)."""
+    def forward(self, hidden_states: torch.Tensor, existence: torch.Tensor | None = None,
+                outputs: int | None = None) -> torch.Tensor:
+        """hidden_states (B, L, d), existence (B, L) in [0, 1] (None: everything exists) -> (B, L, d).
+        outputs: return only the first `outputs` positions (B, outputs, d): the last layer computes its queries
+        and FFN for those rows only (the compressor's CLS vectors in generation), with the same result."""
         batch, length, _ = hidden_states.shape
         positions = torch.arange(length, device=hidden_states.device).expand(batch, length)
         bias = None if existence is None else existence_bias(existence, existence)
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, bias, positions)
+        for index, layer in enumerate(self.layers):
+            hidden_states = layer(hidden_states, bias, positions, outputs if index == len(self.layers) - 1 else None)
         hidden_states = self.norm(hidden_states)
         if existence is not None:
-            hidden_states = hidden_states * (existence > 0).unsqueeze(-1).to(hidden_states.dtype)
+            alive = (existence[:, : hidden_states.shape[1]] > 0).unsqueeze(-1)
+            hidden_states = hidden_states * alive.to(hidden_states.dtype)
         return hidden_states

@@ -44,6 +44,22 @@ def test_compressor_latents_on_the_sphere():
     assert (out.hidden_states[segments.existence == 0] == 0).all()
 
 
+def test_compressor_latents_only_computes_the_same_latents():
+    """latents_only (generation): the last layer computes its queries and FFN for the CLS rows only; the latents
+    are the full pass's, and every segment position is still attended to."""
+    compressor = make_compressor(2).eval()
+    segments, windows = random_segments(2)
+    with torch.no_grad():
+        full = compressor(windows, segments.existence)
+        short = compressor(windows, segments.existence, latents_only=True)
+    assert short.hidden_states is None
+    torch.testing.assert_close(short.latents, full.latents, atol=1e-5, rtol=1e-5)
+    altered = windows.clone()
+    altered[:, 1] = -altered[:, 1]  # a segment position that exists still changes the latent
+    with torch.no_grad():
+        assert not torch.allclose(compressor(altered, segments.existence, latents_only=True).latents, short.latents)
+
+
 def test_compressor_ignores_non_existing_positions():
     """Content at positions with existence 0 cannot change the latent."""
     compressor = make_compressor(1).eval()

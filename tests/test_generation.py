@@ -83,7 +83,7 @@ def test_ddim_sampler_reuses_the_implied_noise():
     eps = eps / eps.norm(dim=-1, keepdim=True) * z0.norm(dim=-1, keepdim=True)
     z = add_noise(z0, torch.full((3,), 0.64), noise=eps)
     level = SimpleNamespace(decoder=lambda z, t: SimpleNamespace(sequence=z, existence=torch.ones(len(z))),
-                            compressor=lambda sequence, existence: SimpleNamespace(latents=z0))
+                            compressor=lambda sequence, existence, **_: SimpleNamespace(latents=z0))
     out = denoise(level, z, [0.64, 0.36, 0.0], "ddim", [], torch.zeros(3, dtype=torch.long))
     torch.testing.assert_close(out, z0)  # the last step (t' = 0) returns the estimate
     one_step = denoise(level, z, [0.64, 0.36], "ddim", [], torch.zeros(3, dtype=torch.long))

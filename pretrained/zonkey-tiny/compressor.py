@@ -20,7 +20,7 @@ from .sphere import cosine_logits, full_precision, to_sphere
 @dataclass
 class CompressorOutput:
     latents: torch.Tensor  # (M, C * d), norm nu(C d)
-    hidden_states: torch.Tensor  # (M, L, d) the encoder's outputs at the segment positions
+    hidden_states: torch.Tensor | None  # (M, L, d) the encoder's outputs at the segment positions (None: latents_only)
 
 
 class Compressor(nn.Module):
@@ -33,8 +33,9 @@ class Compressor(nn.Module):
         self.conv_norm = nn.LayerNorm(hidden_size) if conv_norm else None
         self.encoder = PAEncoder(hidden_size, num_heads, num_layers, ffn_multiplier)
 
-    def forward(self, windows: torch.Tensor, existence: torch.Tensor) -> CompressorOutput:
-        """windows (M, L, d) segment vectors, existence (M, L) in [0, 1] -> CompressorOutput."""
+    def forward(self, windows: torch.Tensor, existence: torch.Tensor, latents_only: bool = False) -> CompressorOutput:
+        """windows (M, L, d) segment vectors, existence (M, L) in [0, 1] -> CompressorOutput. latents_only: skip the
+        segment positions' outputs (hidden_states None) and the last layer's work on them (generation)."""
         m = windows.shape[0]
         keep = (existence > 0).unsqueeze(-1).to(windows.dtype)  # positions that cannot exist feed nothing in
         local = self.conv((windows * keep).transpose(1, 2)).transpose(1, 2)
@@ -43,8 +44,10 @@ class Compressor(nn.Module):
         x = windows + local * keep
         cls = self.cls_vectors.to(x.dtype).expand(m, -1, -1)
         ones = torch.ones(m, self.num_cls, dtype=existence.dtype, device=existence.device)
-        h = self.encoder(torch.cat([cls, x], dim=1), torch.cat([ones, existence], dim=1))
-        return CompressorOutput(to_sphere(h[:, : self.num_cls].flatten(1)), h[:, self.num_cls :])
+        h = self.encoder(torch.cat([cls, x], dim=1), torch.cat([ones, existence], dim=1),
+                         self.num_cls if latents_only else None)
+        segment_states = None if latents_only else h[:, self.num_cls :]
+        return CompressorOutput(to_sphere(h[:, : self.num_cls].flatten(1)), segment_states)
 
 
 def anti_collapse_loss(latents: torch.Tensor, document: torch.Tensor) -> torch.Tensor:

@@ -246,7 +246,8 @@ class ZonkeyGenerationMixin:
             flat = flat[index]
         decoded = below.decoder(flat, torch.zeros(len(flat), device=flat.device))
         windows = self.clamp_to_data(decoded.sequence, level - 1)
-        latents = below.compressor(windows, decoded.existence.to(windows.dtype)).latents.to(sequence.dtype)
+        latents = below.compressor(windows, decoded.existence.to(windows.dtype), latents_only=True).latents
+        latents = latents.to(sequence.dtype)
         if index is None:
             return latents.view(sequence.shape)
         return sequence.flatten(0, 1).index_copy(0, index, latents).view(sequence.shape)

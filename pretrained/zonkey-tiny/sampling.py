@@ -107,7 +107,7 @@ def denoise(level: ZonkeyLevel, z: torch.Tensor, schedule: list[float], sampler:
             sequence = clamp(sequence, existence, t)
         if canvas is not None:
             sequence, existence = canvas.apply(sequence, existence)
-        estimate = level.compressor(sequence, existence.to(sequence.dtype)).latents
+        estimate = level.compressor(sequence, existence.to(sequence.dtype), latents_only=True).latents
         if sampler == "deterministic" or t_next <= 0:
             z = estimate
         else:
