@@ -285,6 +285,11 @@ def test_one_level_model_generates_in_every_mode(tokenizer):
     filled = model.generate(**prompt, suffix_ids=suffix, seed=0, gap_segments=3, **FAST)[0]
     assert len(filled) == 8 + 3 + 3 and torch.equal(filled[-3:], suffix[0])  # 3 gap positions are 3 bytes here
     assert torch.equal(model.generate(**prompt, noise_level=0.0), model.reconstruct(**prompt)[0][None])
+    long = model.generate(**prompt, seed=0, max_new_bytes=30, **FAST)[0]  # long text: byte vectors, no stitching
+    assert len(long) == 8 + 30 and torch.equal(long[:8], prompt["input_ids"][0])
+    assert lengths(model.generate(num_return_sequences=2, seed=0, max_new_bytes=30, **FAST)) == [30, 30]
+    long_fill = model.generate(**prompt, suffix_ids=suffix, seed=0, max_new_bytes=20, **FAST)[0]
+    assert len(long_fill) >= 8 + 20 + 3 and torch.equal(long_fill[-3:], suffix[0])
 
 
 # ------------------------------------------------------------------------------------------- errors
@@ -456,8 +461,9 @@ def test_long_text_decoded_round_by_round_equals_one_decode(model):
 
 
 def test_max_new_bytes_writes_an_infill(model, tokenizer):
-    """Infilling with max_new_bytes: the prompt's continuation and new segments up to the length (the same bytes as
-    the continuation alone), then one infilling window of gap_segments positions, then the suffix verbatim."""
+    """Infilling with max_new_bytes: the prompt's continuation and new segments up to at least the length (whole
+    segments: the same bytes as the continuation alone, which is cut at the length, and possibly a few more), then
+    one infilling window of gap_segments positions, then the suffix verbatim."""
     prefix, suffix = tokenizer(["The river"], return_tensors="pt"), tokenizer([" to the sea."], return_tensors="pt")
     filled = model.generate(**prefix, suffix_ids=suffix["input_ids"], seed=3, max_new_bytes=40, gap_segments=2,
                             **FAST)[0]
@@ -465,6 +471,10 @@ def test_max_new_bytes_writes_an_infill(model, tokenizer):
     filled = filled[filled != 256]
     assert torch.equal(filled[: len(continued)], continued)
     assert len(filled) > len(continued) + len(" to the sea.")
+    streamer = Collector()
+    model.generate(**prefix, suffix_ids=suffix["input_ids"], seed=3, max_new_bytes=40, gap_segments=2,
+                   streamer=streamer, **FAST)
+    assert torch.equal(torch.cat(streamer.parts), filled) and all(len(part) for part in streamer.parts)
     assert bytes(filled[-len(" to the sea.") :].tolist()) == b" to the sea."
 
 
@@ -512,7 +522,7 @@ def test_a_streamer_receives_the_returned_sample(model, tokenizer, mode):
     out = model.generate(streamer=streamer, **options)[0]
     assert streamer.ended and torch.equal(torch.cat(streamer.parts), out[out != 256])
     if mode in ("long", "long_chained"):  # one put per round or window: the text arrives as it is written
-        assert len(streamer.parts) >= 2
+        assert sum(len(part) > 0 for part in streamer.parts) >= 2
 
 
 def test_text_streamer_prints_the_generated_text(model, tokenizer, capsys):

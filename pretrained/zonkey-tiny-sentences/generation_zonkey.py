@@ -58,8 +58,8 @@ class ZonkeyGenerationConfig(GenerationConfig):
         (unconditional samples, continuations, infills; docs/generation.md). The prompt's last top-level segment
         is continued as in a one-window continuation; then each window is a new top-level segment from noise, as
         the model's top level is trained (nothing above it relates consecutive segments), so all of a call's
-        windows are denoised together; an infill ends with one infilling window between the text so far and
-        the suffix. A window that adds nothing ends its sample early.
+        windows are denoised together. An infill's gap gets at least max_new_bytes bytes (whole segments), then
+        one infilling window that leads into the suffix. A window that adds nothing ends its sample early.
     chain_windows: with max_new_bytes, write the windows one after another instead, each a continuation of the
         text so far (conditioned on its last top-level segment): measured worse on the shipped checkpoint (it
         loops), kept to compare.
@@ -408,8 +408,8 @@ class ZonkeyGenerationMixin:
                          seeds: list[int] | None = None):
         """Continuation (no suffix) and infilling (suffix), by replacement of the known positions."""
         top = self.config.num_levels - 1
-        spans, z, existence = self._around_windows(prompts, config, progress_bar, seeds)
         budgets, repeats = self._check_room(config, prompts), config.num_return_sequences
+        spans, z, existence = self._around_windows(prompts, config, progress_bar, seeds)
         samples = []
         for i, span in enumerate(spans):
             prompt, budget = prompts[i // repeats], budgets[i // repeats]

@@ -43,7 +43,8 @@ class Prompt:
 
 def generate_long(model, prompts: list[Prompt] | None, config, progress_bar: bool, streamer=None) -> list[torch.Tensor]:
     """max_new_bytes: each sample's prompt (if any), config.max_new_bytes new bytes (fewer if a window adds
-    nothing), and its suffix (if any). -> one 1-D tensor of byte ids per sample (prompts x num_return_sequences)."""
+    nothing), or, before a suffix, at least that many (whole segments) and the infilling window's bytes; then its
+    suffix (if any). -> one 1-D tensor of byte ids per sample (prompts x num_return_sequences)."""
     repeats = config.num_return_sequences
     one = copy.deepcopy(config)  # the options of one window
     one.max_new_bytes = one.max_new_tokens = one.max_length = None
@@ -57,7 +58,8 @@ def generate_long(model, prompts: list[Prompt] | None, config, progress_bar: boo
     put = (lambda i, ids: streamer.put(ids.cpu())) if streamer is not None else (lambda i, ids: None)
     if config.chain_windows:
         return _chained(model, samples, seeds, config.max_new_bytes, one, progress_bar, put)
-    texts = _segments(model, samples, seeds, config.max_new_bytes, one, progress_bar, put)
+    infilling = samples[0].suffix is not None  # the gap's segments are not cut mid-word: the bridge follows them
+    texts = _segments(model, samples, seeds, config.max_new_bytes, one, progress_bar, put, cut=not infilling)
     if samples[0].suffix is None:
         return texts
     return _bridges(model, samples, texts, seeds, one, progress_bar, put)
@@ -80,8 +82,9 @@ def _window_seeds(seeds: list[int], samples: list[int], windows: list[int]) -> l
 
 
 def _segments(model, samples: list[Prompt], seeds: list[int], budget: int, one, progress_bar: bool,
-              put) -> list[torch.Tensor]:
-    """Steps 1 and 2: the prompt, then new top-level segments until `budget` new bytes."""
+              put, cut: bool = True) -> list[torch.Tensor]:
+    """Steps 1 and 2: the prompt, then new top-level segments until `budget` new bytes (cut there, or with
+    cut=False the last round's pieces kept whole)."""
     texts = [s.prefix for s in samples]
     emitted = [0] * len(samples)  # new bytes so far
     carry: list[torch.Tensor | None] = [None] * len(samples)  # the last kept position, not yet emitted
@@ -93,6 +96,8 @@ def _segments(model, samples: list[Prompt], seeds: list[int], budget: int, one, 
         new = _new_segments(model, one, progress_bar, seeds, list(range(len(samples))), [0] * len(samples),
                             [1] * len(samples))
     used = [1] * len(samples)  # windows drawn so far
+    prompted = int(samples[0].prefix.numel() > 0)  # window 0 was the prompt's continuation, not from noise
+    before = [0] * len(samples)  # bytes known before the first window from noise
     active = list(range(len(samples)))
     while active:
         rows = {i: torch.cat(([] if carry[i] is None else [carry[i]]) + [new[i]]) for i in active}
@@ -105,16 +110,23 @@ def _segments(model, samples: list[Prompt], seeds: list[int], budget: int, one, 
                     still.append(i)
                 continue
             done = len(stable[i]) >= need or len(whole[i]) >= need
-            out = (stable[i] if len(stable[i]) >= need else whole[i])[:need] if done else stable[i]
+            if not done:
+                out = stable[i]
+            else:
+                out = (stable[i] if len(stable[i]) >= need else whole[i])[:need] if cut else whole[i]
             texts[i], emitted[i] = torch.cat([texts[i], out]), emitted[i] + len(out)
             put(i, out)
             if not done:
                 carry[i] = rows[i][-1:]
                 still.append(i)
         counts = []
-        for i in still:  # windows still needed at this sample's bytes per window (the carried segment included)
+        for i in still:  # windows still needed at the bytes per window from noise so far (+ the carried segment)
             known = emitted[i] + (len(whole[i]) - len(stable[i]) if i in whole else 0)
-            counts.append(math.ceil((budget - emitted[i]) * used[i] / known) + 1 if known else 1)
+            if used[i] == prompted:  # only the prompt's continuation so far: measure a window from noise first
+                before[i], counts = known, counts + [1]
+                continue
+            rate = (known - before[i]) / (used[i] - prompted)
+            counts.append(math.ceil((budget - emitted[i]) / rate) + 1 if rate > 0 else 1)
         if still:
             drawn = _new_segments(model, one, progress_bar, seeds, still, [used[i] for i in still], counts)
             for i, count in zip(still, counts):
@@ -147,6 +159,9 @@ def _decode_rows(model, rows: dict[int, torch.Tensor], one) -> tuple[dict, dict]
     if not rows:
         return {}, {}
     below = model.config.num_levels - 2
+    if below < 0:  # a one-level model: the kept positions are byte vectors, nothing to stitch
+        return ({i: model.nearest_bytes(row[:-1]) for i, row in rows.items()},
+                {i: model.nearest_bytes(row) for i, row in rows.items()})
     pieces = model.levels[below].decode_pieces(list(rows.values()), cutoff=one.existence_threshold)
 
     def to_bytes(parts: list[torch.Tensor]) -> torch.Tensor:

@@ -229,6 +229,8 @@ class ZonkeyLevel(nn.Module):
                       refine: bool = True, cutoff: float | None = None) -> list[list[torch.Tensor]]:
         """Several rows' latents (K_r, C d) at t = 0, through the decoder in one batch -> for each row, the
         stitcher's pieces (what each segment contributes to the row's sequence: K_r tensors (n, d))."""
+        if not rows:
+            return []
         cutoff = self.config.existence_threshold if cutoff is None else cutoff
         out = self.decoder(torch.cat(rows), torch.zeros(sum(len(r) for r in rows), device=rows[0].device))
         sizes = [len(r) for r in rows]
