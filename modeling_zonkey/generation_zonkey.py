@@ -436,12 +436,13 @@ class ZonkeyGenerationMixin:
                              f"{window} positions: use at most {window - 2}.")
         canvases, lefts = [], []
         for prompt in prompts:
-            # only the prompt's end conditions the window: encode at most one document's worth of bytes
-            left, starts = self._context(prompt.prefix[-limit:], top)
-            k_left = min(len(left) - starts[-1], window - 1 - (gap if infilling else 0)) if left_context else 0
-            known = left.new_zeros(window, left.shape[1])
+            known = torch.zeros(window, self.config.hidden_size[top], dtype=self.dtype, device=self.device)
             mask = torch.zeros(window, dtype=torch.bool, device=self.device)
-            known[:k_left], mask[:k_left] = left[len(left) - k_left :], True
+            k_left = 0
+            if left_context:  # only the prompt's end conditions the window: encode at most one document's bytes
+                left, starts = self._context(prompt.prefix[-limit:], top)
+                k_left = min(len(left) - starts[-1], window - 1 - (gap if infilling else 0))
+                known[:k_left], mask[:k_left] = left[len(left) - k_left :], True
             exists = mask.clone()
             if infilling:
                 right, _ = self._context(prompt.suffix[:limit], top)

@@ -89,9 +89,10 @@ def _segments(model, samples: list[Prompt], seeds: list[int], budget: int, one, 
     emitted = [0] * len(samples)  # new bytes so far
     carry: list[torch.Tensor | None] = [None] * len(samples)  # the last kept position, not yet emitted
     if samples[0].prefix.numel():  # the prompts' continuations (window 0)
-        new, _, _ = model._around_windows([Prompt(s.prefix, None) for s in samples], one, progress_bar,
-                                          _window_seeds(seeds, range(len(samples)), [0] * len(samples)),
-                                          min_new_positions=0)
+        spans, _, _ = model._around_windows([Prompt(s.prefix, None) for s in samples], one, progress_bar,
+                                            _window_seeds(seeds, range(len(samples)), [0] * len(samples)),
+                                            min_new_positions=0)
+        new = dict(enumerate(spans))
     else:
         new = _new_segments(model, one, progress_bar, seeds, list(range(len(samples))), [0] * len(samples),
                             [1] * len(samples))
@@ -131,7 +132,7 @@ def _segments(model, samples: list[Prompt], seeds: list[int], budget: int, one, 
             drawn = _new_segments(model, one, progress_bar, seeds, still, [used[i] for i in still], counts)
             for i, count in zip(still, counts):
                 used[i] += count
-            new = dict(zip(still, (drawn[i] for i in still)))
+            new = drawn
         active = still
     return texts
 
