@@ -111,6 +111,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--tokenizer_name", default=None,
                        help="the tokenizer's folder or Hub id (default: --model_name_or_path's, or a new byte "
                             "tokenizer)")
+    model.add_argument("--reinit_levels", type=int, nargs="+", default=None, metavar="LEVEL",
+                       help="with --model_name_or_path: start these levels from a fresh initialisation and load the "
+                            "rest (e.g. --config_name with another level-1 size, --reinit_levels 1 --freeze_levels 0)")
+    model.add_argument("--freeze_levels", type=int, nargs="+", default=None, metavar="LEVEL",
+                       help="train only the other levels (e.g. --freeze_levels 0: level 1 on a trained level 0; the "
+                            "frozen levels compute no loss, so a step costs about what the trained levels cost)")
     train = p.add_argument_group("training")
     train.add_argument("--per_device_train_batch_size", type=int, default=8)
     train.add_argument("--per_device_eval_batch_size", type=int, default=8)
@@ -219,12 +225,16 @@ def build_model(args) -> tuple[ZonkeyModel, ZonkeyTokenizer]:
         if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
             raise FileNotFoundError(f"--model_name_or_path {source}: no config.json there (pass a folder written by "
                                     "save_pretrained or by this script, or a Hub id).")
-        kwargs = {} if config is None else {"config": config}
+        kwargs = {} if config is None or args.reinit_levels else {"config": config}
         try:
             model = ZonkeyModel.from_pretrained(source, dtype=torch.float32, **kwargs)
         except OSError as err:  # neither a folder nor a Hub id that can be fetched (or is in the cache offline)
             raise FileNotFoundError(f"--model_name_or_path {source}: not a local folder, and loading it as a Hub id "
                                     f"failed ({str(err).splitlines()[0]})") from err
+        if args.reinit_levels:
+            model = reinitialized(model, config or model.config, args.reinit_levels)
+    elif args.reinit_levels:
+        raise ValueError("--reinit_levels keeps the other levels of --model_name_or_path: give one.")
     else:
         model = ZonkeyModel(config)
     tokenizer_source = args.tokenizer_name or source
@@ -236,7 +246,32 @@ def build_model(args) -> tuple[ZonkeyModel, ZonkeyTokenizer]:
     else:
         tokenizer = ZonkeyTokenizer()
     tokenizer.model_max_length = model.config.document_length[0]
+    if args.freeze_levels:
+        model.freeze_levels(args.freeze_levels)
     return model, tokenizer
+
+
+def reinitialized(trained: ZonkeyModel, config: ZonkeyConfig, levels: list[int]) -> ZonkeyModel:
+    """A fresh model under `config` holding `trained`'s weights everywhere but in `levels` (and, with level 0, the byte
+    embeddings). A kept weight whose shape differs under `config` is a ValueError naming it."""
+    if any(not 0 <= level < config.num_levels for level in levels):
+        raise ValueError(f"--reinit_levels must lie in [0, {config.num_levels - 1}], got {levels}.")
+    fresh = ZonkeyModel(config)
+    prefixes = tuple(f"levels.{level}." for level in levels) + (("byte_embeddings.",) if 0 in levels else ())
+    kept = {name: value for name, value in trained.state_dict().items() if not name.startswith(prefixes)}
+    target = fresh.state_dict()
+    for name, value in kept.items():
+        if name not in target or target[name].shape != value.shape:
+            raise ValueError(f"--reinit_levels {' '.join(map(str, levels))}: the kept weight {name} "
+                             f"{tuple(value.shape)} does not fit the new config "
+                             f"({tuple(target[name].shape) if name in target else 'absent'}); reinitialise its level "
+                             "too.")
+    unfilled = [name for name in target if name not in kept and not name.startswith(prefixes)]
+    if unfilled:
+        raise ValueError(f"--reinit_levels {' '.join(map(str, levels))}: the new config has weights the checkpoint "
+                         f"lacks outside those levels ({', '.join(unfilled[:3])}, ...); reinitialise their levels too.")
+    fresh.load_state_dict(kept, strict=False)
+    return fresh
 
 
 def read_preset(name: str) -> ZonkeyConfig:

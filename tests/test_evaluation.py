@@ -156,6 +156,11 @@ def test_evaluate_script_writes_every_key_and_picture(make_model, tokenizer, tmp
         for metrics in results["denoiser"][level].values():
             assert set(metrics) == {score, "pairwise_cosine", "target_pairwise_cosine"}
             assert all(-1.0 <= value <= 1.0 for value in metrics.values())
+    hierarchy = results["hierarchy"]["level1"]
+    assert set(hierarchy["sensitivity"]) == {"cos=0.99", "cos=0.95", "cos=0.9", "cos=0.8"}
+    assert set(hierarchy["top"]) == {"t=0", "t=0.1", "t=0.3", "t=0.5"}
+    top = hierarchy["top"]["t=0"]["oracle"]
+    assert top["byte_accuracy"] == pytest.approx(results["reconstruction"]["t=0"]["level1"]["byte_accuracy"])
     generation = results["generation"]
     assert generation["seeds"] == [0, 1] and len(generation["examples"]) == 4
     for side in ("samples", "real"):
@@ -173,6 +178,7 @@ def test_evaluate_script_writes_every_key_and_picture(make_model, tokenizer, tmp
     table = (out / "evaluation.md").read_text()
     assert "| 0 | word starts |" in table and "judge_perplexity" in table and "baseline samples |" in table
     assert "**Denoiser against noise level**" in table and "| 0.3 |" in table
+    assert "**From level 1 down**" in table and "| handoff t" in table
     for picture in ("segmentation.png", "segmentation.html", "noise_curves.png"):
         assert (out / picture).stat().st_size > 1000
     assert (out / "segmentation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -399,14 +399,15 @@ def test_fine_tuning_a_folder_under_a_preset(runs, in_process, tmp_path):
     (tmp_path / "longer.json").write_text(json.dumps(config))
     folder = runs["A"]
     model, tokenizer = in_process.build_model(argparse.Namespace(config_name=str(tmp_path / "longer.json"),
-                                                                 model_name_or_path=str(folder), tokenizer_name=None))
+                                                                 model_name_or_path=str(folder), tokenizer_name=None,
+                                                                 reinit_levels=None, freeze_levels=None))
     assert model.config.window_length[1] == 9 and model.config.document_length == [256, 96]
     assert tokenizer.model_max_length == 256
     saved = load_file(folder / "model.safetensors")
     state = model.state_dict()
     assert saved.keys() == state.keys() and all(torch.equal(state[k], v) for k, v in saved.items())
     alone, _ = in_process.build_model(argparse.Namespace(config_name=None, model_name_or_path=str(folder),
-                                                         tokenizer_name=None))
+                                                         tokenizer_name=None, reinit_levels=None, freeze_levels=None))
     assert alone.config.window_length == json.loads((folder / "config.json").read_text())["window_length"]
 
 

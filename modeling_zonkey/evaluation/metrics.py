@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from rapidfuzz.distance import Levenshtein
 
 from ..tokenization_zonkey import WHITESPACE_BYTES
 
@@ -66,6 +67,12 @@ def byte_accuracy(reconstructed: list[torch.Tensor], input_ids: torch.Tensor,
         correct += int((row[:n] == target[:n]).sum())
         total += max(len(row), len(target))
     return correct, total
+
+
+def edit_distance(reconstructed: list[torch.Tensor], input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
+    """Levenshtein edits between each reconstruction and its input row, summed (CER = edits / real bytes)."""
+    return sum(Levenshtein.distance(bytes(row.tolist()), bytes(ids[mask].tolist()))
+               for row, ids, mask in zip(reconstructed, input_ids, attention_mask.bool()))
 
 
 SENTENCE_ENDS = frozenset(b".!?")

@@ -11,6 +11,9 @@
         (t = 0: the model's reconstruction);
     denoiser.level{l}["t={t}"]: ONE decode of the level-l latents noised to t, against the clean segments (byte
         accuracy at level 0, cosine above) and the mean pairwise cosine of the decoded vectors (diagnostics.py);
+    hierarchy.level{l} (l >= 1): where the bytes are lost on the way down from level l (hierarchy.py): level l's
+        decoded cosine per window position, what level l - 1 makes of its own latents turned to a given cosine, and
+        reconstruction from level l for each handoff noise level, with the encoder's or inferred offsets;
     stitcher: overlap disagreement of consecutive decoded level-0 segments at t = 0, and the reconstruction at
         t = 0 from each level with the offsets inferred by the stitcher (as at t > 0 and in generation) instead
         of the encoder's: byte accuracy is position-wise, so a misplaced cut shifts every byte after it, while the
@@ -30,6 +33,7 @@ from rapidfuzz.distance import Levenshtein
 from ..tokenization_zonkey import NUM_BYTES, PAD_TOKEN_ID
 from ..training.data import ZonkeyDataCollator, split_bytes
 from .diagnostics import bos_saturation_counts, denoiser_curve
+from .hierarchy import hierarchy_diagnosis
 from .inspection import level_probabilities, level_starts
 from .metrics import (
     average_precision,
@@ -325,6 +329,8 @@ def evaluate_model(model, tokenizer, documents: list[bytes], settings: Evaluatio
             "denoiser": denoiser_metrics(model, documents, settings.noise_levels, 0, settings.batch_size),
             "stitcher": {"overlap_disagreement": overlap_disagreement(model, documents, settings.batch_size),
                          "inferred_offsets": inferred_offset_reconstruction(model, documents, settings.batch_size)},
+            "hierarchy": hierarchy_diagnosis(model, [(ids, mask) for _, ids, mask in
+                                                     _batches(documents, settings.batch_size, model.device)]),
         }
         if judge is not None:
             vocabulary = {w for text in train_texts or [] for w in words(text)}

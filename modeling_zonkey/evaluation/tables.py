@@ -49,6 +49,7 @@ def results_markdown(results: dict) -> str:
                 score = f"{m['accuracy']:.1%}" if "accuracy" in m else f"{m['cosine']:.3f}"
                 cells += [score, f"{m['pairwise_cosine']:.3f} ({m['target_pairwise_cosine']:.3f})"]
             lines.append(f"| {t[2:]} | " + " | ".join(cells) + " |")
+    lines += hierarchy_markdown(results.get("hierarchy", {}))
     lines += ["", f"Stitcher overlap disagreement (level 0, t = 0): "
               f"{results['stitcher']['overlap_disagreement']:.1%} of overlapping positions."]
     for name, m in results["stitcher"].get("inferred_offsets", {}).items():
@@ -69,3 +70,28 @@ def results_markdown(results: dict) -> str:
         if baseline:
             lines += ["", "Baseline samples:", ""] + [f"- `{e!r}`" for e in baseline["examples"]]
     return "\n".join(lines) + "\n"
+
+
+def hierarchy_markdown(hierarchy: dict) -> list[str]:
+    """The `hierarchy` section (evaluation/hierarchy.py) as Markdown lines (none for older evaluations)."""
+    lines = []
+    for name, m in hierarchy.items():
+        level, below = int(name[5:]), int(name[5:]) - 1
+        by_position = m["decoded_cosine_by_position"]
+        lines += ["", f"**From level {level} down** (where the bytes are lost): level {level}'s decoded vectors at "
+                  f"t = 0 reach cos {m['decoded_cosine']:.3f} with their targets ({m['share_above_0.9']:.0%} of a segment's "
+                  f"own positions above 0.9, {m['share_above_0.95']:.0%} above 0.95; after the stitcher "
+                  f"{m['stitched_cosine']:.3f}); by window position: "
+                  + ", ".join(f"{c:.2f}" for c in by_position) + ".", "",
+                  f"| level {below} given its own latents turned to cos | byte accuracy / CER, decoded at t = 0 | "
+                  "at t = 1 - cos^2 |", "|---:|---:|---:|"]
+        for cosine, kinds in m["sensitivity"].items():
+            zero, matched = kinds["t=0"], kinds["t=1-c^2"]
+            lines.append(f"| {cosine[4:]} | {zero['byte_accuracy']:.1%} / {_f(zero['cer'])} | "
+                         f"{matched['byte_accuracy']:.1%} / {_f(matched['cer'])} |")
+        lines += ["", f"| handoff t (levels below decode level {level}'s output at) | encoder's offsets | "
+                  f"inferred at level {level} | inferred everywhere |", "|---:|---:|---:|---:|"]
+        for t, offsets in m["top"].items():
+            lines.append(f"| {t[2:]} | " + " | ".join(f"{o['byte_accuracy']:.1%} / {_f(o['cer'])}"
+                                                  for o in offsets.values()) + " |")
+    return lines

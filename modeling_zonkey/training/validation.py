@@ -10,10 +10,17 @@ from torch.distributed.fsdp import FSDPModule
 
 from ..evaluation.diagnostics import bos_saturation, denoiser_curve
 from ..evaluation.inspection import level_starts
-from ..evaluation.metrics import boundary_scores, byte_accuracy, sentence_starts, without_document_starts, word_starts
+from ..evaluation.metrics import (
+    boundary_scores,
+    byte_accuracy,
+    edit_distance,
+    sentence_starts,
+    without_document_starts,
+    word_starts,
+)
 
 # noise levels of the collapse diagnostics logged during training (one decode of the first validation batch)
-DIAGNOSTIC_NOISE_LEVELS = (0.3, 0.5, 1.0)
+DIAGNOSTIC_NOISE_LEVELS = (0.0, 0.3, 0.5, 1.0)
 
 
 def diagnostic_scalars(model, batch, seed: int) -> dict[str, float]:
@@ -43,7 +50,8 @@ def validate(model, loader, accelerator, max_batches: int, seed: int) -> dict[st
     was_training = raw.training
     raw.eval()
     loss_sum = batches = 0.0
-    counts = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
+    # level 0, then the top: correct bytes, compared bytes, edits; and the real bytes
+    counts = torch.zeros(7, dtype=torch.float64, device=accelerator.device)
     levels = raw.config.num_levels
     predicted, gold = [[] for _ in range(levels)], [[] for _ in range(levels)]
     diagnostics: dict[str, float] = {}
@@ -64,11 +72,13 @@ def validate(model, loader, accelerator, max_batches: int, seed: int) -> dict[st
             out = raw(**batch, return_loss=True)
             loss_sum += out.loss.item()
             batches += 1
-            for level, offset in ((0, 0), (None, 2)):
-                c, t = byte_accuracy(raw.reconstruct(**batch, from_level=level), batch["input_ids"],
-                                     batch["attention_mask"])
+            for level, offset in ((0, 0), (None, 3)):
+                rows = raw.reconstruct(**batch, from_level=level)
+                c, t = byte_accuracy(rows, batch["input_ids"], batch["attention_mask"])
                 counts[offset] += c
                 counts[offset + 1] += t
+                counts[offset + 2] += edit_distance(rows, batch["input_ids"], batch["attention_mask"])
+            counts[6] += batch["attention_mask"].sum()
             mask = batch["attention_mask"].bool()
             for row, (ids, row_mask) in enumerate(zip(batch["input_ids"], mask)):
                 data = bytes(ids[row_mask].tolist())
@@ -86,7 +96,7 @@ def validate(model, loader, accelerator, max_batches: int, seed: int) -> dict[st
             hits += [scores.precision * scores.predicted, scores.predicted, scores.recall * scores.gold, scores.gold]
     local = torch.tensor([loss_sum, batches, *hits], dtype=torch.float64, device=accelerator.device)
     local = accelerator.reduce(torch.cat([local, counts]), reduction="sum").tolist()
-    loss, n, (c0, t0, ct, tt) = local[0], local[1], local[-4:]
+    loss, n, (c0, t0, e0, ct, tt, et, size) = local[0], local[1], local[-7:]
     if n == 0:  # every process read nothing (reduced above, so all raise together)
         raise ValueError("evaluate read no validation batch (an empty loader, or max_batches < 1): nothing to report.")
     f1 = {}  # (level, inner) -> precision, recall, F1, predicted
@@ -104,6 +114,8 @@ def validate(model, loader, accelerator, max_batches: int, seed: int) -> dict[st
         "val/loss": loss / max(n, 1),
         "val/byte_accuracy_level0": c0 / max(t0, 1),
         "val/byte_accuracy_top": ct / max(tt, 1),
+        "val/cer_level0": e0 / max(size, 1),
+        "val/cer_top": et / max(size, 1),
         "val/boundary_precision": precision,
         "val/boundary_recall": recall,
         "val/boundary_f1": level0_f1,
