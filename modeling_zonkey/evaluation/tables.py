@@ -79,8 +79,8 @@ def hierarchy_markdown(hierarchy: dict) -> list[str]:
         level, below = int(name[5:]), int(name[5:]) - 1
         by_position = m["decoded_cosine_by_position"]
         lines += ["", f"**From level {level} down** (where the bytes are lost): level {level}'s decoded vectors at "
-                  f"t = 0 reach cos {m['decoded_cosine']:.3f} with their targets ({m['share_above_0.9']:.0%} of a segment's "
-                  f"own positions above 0.9, {m['share_above_0.95']:.0%} above 0.95; after the stitcher "
+                  f"t = 0 reach cos {m['decoded_cosine']:.3f} with their targets ({m['share_above_0.9']:.0%} of a "
+                  f"segment's own positions above 0.9, {m['share_above_0.95']:.0%} above 0.95; after the stitcher "
                   f"{m['stitched_cosine']:.3f}); by window position: "
                   + ", ".join(f"{c:.2f}" for c in by_position) + ".", "",
                   f"| level {below} given its own latents turned to cos | byte accuracy / CER, decoded at t = 0 | "
