@@ -36,6 +36,7 @@ DEFAULT_LOSS_WEIGHTS = {
     "compression": 0.03,  # pushes mean p_bos toward 1/L
     "anti_collapse": 1.0,  # |mean cosine| between latents of different documents
     "masked_vector": 1.0,  # masked-vector prediction at levels >= 1
+    "regression": 0.0,  # 1 - cos(X_hat, X) of the clean pass at levels >= 1 (InfoNCE only ranks X_hat among vectors)
 }
 
 # the splitter's priors and the latent-spread term: scaled by `regularizer_level_weights`, not `level_weights`

@@ -104,6 +104,8 @@ class ZonkeyLevel(nn.Module):
         z = latents[chosen]
         clean, heavy, t1 = self.clean_and_heavy_passes(z)
         terms["reconstruction"] = density * sub.average(self.reconstruction(clean.sequence, sub))
+        if sub.ids is None and config.loss_weight("regression") > 0:  # levels >= 1: pull cos(X_hat, X) itself up
+            terms["regression"] = density * sub.average(cosine_distance(clean.sequence, sub))
         terms.update(self.stitcher_terms(segments, windows, chosen, clean, sub, density))
         # The noisy passes train the decoder (and the compressor through z), not the segmentation: their loss at
         # high t measures how predictable a window's bytes are without its latent, and through ownership and
@@ -245,6 +247,13 @@ class ZonkeyLevel(nn.Module):
         return [self.stitcher.pieces(sequence, existence, row_gaps, cutoff, refine)
                 for sequence, existence, row_gaps in zip(out.sequence.split(sizes), out.existence.split(sizes),
                                                          gaps or [None] * len(rows))]
+
+
+def cosine_distance(prediction: torch.Tensor, sub: "SegmentBatch") -> torch.Tensor:
+    """1 - cos(X_hat, X) per position, 0 outside the document. (M', L, d) -> (M', L), in float32."""
+    with full_precision(prediction):
+        cos = F.cosine_similarity(prediction.float(), sub.windows.float(), dim=-1)
+        return (1.0 - cos) * sub.in_document
 
 
 @dataclass

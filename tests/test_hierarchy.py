@@ -246,3 +246,28 @@ def test_hierarchy_diagnosis_measures_what_each_level_hands_down(make_model, tok
     assert level1["top"]["t=0"]["oracle"]["byte_accuracy"] == pytest.approx(correct / total)
     encoded = encode(model, ids, mask)
     assert [len(g) for g in encoded.gaps[1]] == [len(r) for r in encoded.latents[1]]
+
+
+def test_the_regression_term_is_the_per_byte_mean_of_one_minus_cosine_above_level_0(make_model, tokenizer,
+                                                                                       micro_config):
+    from modeling_zonkey.level import cosine_distance
+
+    model = make_model().train()
+    torch.manual_seed(0)
+    assert not any(name.endswith("/regression") for name in model(**batch(tokenizer), return_loss=True).loss_terms)
+    model.config = with_config(micro_config, loss_weights={"regression": 0.5})
+    for level in model.levels:
+        level.config = model.config
+    torch.manual_seed(0)
+    out = model(**batch(tokenizer), return_loss=True)
+    assert "level1/regression" in out.loss_terms and "level0/regression" not in out.loss_terms
+    assert 0 < out.loss_terms["level1/regression"] < 10  # (1 - cos) <= 2, times the density factor
+    grads = torch.autograd.grad(out.loss_terms["level1/regression"], list(model.levels[1].decoder.parameters()),
+                                allow_unused=True)
+    assert sum(g.abs().sum() for g in grads if g is not None) > 0
+    prediction = torch.randn(3, 4, 8)
+    windows = torch.randn(3, 4, 8)
+    inside = torch.tensor([[1, 1, 1, 0]] * 3, dtype=torch.bool)
+    sub = argparse.Namespace(windows=windows, in_document=inside)
+    expected = (1 - F.cosine_similarity(prediction, windows, dim=-1)) * inside
+    torch.testing.assert_close(cosine_distance(prediction, sub), expected)

@@ -1,7 +1,7 @@
 """Does level 1 keep its text? Train level-1 variants on a frozen, trained level 0 and measure what comes back.
 
 Every arm starts from the same folder (its level 0 and byte embeddings, frozen), initialises level 1 afresh under
-the preset with the arm's overrides (same seed), trains it for --max_train_steps with the same data order, and is
+the preset with the arm's overrides (same seed; --continue_level1: from the folder's own level 1), trains it for --max_train_steps with the same data order, and is
 scored on the same held-out documents: reconstruction from the top (byte accuracy and CER, the encoder's offsets,
 and offsets inferred everywhere as in generation), level 1's decoded cosine at t = 0 and the share of positions
 above 0.9, level-1 boundaries against sentence starts (inner F1 and its chance level) and bytes per level-1
@@ -28,17 +28,21 @@ from modeling_zonkey.evaluation.suite import _batches, held_out_documents, segme
 from modeling_zonkey.training.data import load_text_datasets
 
 ROOT = Path(__file__).resolve().parents[2]
-FIXED = {"level_weights": [1.0, 1.0]}  # what the arms after "preset" share
+WEIGHT = {"level_weights": [1.0, 1.0]}
+DIRECT = {**WEIGHT, "ddmm_positive": "direct"}  # what the arms after the first four share
 ARMS = {  # arm -> config overrides of the preset
     "preset": {},
-    "level-1 weight 1": FIXED,
-    "weight 1, direct positive": {**FIXED, "ddmm_positive": "direct"},
-    "weight 1, light pass x (1 - t1)": {**FIXED, "light_pass_weight": "one_minus_t"},
-    "weight 1, no light pass": {**FIXED, "ddmm_objective": "single_step"},
-    "weight 1, C_1 = 4": {**FIXED, "num_cls_vectors": [2, 4]},
-    "weight 1, C_1 = 8": {**FIXED, "num_cls_vectors": [2, 8]},
-    "weight 1, level 1 deeper (4 / 2 / 4)": {**FIXED, "compressor_layers": [2, 4], "decompressor_layers": [1, 2],
-                                             "denoiser_layers": [2, 4]},
+    "level-1 weight 1": WEIGHT,
+    "weight 1, direct positive": DIRECT,
+    "weight 1, no light pass": {**WEIGHT, "ddmm_objective": "single_step"},
+    "direct, light pass x (1 - t1)": {**DIRECT, "light_pass_weight": "one_minus_t"},
+    "direct, C_1 = 4": {**DIRECT, "num_cls_vectors": [2, 4]},
+    "direct, C_1 = 8": {**DIRECT, "num_cls_vectors": [2, 8]},
+    "direct, regression x 1": {**DIRECT, "loss_weights": {"regression": 1.0}},
+    "clean reconstruction only": {**WEIGHT, "ddmm_objective": "single_step",
+                                  "loss_weights": {"denoising": 0.0, "stitcher_sequence": 0.0, "masked_vector": 0.0}},
+    "direct, level 1 deeper (4 / 2 / 4)": {**DIRECT, "compressor_layers": [2, 4], "decompressor_layers": [1, 2],
+                                           "denoiser_layers": [2, 4]},
 }
 
 
@@ -47,8 +51,9 @@ def folder_name(arm: str) -> str:
 
 
 def train_command(args, arm: str, config: Path, folder: Path) -> list[str]:
+    start = [] if args.continue_level1 else ["--reinit_levels", "1"]
     return [sys.executable, str(ROOT / "examples" / "train_zonkey.py"), "--model_name_or_path",
-            args.model_name_or_path, "--config_name", str(config), "--reinit_levels", "1", "--freeze_levels", "0",
+            args.model_name_or_path, "--config_name", str(config), *start, "--freeze_levels", "0",
             "--output_dir", str(folder), "--max_train_steps", str(args.max_train_steps), "--learning_rate",
             str(args.learning_rate), "--lr_scheduler_type", "cosine", "--num_warmup_steps", "50", "--seed",
             str(args.seed), "--per_device_train_batch_size", str(args.per_device_train_batch_size), "--eval_steps",
@@ -110,6 +115,8 @@ def main() -> None:
     parser.add_argument("--config_name", required=True)
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--continue_level1", action="store_true",
+                        help="start level 1 from the folder's own level 1 (default: afresh); arms must keep its shapes")
     parser.add_argument("--max_train_steps", type=int, default=600)
     parser.add_argument("--per_device_train_batch_size", type=int, default=8)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
