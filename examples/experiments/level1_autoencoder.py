@@ -1,11 +1,11 @@
 """Does level 1 keep its text? Train level-1 variants on a frozen, trained level 0 and measure what comes back.
 
-Every arm starts from the same folder (its level 0 and byte embeddings, frozen), initialises level 1 afresh under
-the preset with the arm's overrides (same seed; --continue_level1: from the folder's own level 1), trains it for --max_train_steps with the same data order, and is
-scored on the same held-out documents: reconstruction from the top (byte accuracy and CER, the encoder's offsets,
-and offsets inferred everywhere as in generation), level 1's decoded cosine at t = 0 and the share of positions
-above 0.9, level-1 boundaries against sentence starts (inner F1 and its chance level) and bytes per level-1
-segment. Arms run --parallel at a time, one thread each.
+Every arm starts from the same folder (its level 0 and byte embeddings, frozen), initialises level 1 afresh under the
+preset with the arm's overrides (same seed; --continue_level1: from the folder's own level 1), trains it for
+--max_train_steps with the same data order, and is scored on the same held-out documents: reconstruction from the top
+(byte accuracy and CER, the encoder's offsets, and offsets inferred everywhere as in generation), level 1's decoded
+cosine at t = 0 and the share of positions above 0.9, level-1 boundaries against sentence starts (inner F1 and its
+chance level) and bytes per level-1 segment. Arms run --parallel at a time, one thread each.
 
     python examples/experiments/level1_autoencoder.py --model_name_or_path pretrained/zonkey-tiny-sentences \\
         --config_name configuration/zonkey-tiny-sentences.json --output_dir runs/level1-autoencoder \\
