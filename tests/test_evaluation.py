@@ -157,7 +157,7 @@ def test_evaluate_script_writes_every_key_and_picture(make_model, tokenizer, tmp
             assert set(metrics) == {score, "pairwise_cosine", "target_pairwise_cosine"}
             assert all(-1.0 <= value <= 1.0 for value in metrics.values())
     hierarchy = results["hierarchy"]["level1"]
-    assert set(hierarchy["sensitivity"]) == {"cos=0.99", "cos=0.95", "cos=0.9", "cos=0.8"}
+    assert set(hierarchy["sensitivity"]) == {"cos=1", "cos=0.99", "cos=0.95", "cos=0.9", "cos=0.8"}
     assert set(hierarchy["top"]) == {"t=0", "t=0.1", "t=0.3", "t=0.5"}
     top = hierarchy["top"]["t=0"]["oracle"]
     assert top["byte_accuracy"] == pytest.approx(results["reconstruction"]["t=0"]["level1"]["byte_accuracy"])

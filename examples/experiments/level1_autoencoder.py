@@ -39,6 +39,12 @@ ARMS = {  # arm -> config overrides of the preset
     "direct, C_1 = 4": {**DIRECT, "num_cls_vectors": [2, 4]},
     "direct, C_1 = 8": {**DIRECT, "num_cls_vectors": [2, 8]},
     "direct, regression x 1": {**DIRECT, "loss_weights": {"regression": 1.0}},
+    "direct, window 12": {**DIRECT, "window_length": [12, 12]},
+    "direct, window 8": {**DIRECT, "window_length": [12, 8]},
+    "direct, regression, C_1 = 4, window 8": {**DIRECT, "loss_weights": {"regression": 1.0}, "num_cls_vectors": [2, 4],
+                                              "window_length": [12, 8]},
+    "direct, regression, C_1 = 4, window 12": {**DIRECT, "loss_weights": {"regression": 1.0},
+                                               "num_cls_vectors": [2, 4], "window_length": [12, 12]},
     "clean reconstruction only": {**WEIGHT, "ddmm_objective": "single_step",
                                   "loss_weights": {"denoising": 0.0, "stitcher_sequence": 0.0, "masked_vector": 0.0}},
     "direct, level 1 deeper (4 / 2 / 4)": {**DIRECT, "compressor_layers": [2, 4], "decompressor_layers": [1, 2],
@@ -57,7 +63,10 @@ def train_command(args, arm: str, config: Path, folder: Path) -> list[str]:
             "--output_dir", str(folder), "--max_train_steps", str(args.max_train_steps), "--learning_rate",
             str(args.learning_rate), "--lr_scheduler_type", "cosine", "--num_warmup_steps", "50", "--seed",
             str(args.seed), "--per_device_train_batch_size", str(args.per_device_train_batch_size), "--eval_steps",
-            str(args.eval_steps), "--eval_batches", "4", "--threads", "1", "--with_tracking"]
+            str(args.eval_steps), "--eval_batches", "4", "--threads", "1", "--with_tracking",
+            *(["--checkpointing_steps", str(args.checkpointing_steps), "--checkpoints_total_limit", "1"]
+              if args.checkpointing_steps else []),
+            *(["--resume_from_checkpoint", "latest"] if any(folder.glob("step_*")) else [])]
 
 
 def run_arms(args, output: Path) -> dict[str, Path]:
@@ -104,8 +113,7 @@ def score(folder: Path, documents: list[bytes]) -> dict[str, float]:
         "cosine": level1["decoded_cosine"], "share_09": level1["share_above_0.9"],
         "f1_inner": segmentation["f1_inner"], "f1_inner_chance": segmentation["f1_inner_chance"],
         "bytes_per_segment": segmentation["bytes_per_segment"],
-        "seconds_per_step": (60 * results.get("train_minutes_this_run", float("nan"))
-                             / max(results.get("completed_steps", 1), 1)),
+        "minutes": results.get("train_minutes", float("nan")),
     }
 
 
@@ -122,6 +130,8 @@ def main() -> None:
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--eval_steps", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpointing_steps", type=int, default=None,
+                        help="checkpoint every N steps; a rerun resumes each unfinished arm from its latest checkpoint")
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--documents", type=int, default=32, help="held-out documents the arms are scored on")
     args = parser.parse_args()
@@ -133,14 +143,14 @@ def main() -> None:
     documents = held_out_documents(load_text_datasets()["validation"]["text"], length, args.documents)
     print(f"\n{len(documents)} held-out documents, {sum(map(len, documents)):,} bytes; {args.max_train_steps} steps\n")
     print("| arm | top: byte accuracy / CER | top CER, offsets inferred | level-1 cos t = 0 (share > 0.9) | "
-          "level-1 inner F1 (chance) | bytes / level-1 segment | s / step |")
+          "level-1 inner F1 (chance) | bytes / level-1 segment | minutes |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     table = {}
     for arm, folder in folders.items():
         m = table[arm] = score(folder, documents)
         print(f"| {arm} | {m['top_accuracy']:.1%} / {m['top_cer']:.3f} | {m['top_cer_inferred']:.3f} | "
               f"{m['cosine']:.3f} ({m['share_09']:.0%}) | {m['f1_inner']:.3f} ({m['f1_inner_chance']:.3f}) | "
-              f"{m['bytes_per_segment']:.1f} | {m['seconds_per_step']:.2f} |", flush=True)
+              f"{m['bytes_per_segment']:.1f} | {m['minutes']:.0f} |", flush=True)
     (output / "results.json").write_text(json.dumps(table, indent=2))
 
 

@@ -74,7 +74,7 @@ class _Scores:
 
 
 @torch.no_grad()
-def hierarchy_diagnosis(model, batches, cosines: tuple[float, ...] = (0.99, 0.95, 0.9, 0.8),
+def hierarchy_diagnosis(model, batches, cosines: tuple[float, ...] = (1.0, 0.99, 0.95, 0.9, 0.8),
                         handoff_levels: tuple[float, ...] = (0.0, 0.1, 0.3, 0.5), seed: int = 0) -> dict:
     """batches: an iterable of (input_ids, attention_mask). Returns {"level{l}": {...}} for l >= 1 (module doc)."""
     generator = torch.Generator(device=model.device).manual_seed(seed)
