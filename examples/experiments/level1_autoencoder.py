@@ -30,6 +30,7 @@ from modeling_zonkey.training.data import load_text_datasets
 ROOT = Path(__file__).resolve().parents[2]
 WEIGHT = {"level_weights": [1.0, 1.0]}
 DIRECT = {**WEIGHT, "ddmm_positive": "direct"}  # what the arms after the first four share
+RECIPE = {**DIRECT, "loss_weights": {"regression": 1.0}, "num_cls_vectors": [2, 4], "window_length": [12, 8]}
 ARMS = {  # arm -> config overrides of the preset
     "preset": {},
     "level-1 weight 1": WEIGHT,
@@ -45,6 +46,15 @@ ARMS = {  # arm -> config overrides of the preset
                                               "window_length": [12, 8]},
     "direct, regression, C_1 = 4, window 12": {**DIRECT, "loss_weights": {"regression": 1.0},
                                                "num_cls_vectors": [2, 4], "window_length": [12, 12]},
+    # the recipe the arms above found, and one change undone (or one more) per arm
+    "recipe": RECIPE,
+    "recipe, path positive": {**RECIPE, "ddmm_positive": "path"},
+    "recipe, no regression": {**RECIPE, "loss_weights": {"regression": 0.0}},
+    "recipe, C_1 = 2": {**RECIPE, "num_cls_vectors": [2, 2]},
+    "recipe, window 27": {**RECIPE, "window_length": [12, 27]},
+    "recipe, level-1 weight 0.1": {**RECIPE, "level_weights": [1.0, 0.1]},
+    "recipe, no light pass": {**RECIPE, "ddmm_objective": "single_step"},
+    "recipe, light pass x (1 - t1)": {**RECIPE, "light_pass_weight": "one_minus_t"},
     "clean reconstruction only": {**WEIGHT, "ddmm_objective": "single_step",
                                   "loss_weights": {"denoising": 0.0, "stitcher_sequence": 0.0, "masked_vector": 0.0}},
     "direct, level 1 deeper (4 / 2 / 4)": {**DIRECT, "compressor_layers": [2, 4], "decompressor_layers": [1, 2],

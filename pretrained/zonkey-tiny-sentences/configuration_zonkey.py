@@ -36,6 +36,7 @@ DEFAULT_LOSS_WEIGHTS = {
     "compression": 0.03,  # pushes mean p_bos toward 1/L
     "anti_collapse": 1.0,  # |mean cosine| between latents of different documents
     "masked_vector": 1.0,  # masked-vector prediction at levels >= 1
+    "regression": 0.0,  # 1 - cos(X_hat, X) of the clean pass at levels >= 1 (InfoNCE only ranks X_hat among vectors)
 }
 
 # the splitter's priors and the latent-spread term: scaled by `regularizer_level_weights`, not `level_weights`
@@ -70,6 +71,10 @@ class ZonkeyConfig(PreTrainedConfig):
             the first shipped checkpoint used `level_weights` for both).
         ddmm_objective: "mixed" (clean, heavy and light passes) or "single_step" (clean and heavy passes: plain
             denoising at a random t, without the light pass on the decoder's own estimates).
+        ddmm_positive: the light pass's positive at levels >= 1: "path" (the best point of the path from the heavy
+            estimate X2 to X, the paper; lambda = 0 makes copying X2 a positive) or "direct" (X itself, as at level 0).
+        light_pass_weight: "uniform" (every light-pass row alike) or "one_minus_t" (a row's light loss weighted by
+            1 - t1: the heavy estimate it re-compresses is mostly noise at large t1).
         light_noise_scale: mean of the clean pass's small noise level t0, drawn as scale * Beta(1, 3) / 0.25 (the
             light pass's t2 is drawn as U(0, t1)).
         light_pass_fraction: share of the decoded segments that also take the light pass (a random subset each
@@ -79,6 +84,9 @@ class ZonkeyConfig(PreTrainedConfig):
         infonce_negatives: "sampled" (num_negatives drawn at random from the batch's target vectors) or "all" (every
             other target vector of the batch is a negative: the neighbours of the same segment and document included).
         masked_vector_negatives / mask_probability: masked-vector prediction at levels >= 1.
+        handoff_noise_level: the t at which a level decodes the latents that the level above decoded (from the top,
+            and in generation): an estimate, not a clean encoding, so a t > 0 tells the decoder not to trust it
+            exactly (0: clean, the first checkpoints' behaviour; see docs/level1-sentences.md).
         existence_threshold: a decoded position is kept while its existence exceeds it; inference BOS
             threshold of the splitter as well.
         density_offset: the 0.1 in the density factor (mean_p + 0.1) / (1/L + 0.1).
@@ -110,6 +118,8 @@ class ZonkeyConfig(PreTrainedConfig):
         level_weights: list[float] | None = None,
         regularizer_level_weights: list[float] | None = None,
         ddmm_objective: str = "mixed",
+        ddmm_positive: str = "path",
+        light_pass_weight: str = "uniform",
         light_noise_scale: float = 0.02,
         light_pass_fraction: float = 1.0,
         time_embedding: str = "interpolate",
@@ -117,6 +127,7 @@ class ZonkeyConfig(PreTrainedConfig):
         infonce_negatives: str = "sampled",
         masked_vector_negatives: int = 100,
         mask_probability: float = 0.2,
+        handoff_noise_level: float = 0.0,
         existence_threshold: float = 0.5,
         density_offset: float = 0.1,
         denoiser_existence: bool = True,
@@ -143,6 +154,8 @@ class ZonkeyConfig(PreTrainedConfig):
         self.level_weights = list(level_weights or [1.0] * num_levels)
         self.regularizer_level_weights = list(regularizer_level_weights or [1.0] * num_levels)
         self.ddmm_objective = ddmm_objective
+        self.ddmm_positive = ddmm_positive
+        self.light_pass_weight = light_pass_weight
         self.light_noise_scale = light_noise_scale
         self.light_pass_fraction = light_pass_fraction
         self.time_embedding = time_embedding
@@ -150,6 +163,7 @@ class ZonkeyConfig(PreTrainedConfig):
         self.infonce_negatives = infonce_negatives
         self.masked_vector_negatives = masked_vector_negatives
         self.mask_probability = mask_probability
+        self.handoff_noise_level = handoff_noise_level
         self.existence_threshold = existence_threshold
         self.density_offset = density_offset
         self.denoiser_existence = denoiser_existence
@@ -213,6 +227,10 @@ class ZonkeyConfig(PreTrainedConfig):
                 fail(f"loss_weights[{name!r}] must be a finite number >= 0, got {w!r}.")
         if self.ddmm_objective not in ("mixed", "single_step"):
             fail(f"ddmm_objective must be 'mixed' or 'single_step', got {self.ddmm_objective!r}.")
+        if self.ddmm_positive not in ("path", "direct"):
+            fail(f"ddmm_positive must be 'path' or 'direct', got {self.ddmm_positive!r}.")
+        if self.light_pass_weight not in ("uniform", "one_minus_t"):
+            fail(f"light_pass_weight must be 'uniform' or 'one_minus_t', got {self.light_pass_weight!r}.")
         if self.infonce_negatives not in ("sampled", "all"):
             fail(f"infonce_negatives must be 'sampled' or 'all', got {self.infonce_negatives!r}.")
         if self.time_embedding not in ("interpolate", "sinusoidal"):
@@ -223,6 +241,8 @@ class ZonkeyConfig(PreTrainedConfig):
             fail(f"light_pass_fraction must be in (0, 1], got {self.light_pass_fraction!r}.")
         if not 0.0 < self.mask_probability < 1.0:
             fail(f"mask_probability must be in (0, 1), got {self.mask_probability}.")
+        if not isinstance(self.handoff_noise_level, (int, float)) or not 0.0 <= self.handoff_noise_level <= 1.0:
+            fail(f"handoff_noise_level must be in [0, 1], got {self.handoff_noise_level!r}.")
         if not 0.0 < self.existence_threshold < 1.0:
             fail(f"existence_threshold must be in (0, 1), got {self.existence_threshold}.")
         for name in ("denoiser_existence", "compressor_conv_norm"):

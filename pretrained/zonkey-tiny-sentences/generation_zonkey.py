@@ -302,7 +302,7 @@ class ZonkeyGenerationMixin:
             return torch.zeros(0, dtype=torch.long, device=vectors.device)
         if top == 0:
             return self.nearest_bytes(vectors)
-        return self.decode_latents([vectors], level=top - 1, cutoff=cutoff)[0]
+        return self.decode_latents([vectors], level=top - 1, cutoff=cutoff, estimates=True)[0]
 
     def _context(self, ids: torch.Tensor, top: int) -> tuple[torch.Tensor, list[int]]:
         """One text's sequence at the input of level `top` (n, d_top) and where its level-`top` segments start."""

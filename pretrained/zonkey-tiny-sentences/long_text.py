@@ -163,14 +163,16 @@ def _decode_rows(model, rows: dict[int, torch.Tensor], one) -> tuple[dict, dict]
     if below < 0:  # a one-level model: the kept positions are byte vectors, nothing to stitch
         return ({i: model.nearest_bytes(row[:-1]) for i, row in rows.items()},
                 {i: model.nearest_bytes(row) for i, row in rows.items()})
-    pieces = model.levels[below].decode_pieces(list(rows.values()), cutoff=one.existence_threshold)
+    pieces = model.levels[below].decode_pieces(list(rows.values()), cutoff=one.existence_threshold,
+                                               noise_level=model.config.handoff_noise_level)
 
     def to_bytes(parts: list[torch.Tensor]) -> torch.Tensor:
         if not parts:
             return torch.zeros(0, dtype=torch.long, device=model.device)
         if below == 0:
             return model.nearest_bytes(torch.cat(parts))
-        return model.decode_latents([torch.cat(parts)], level=below - 1, cutoff=one.existence_threshold)[0]
+        return model.decode_latents([torch.cat(parts)], level=below - 1, cutoff=one.existence_threshold,
+                                    estimates=True)[0]
 
     stable = {i: to_bytes(p[:-1]) for i, p in zip(rows, pieces)}
     whole = {i: (torch.cat([stable[i], to_bytes(p[-1:])]) if below == 0 else to_bytes(p)) for i, p in zip(rows, pieces)}

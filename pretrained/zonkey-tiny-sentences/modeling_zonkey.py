@@ -8,6 +8,7 @@ back down through the decoders and stitchers to bytes.
 
 import importlib
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -111,7 +112,24 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
                              "scaled_dot_product_attention; use attn_implementation='sdpa' (the default).")
         self.byte_embeddings = nn.Embedding(config.vocab_size, config.hidden_size[0])
         self.levels = nn.ModuleList(ZonkeyLevel(config, level) for level in range(config.num_levels))
+        self.frozen_levels: frozenset[int] = frozenset()
         self.post_init()
+
+    def freeze_levels(self, levels) -> None:
+        """Train only the other levels: the parameters of `levels` (level 0's include the byte embeddings) stop
+        requiring gradients, and those levels compute no loss terms. Levels 0..k that are all frozen run without
+        autograd (nothing below them can learn through them), so training level 1 on a frozen level 0 costs about
+        what level 1 costs. A training-time choice (not saved in the config); `freeze_levels(())` undoes it."""
+        levels = frozenset(levels)
+        if any(not isinstance(level, int) or not 0 <= level < self.config.num_levels for level in levels):
+            raise ValueError(f"freeze_levels: levels must lie in [0, {self.config.num_levels - 1}], got "
+                             f"{sorted(levels, key=str)}.")
+        if len(levels) == self.config.num_levels:
+            raise ValueError("freeze_levels: every level is frozen, nothing would train; leave at least one level.")
+        self.frozen_levels = levels
+        self.byte_embeddings.requires_grad_(0 not in levels)
+        for index, level in enumerate(self.levels):
+            level.requires_grad_(index not in levels)
 
     def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
                                 mean_resizing: bool = True) -> nn.Embedding:
@@ -213,7 +231,9 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
                    else None)
         outputs = []
         for index, level in enumerate(self.levels):
-            output = level(x, valid, parent, targets)
+            frozen = index in self.frozen_levels
+            with torch.no_grad() if frozen and all(i in self.frozen_levels for i in range(index)) else nullcontext():
+                output = level(x, valid, parent, None if frozen else targets)
             outputs.append(output)
             if index + 1 < len(self.levels):
                 segments = output.segments
@@ -225,6 +245,8 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
             return ZonkeyModelOutput(segment_latents=outputs[0].latents, levels=tuple(outputs))
         terms, total = {}, x.new_zeros((), dtype=torch.float32)
         for index, output in enumerate(outputs):
+            if index in self.frozen_levels:
+                continue
             level_total = sum(self.config.term_weight(index, name) * value for name, value in output.loss_terms.items())
             terms.update({f"level{index}/{name}": value for name, value in output.loss_terms.items()})
             terms[f"loss/level{index}"] = level_total
@@ -262,7 +284,8 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
     def decode_latents(self, latents: list[torch.Tensor], level: int | None = None,
                        parents: dict[int, torch.Tensor] | None = None,
                        gaps: dict[int, list[torch.Tensor | None]] | None = None, refine: bool = True,
-                       cutoff: float | None = None) -> list[torch.Tensor]:
+                       cutoff: float | None = None, handoff_noise_level: float | None = None,
+                       estimates: bool = False) -> list[torch.Tensor]:
         """Latents of `level` (default: the top) -> byte ids, at t = 0, through every decoder and stitcher below.
 
         latents: one (K, C_l d_l) tensor per row of that level.
@@ -270,15 +293,21 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
             one row each). gaps: gaps[l][row] the true offsets (K - 1,) of that row's segments, optionally followed
             by the last segment's length (K,); missing rows or a count that does not match are inferred.
         cutoff: the existence threshold that ends a row's last segment (default: config.existence_threshold).
+        handoff_noise_level: the t at which the levels below `level` decode what the level above them decoded
+            (default: config.handoff_noise_level); `level` itself decodes its latents at t = 0, unless `estimates`
+            says they were themselves decoded by the level above (generation decodes a top-level window's
+            positions this way), then at the handoff level too.
         Returns one 1-D tensor of byte ids per level-0 row.
         """
         level = self.config.num_levels - 1 if level is None else level
+        handoff = self.config.handoff_noise_level if handoff_noise_level is None else handoff_noise_level
         rows = latents
         for index in range(level, -1, -1):
             row_gaps = (gaps or {}).get(index) or [None] * len(rows)
             row_gaps = [g if g is not None and len(g) in (len(row) - 1, len(row)) else None
                         for row, g in zip(rows, row_gaps)]
-            rows = [torch.cat(pieces) for pieces in self.levels[index].decode_pieces(rows, row_gaps, refine, cutoff)]
+            t = 0.0 if index == level and not estimates else handoff
+            rows = [torch.cat(pieces) for pieces in self.levels[index].decode_pieces(rows, row_gaps, refine, cutoff, t)]
             if index > 0 and parents is not None and index in parents:
                 parent = parents[index].tolist()
                 joined = [[] for _ in range(max(parent) + 1)]
@@ -294,11 +323,13 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
 
     @torch.no_grad()
     def reconstruct(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                    from_level: int | None = None, true_offsets: bool = True) -> list[torch.Tensor]:
+                    from_level: int | None = None, true_offsets: bool = True,
+                    handoff_noise_level: float | None = None) -> list[torch.Tensor]:
         """Encode (eval-mode boundaries), then decode the latents of `from_level` (default: the top) at t = 0.
 
         true_offsets: stitch with the encoder's own segmentation (offsets and the last segment's length:
         reconstruction given the segmentation); False infers them from n_hat and existence, as in generation.
+        handoff_noise_level: see `decode_latents` (default: config.handoff_noise_level).
         Returns the byte ids of each input row.
         """
         outputs = self(input_ids, attention_mask).levels
@@ -311,4 +342,4 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
             for index in range(top + 1):
                 segments = outputs[index].segments
                 gaps[index] = [segments.gap[segments.document == r] for r in range(len(outputs[index].parent))]
-        return self.decode_latents(latents, top, parents, gaps)
+        return self.decode_latents(latents, top, parents, gaps, handoff_noise_level=handoff_noise_level)

@@ -104,6 +104,8 @@ class ZonkeyLevel(nn.Module):
         z = latents[chosen]
         clean, heavy, t1 = self.clean_and_heavy_passes(z)
         terms["reconstruction"] = density * sub.average(self.reconstruction(clean.sequence, sub))
+        if sub.ids is None and config.loss_weight("regression") > 0:  # levels >= 1: pull cos(X_hat, X) itself up
+            terms["regression"] = density * sub.average(cosine_distance(clean.sequence, sub))
         terms.update(self.stitcher_terms(segments, windows, chosen, clean, sub, density))
         # The noisy passes train the decoder (and the compressor through z), not the segmentation: their loss at
         # high t measures how predictable a window's bytes are without its latent, and through ownership and
@@ -142,7 +144,8 @@ class ZonkeyLevel(nn.Module):
         clean segment ("denoising"). light ("mixed" only): z'' = Compress(X2) without gradient, t2 ~ U(0, t1) (the
         next, lower noise level a sampler with any number of steps visits), X3 = Dec(z''_t2, t2) ("ddmm"). Level
         0: byte cross-entropy of X3; levels >= 1: InfoNCE whose positive is the best point of the path from X2
-        (detached) to X.
+        (detached) to X (`ddmm_positive="path"`, the paper) or X itself ("direct"). `light_pass_weight="one_minus_t"`
+        weights each row's light loss by 1 - t1 (normalised to mean 1).
         """
         denoising = sub.average(self.reconstruction(heavy.sequence, sub))
         if self.config.ddmm_objective == "single_step":
@@ -157,10 +160,13 @@ class ZonkeyLevel(nn.Module):
         t2 = t1_light * torch.rand(len(t1_light), device=t1.device)
         light = self.decoder(add_noise(estimate, t2), t2)
         positive = None
-        if sub.ids is None:
+        if sub.ids is None and self.config.ddmm_positive == "path":
             positive = path_positive(light.sequence, x2.sequence.detach(), light_sub.windows).cosine
-        return DiffusionTerms(heavy, denoising,
-                              light_sub.average(self.reconstruction(light.sequence, light_sub, positive)))
+        losses = self.reconstruction(light.sequence, light_sub, positive)
+        if self.config.light_pass_weight == "one_minus_t":  # an estimate from less noise teaches more (mean 1)
+            weight = 1.0 - t1_light
+            losses = losses * (weight / weight.mean().clamp_min(1e-6))[:, None]
+        return DiffusionTerms(heavy, denoising, light_sub.average(losses))
 
     def stitcher_terms(self, segments: Segments, windows: torch.Tensor, chosen: torch.Tensor, clean: DecoderOutput,
                        sub: "SegmentBatch", density: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -226,17 +232,28 @@ class ZonkeyLevel(nn.Module):
         return torch.cat(self.decode_pieces([latents], [gaps], refine, cutoff)[0], dim=0)
 
     def decode_pieces(self, rows: list[torch.Tensor], gaps: list[torch.Tensor | None] | None = None,
-                      refine: bool = True, cutoff: float | None = None) -> list[list[torch.Tensor]]:
-        """Several rows' latents (K_r, C d) at t = 0, through the decoder in one batch -> for each row, the
-        stitcher's pieces (what each segment contributes to the row's sequence: K_r tensors (n, d))."""
+                      refine: bool = True, cutoff: float | None = None,
+                      noise_level: float = 0.0) -> list[list[torch.Tensor]]:
+        """Several rows' latents (K_r, C d), through the decoder in one batch -> for each row, the stitcher's pieces
+        (what each segment contributes to the row's sequence: K_r tensors (n, d)). noise_level: the t the decoder is
+        told (0: the latents are clean; an upper level's estimates decode better as slightly noisy, see
+        `ZonkeyConfig.handoff_noise_level`)."""
         if not rows:
             return []
         cutoff = self.config.existence_threshold if cutoff is None else cutoff
-        out = self.decoder(torch.cat(rows), torch.zeros(sum(len(r) for r in rows), device=rows[0].device))
+        count = sum(len(r) for r in rows)
+        out = self.decoder(torch.cat(rows), torch.full((count,), float(noise_level), device=rows[0].device))
         sizes = [len(r) for r in rows]
         return [self.stitcher.pieces(sequence, existence, row_gaps, cutoff, refine)
                 for sequence, existence, row_gaps in zip(out.sequence.split(sizes), out.existence.split(sizes),
                                                          gaps or [None] * len(rows))]
+
+
+def cosine_distance(prediction: torch.Tensor, sub: "SegmentBatch") -> torch.Tensor:
+    """1 - cos(X_hat, X) per position, 0 outside the document. (M', L, d) -> (M', L), in float32."""
+    with full_precision(prediction):
+        cos = F.cosine_similarity(prediction.float(), sub.windows.float(), dim=-1)
+        return (1.0 - cos) * sub.in_document
 
 
 @dataclass
