@@ -85,8 +85,8 @@ class ZonkeyConfig(PreTrainedConfig):
             other target vector of the batch is a negative: the neighbours of the same segment and document included).
         masked_vector_negatives / mask_probability: masked-vector prediction at levels >= 1.
         handoff_noise_level: the t at which a level decodes the latents that the level above decoded (from the top,
-            and in generation): an estimate, not a clean encoding, so a t > 0 tells the decoder not to trust it
-            exactly (0: clean, the first checkpoints' behaviour; see docs/level1-sentences.md).
+            and in generation): an estimate, not a clean encoding; a t > 0 tells the decoder not to trust it
+            exactly (0: decoded as clean, the first checkpoints' behaviour; docs/level1-autoencoder.md measures it).
         existence_threshold: a decoded position is kept while its existence exceeds it; inference BOS
             threshold of the splitter as well.
         density_offset: the 0.1 in the density factor (mean_p + 0.1) / (1/L + 0.1).
@@ -241,7 +241,8 @@ class ZonkeyConfig(PreTrainedConfig):
             fail(f"light_pass_fraction must be in (0, 1], got {self.light_pass_fraction!r}.")
         if not 0.0 < self.mask_probability < 1.0:
             fail(f"mask_probability must be in (0, 1), got {self.mask_probability}.")
-        if not isinstance(self.handoff_noise_level, (int, float)) or not 0.0 <= self.handoff_noise_level <= 1.0:
+        if (not isinstance(self.handoff_noise_level, (int, float)) or isinstance(self.handoff_noise_level, bool)
+                or not 0.0 <= self.handoff_noise_level <= 1.0):
             fail(f"handoff_noise_level must be in [0, 1], got {self.handoff_noise_level!r}.")
         if not 0.0 < self.existence_threshold < 1.0:
             fail(f"existence_threshold must be in (0, 1), got {self.existence_threshold}.")

@@ -236,8 +236,7 @@ class ZonkeyLevel(nn.Module):
                       noise_level: float = 0.0) -> list[list[torch.Tensor]]:
         """Several rows' latents (K_r, C d), through the decoder in one batch -> for each row, the stitcher's pieces
         (what each segment contributes to the row's sequence: K_r tensors (n, d)). noise_level: the t the decoder is
-        told (0: the latents are clean; an upper level's estimates decode better as slightly noisy, see
-        `ZonkeyConfig.handoff_noise_level`)."""
+        told (0: the latents are clean; `ZonkeyConfig.handoff_noise_level` for an upper level's estimates)."""
         if not rows:
             return []
         cutoff = self.config.existence_threshold if cutoff is None else cutoff
