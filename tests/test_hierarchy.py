@@ -271,3 +271,25 @@ def test_the_regression_term_is_the_per_byte_mean_of_one_minus_cosine_above_leve
     sub = argparse.Namespace(windows=windows, in_document=inside)
     expected = (1 - F.cosine_similarity(prediction, windows, dim=-1)) * inside
     torch.testing.assert_close(cosine_distance(prediction, sub), expected)
+
+
+# ------------------------------------------------------------------------------------------- the recipe preset
+def test_the_phrases_preset_is_tiny_sentences_with_the_level1_recipe_and_trains_level1(tokenizer):
+    """configuration/zonkey-tiny-phrases.json differs from tiny-sentences only where docs/level1-autoencoder.md
+    says (level-1 weight, direct positive, regression term, C_1, window), and level 1 gets gradient from it."""
+    folder = MICRO.parent
+    sentences = json.loads((folder / "zonkey-tiny-sentences.json").read_text())
+    phrases = json.loads((folder / "zonkey-tiny-phrases.json").read_text())
+    changed = {key for key in sentences.keys() | phrases.keys() if sentences.get(key) != phrases.get(key)}
+    assert changed == {"level_weights", "ddmm_positive", "loss_weights", "num_cls_vectors", "window_length"}
+    assert phrases["window_length"][1] == 8 and phrases["num_cls_vectors"][1] == 4
+    assert phrases["ddmm_positive"] == "direct" and phrases["level_weights"][1] == 1.0
+    config = ZonkeyConfig.from_json_file(folder / "zonkey-tiny-phrases.json")
+    assert config.loss_weights["regression"] == 1.0
+    torch.manual_seed(0)
+    model = ZonkeyModel(config).train()
+    output = model(**batch(tokenizer), return_loss=True)
+    assert torch.isfinite(output.loss) and output.loss_terms["level1/regression"] > 0
+    output.loss.backward()
+    level1 = [p.grad.norm().item() for p in model.levels[1].decoder.parameters() if p.grad is not None]
+    assert level1 and max(level1) > 0
