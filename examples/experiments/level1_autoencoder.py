@@ -24,7 +24,7 @@ import torch
 
 from modeling_zonkey import ZonkeyModel
 from modeling_zonkey.evaluation.hierarchy import hierarchy_diagnosis
-from modeling_zonkey.evaluation.suite import _batches, held_out_documents, segmentation_metrics
+from modeling_zonkey.evaluation.suite import document_batches, held_out_documents, segmentation_metrics
 from modeling_zonkey.training.data import load_text_datasets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,7 +112,7 @@ def run_arms(args, output: Path) -> dict[str, Path]:
 
 def score(folder: Path, documents: list[bytes]) -> dict[str, float]:
     model = ZonkeyModel.from_pretrained(folder).eval()
-    batches = [(ids, mask) for _, ids, mask in _batches(documents, 8, model.device)]
+    batches = [(ids, mask) for _, ids, mask in document_batches(documents, 8, model.device)]
     level1 = hierarchy_diagnosis(model, batches, cosines=(), handoff_levels=(0.0,))["level1"]
     segmentation = segmentation_metrics(model, documents)["level1"]
     results = json.loads((folder / "train_results.json").read_text())

@@ -14,7 +14,7 @@ import torch
 
 from modeling_zonkey import ZonkeyModel
 from modeling_zonkey.evaluation.hierarchy import hierarchy_diagnosis
-from modeling_zonkey.evaluation.suite import _batches, held_out_documents
+from modeling_zonkey.evaluation.suite import document_batches, held_out_documents
 from modeling_zonkey.evaluation.tables import hierarchy_markdown
 from modeling_zonkey.training.data import load_text_datasets
 
@@ -30,7 +30,7 @@ def main() -> None:
     documents = held_out_documents(load_text_datasets()["validation"]["text"], model.config.document_length[0],
                                    args.documents)
     torch.manual_seed(args.seed)
-    results = hierarchy_diagnosis(model, [(ids, mask) for _, ids, mask in _batches(documents, 8, model.device)],
+    results = hierarchy_diagnosis(model, [(ids, mask) for _, ids, mask in document_batches(documents, 8, model.device)],
                                   seed=args.seed)
     print(f"{args.model}: {len(documents)} held-out documents, {sum(map(len, documents)):,} bytes")
     print("\n".join(hierarchy_markdown(results)))

@@ -75,7 +75,7 @@ def held_out_documents(texts: list[str], document_length: int, max_documents: in
     return documents[:max_documents]
 
 
-def _batches(documents: list[bytes], size: int, device: torch.device):
+def document_batches(documents: list[bytes], size: int, device: torch.device):
     """(documents, input_ids, attention_mask) in batches of `size`, right-padded by the training collator."""
     collate = ZonkeyDataCollator()
     for i in range(0, len(documents), size):
@@ -91,7 +91,7 @@ def segmentation_metrics(model, documents: list[bytes], batch_size: int = 8) -> 
     predicted, gold, scores, labels, probs, lengths = ([[] for _ in range(levels)] for _ in range(6))
     saturated = [[0, 0] for _ in range(levels)]
     candidates = [[0, 0] for _ in range(levels)]  # positions level l can start a segment at (not 0), reference ones
-    for chunk, ids, mask in _batches(documents, batch_size, model.device):
+    for chunk, ids, mask in document_batches(documents, batch_size, model.device):
         outputs = model(ids, mask).levels
         for level, (hits, total) in enumerate(bos_saturation_counts(outputs)):
             saturated[level][0] += hits
@@ -145,7 +145,7 @@ def reconstruction_metrics(model, documents: list[bytes], noise_levels: tuple[fl
                            batch_size: int = 8, num_steps: int = 50) -> dict[str, dict[str, dict[str, float]]]:
     keys = [(t, level) for t in noise_levels for level in range(model.config.num_levels)]
     counts = {key: [0, 0, 0, 0, 0] for key in keys}  # correct, total, edits, exact segments, segments
-    for chunk, ids, mask in _batches(documents, batch_size, model.device):
+    for chunk, ids, mask in document_batches(documents, batch_size, model.device):
         bounds = [sorted(level_starts(model(ids, mask).levels, r)[0]) + [len(d)] for r, d in enumerate(chunk)]
         for t, level in keys:
             out = model.generate(ids, mask, noise_level=t, level=level, seed=seed, num_steps=num_steps)
@@ -173,7 +173,7 @@ def denoiser_metrics(model, documents: list[bytes], noise_levels: tuple[float, .
                      batch_size: int = 8) -> dict[str, dict[str, dict[str, float]]]:
     """diagnostics.denoiser_curve over the held-out documents, averaged over batches (weighted by documents)."""
     totals: dict = {}
-    for index, (chunk, ids, mask) in enumerate(_batches(documents, batch_size, model.device)):
+    for index, (chunk, ids, mask) in enumerate(document_batches(documents, batch_size, model.device)):
         curve = denoiser_curve(model, ids, mask, noise_levels, seed + index)
         for level, per_t in curve.items():
             for t, values in per_t.items():
@@ -190,7 +190,7 @@ def inferred_offset_reconstruction(model, documents: list[bytes], batch_size: in
     results = {}
     for level in range(model.config.num_levels):
         correct = total = edits = 0
-        for chunk, ids, mask in _batches(documents, batch_size, model.device):
+        for chunk, ids, mask in document_batches(documents, batch_size, model.device):
             rows = model.reconstruct(ids, mask, from_level=level, true_offsets=False)
             c, n = byte_accuracy(rows, ids, mask)
             correct, total = correct + c, total + n
@@ -206,7 +206,7 @@ def overlap_disagreement(model, documents: list[bytes], batch_size: int = 8) -> 
     nearest bytes differ: how much the stitcher has to arbitrate."""
     level = model.levels[0]
     differ = overlap = 0
-    for _, ids, mask in _batches(documents, batch_size, model.device):
+    for _, ids, mask in document_batches(documents, batch_size, model.device):
         out = model(ids, mask).levels[0]
         segments = out.segments
         latents = out.latents[out.latent_mask]
@@ -330,7 +330,7 @@ def evaluate_model(model, tokenizer, documents: list[bytes], settings: Evaluatio
             "stitcher": {"overlap_disagreement": overlap_disagreement(model, documents, settings.batch_size),
                          "inferred_offsets": inferred_offset_reconstruction(model, documents, settings.batch_size)},
             "hierarchy": hierarchy_diagnosis(model, [(ids, mask) for _, ids, mask in
-                                                     _batches(documents, settings.batch_size, model.device)]),
+                                                     document_batches(documents, settings.batch_size, model.device)]),
         }
         if judge is not None:
             vocabulary = {w for text in train_texts or [] for w in words(text)}
