@@ -82,7 +82,13 @@ def test_ddim_sampler_reuses_the_implied_noise():
     eps = eps - (eps * z0).sum(-1, keepdim=True) / (z0 * z0).sum(-1, keepdim=True) * z0  # orthogonal: no renormalising
     eps = eps / eps.norm(dim=-1, keepdim=True) * z0.norm(dim=-1, keepdim=True)
     z = add_noise(z0, torch.full((3,), 0.64), noise=eps)
-    level = SimpleNamespace(decoder=lambda z, t: SimpleNamespace(sequence=z, existence=torch.ones(len(z))),
+    class Decoder:
+        self_conditioning = False
+
+        def __call__(self, z, t, condition=None):
+            return SimpleNamespace(sequence=z, existence=torch.ones(len(z)))
+
+    level = SimpleNamespace(decoder=Decoder(),
                             compressor=lambda sequence, existence, **_: SimpleNamespace(latents=z0))
     out = denoise(level, z, [0.64, 0.36, 0.0], "ddim", [], torch.zeros(3, dtype=torch.long))
     torch.testing.assert_close(out, z0)  # the last step (t' = 0) returns the estimate
@@ -137,7 +143,7 @@ def test_output_length_follows_predicted_existence(model, monkeypatch):
     original = top.forward
     window = top.window_length
 
-    def cut_by_latent(noised_latents, t):  # existence 1 up to a latent-dependent position, then 0
+    def cut_by_latent(noised_latents, t, self_condition=None):  # existence 1 up to a latent-dependent position, then 0
         out = original(noised_latents, t)
         keep = 1 + (noised_latents[:, 0].abs() * 1000).long() % window
         existence = (torch.arange(window)[None] < keep[:, None]).float()

@@ -139,8 +139,7 @@ def light_loss(level, sub, latents, config, seed=4):
     before, level.config = level.config, config
     try:
         torch.manual_seed(seed)
-        _, heavy, t1 = level.clean_and_heavy_passes(latents)
-        return level.diffusion_terms(sub, heavy, t1).ddmm
+        return level.diffusion_terms(sub, level.clean_and_heavy_passes(latents)).ddmm
     finally:
         level.config = before
 
@@ -173,7 +172,7 @@ def test_one_minus_t_weights_each_light_row_by_its_heavy_noise_level(upper_level
     weighted_config = with_config(micro_config, ddmm_positive="direct", infonce_negatives="all",
                                   light_pass_weight="one_minus_t")
     torch.manual_seed(4)
-    _, _, t1 = level.clean_and_heavy_passes(latents)
+    t1 = level.clean_and_heavy_passes(latents).t1
     weighted = light_loss(level, sub, latents, weighted_config)
     # the same X3 rows, reweighted by hand: one loss per row, then (1 - t1) / mean(1 - t1) times each
     calls = []

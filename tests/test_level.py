@@ -268,7 +268,8 @@ def test_clean_and_heavy_passes_draw_t0_small_and_t1_uniform(training_level):
     model, level, _, latents = training_level
     z = latents.detach()
     torch.manual_seed(10)
-    clean, heavy, t1 = level.clean_and_heavy_passes(z)
+    passes = level.clean_and_heavy_passes(z)
+    clean, heavy, t1 = passes.clean, passes.heavy, passes.t1
     torch.manual_seed(10)
     t0 = light_noise_levels(len(z), model.config.light_noise_scale, z.device)
     z0 = add_noise(z, t0)
@@ -287,12 +288,13 @@ def test_the_light_pass_decodes_the_recompressed_heavy_estimate_at_a_lower_noise
     """Mixed objective: z'' = Compress(X2) (no gradient), t2 = t1 * U(0, 1), X3 = Dec(add_noise(z'', t2), t2)."""
     _, level, sub, latents = training_level
     torch.manual_seed(11)
-    _, heavy, t1 = level.clean_and_heavy_passes(latents)
+    passes = level.clean_and_heavy_passes(latents)
+    heavy, t1 = passes.heavy, passes.t1
     calls = []
     handle = level.decoder.register_forward_hook(lambda module, args, output: calls.append(args))
     try:
         torch.manual_seed(12)
-        level.diffusion_terms(sub, heavy, t1)
+        level.diffusion_terms(sub, passes)
     finally:
         handle.remove()
     (noised, t2), = calls
@@ -380,8 +382,7 @@ def test_the_heavy_pass_is_trained_directly_and_the_light_pass_cannot_move_it(tr
     loss ("denoising", at t ~ U(0, 1)), and the light pass reads it without gradient."""
     model, level, sub, latents = training_level
     torch.manual_seed(3)
-    _, heavy, t1 = level.clean_and_heavy_passes(latents)
-    terms = level.diffusion_terms(sub, heavy, t1)
+    terms = level.diffusion_terms(sub, level.clean_and_heavy_passes(latents))
     assert terms.ddmm is not None and torch.isfinite(terms.ddmm) and torch.isfinite(terms.denoising)
     to_heavy = torch.autograd.grad(terms.ddmm, terms.heavy.sequence, allow_unused=True, retain_graph=True)[0]
     assert to_heavy is None or to_heavy.abs().max() == 0
@@ -395,7 +396,7 @@ def test_single_step_objective_has_no_light_pass(training_level, micro_config):
     _, level, sub, latents = training_level
     level.config = ZonkeyConfig(**{**micro_config.to_dict(), "ddmm_objective": "single_step"})
     try:
-        terms = level.diffusion_terms(sub, *level.clean_and_heavy_passes(latents)[1:])
+        terms = level.diffusion_terms(sub, level.clean_and_heavy_passes(latents))
     finally:
         level.config = micro_config
     assert terms.ddmm is None and torch.isfinite(terms.denoising)
@@ -414,7 +415,8 @@ def test_decoder_rows_are_independent_so_passes_can_share_one_call(training_leve
     apart = [level.decoder(z0, t0), level.decoder(z1, t1)]
     torch.testing.assert_close(both.sequence, torch.cat([a.sequence for a in apart]), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(both.existence, torch.cat([a.existence for a in apart]), rtol=1e-4, atol=1e-5)
-    clean, heavy, _ = level.clean_and_heavy_passes(latents)
+    passes = level.clean_and_heavy_passes(latents)
+    clean, heavy = passes.clean, passes.heavy
     assert (clean.sequence.shape == heavy.sequence.shape
             == (count, level.window_length, latents.shape[1] // level.num_cls))
 
@@ -426,8 +428,7 @@ def test_light_pass_fraction_sends_that_share_of_the_rows_through_the_light_pass
     level.config = ZonkeyConfig(**{**micro_config.to_dict(), "light_pass_fraction": 0.5})
     try:
         torch.manual_seed(0)
-        _, heavy, t1 = level.clean_and_heavy_passes(latents)
-        terms = level.diffusion_terms(sub, heavy, t1)
+        terms = level.diffusion_terms(sub, level.clean_and_heavy_passes(latents))
     finally:
         level.config = micro_config
         handle.remove()

@@ -142,8 +142,13 @@ def segmentation_metrics(model, documents: list[bytes], batch_size: int = 8) -> 
 # ------------------------------------------------------------------------------------ reconstruction
 @torch.no_grad()
 def reconstruction_metrics(model, documents: list[bytes], noise_levels: tuple[float, ...], seed: int = 0,
-                           batch_size: int = 8, num_steps: int = 50) -> dict[str, dict[str, dict[str, float]]]:
-    keys = [(t, level) for t in noise_levels for level in range(model.config.num_levels)]
+                           batch_size: int = 8, num_steps: int = 50, levels: tuple[int, ...] | None = None,
+                           ) -> dict[str, dict[str, dict[str, float]]]:
+    """Encode each document, noise the latents of each level in `levels` (default: all) to each t, denoise with
+    `generate` (num_steps from t = 1: ceil(num_steps * t) steps from t) and decode. -> {"t=0.5": {"level0": {
+    "byte_accuracy", "cer", "exact_segment_match"}}}."""
+    levels = range(model.config.num_levels) if levels is None else levels
+    keys = [(t, level) for t in noise_levels for level in levels]
     counts = {key: [0, 0, 0, 0, 0] for key in keys}  # correct, total, edits, exact segments, segments
     for chunk, ids, mask in document_batches(documents, batch_size, model.device):
         bounds = [sorted(level_starts(model(ids, mask).levels, r)[0]) + [len(d)] for r, d in enumerate(chunk)]

@@ -1,0 +1,65 @@
+#!/usr/bin/env python
+"""The DDMM check: does a sampler get better with more steps? Held-out documents are encoded, the latents of one level
+are noised to t, denoised with K steps of a sampler (`model.generate(noise_level=t, level=l)`) and decoded down to
+bytes; printed: 1 - CER for each (model, sampler, level, t) against K. A sampler that uses its steps shows 1 - CER
+rising along each row. Level 0 noises the word latents only; the top level's row is the whole hierarchy's.
+
+    python examples/experiments/sampler_steps.py pretrained/zonkey-tiny-sentences --samplers ddmm ddim
+    python examples/experiments/sampler_steps.py runs/a runs/b --noise_levels 0.5 --sampler_steps 1 5 25 --levels 1
+"""
+
+import argparse
+import json
+import math
+import time
+
+from modeling_zonkey import ZonkeyModel
+from modeling_zonkey.evaluation.suite import held_out_documents, reconstruction_metrics
+from modeling_zonkey.training.data import load_text_datasets
+
+
+def one_minus_cer(model, documents: list[bytes], level: int, t: float, steps: int, seed: int) -> float:
+    """1 - CER after `steps` sampler steps from latents of `level` noised to t (the model's generation config)."""
+    num_steps = max(1, math.floor(steps / t))  # generate() runs ceil(num_steps * t) steps from t
+    if math.ceil(num_steps * t) != steps:
+        raise ValueError(f"{steps} steps from t = {t:g} cannot be asked of generate(); choose another t or K.")
+    result = reconstruction_metrics(model, documents, (t,), seed, num_steps=num_steps, levels=(level,))
+    return 1.0 - result[f"t={t:g}"][f"level{level}"]["cer"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="+", help="saved Zonkey folders")
+    parser.add_argument("--samplers", nargs="+", default=["ddmm", "ddim"], help="ddmm, ddim and/or deterministic")
+    parser.add_argument("--noise_levels", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    parser.add_argument("--sampler_steps", type=int, nargs="+", default=[1, 2, 5, 10, 25])
+    parser.add_argument("--levels", type=int, nargs="+", default=None, help="default: 0 and the top")
+    parser.add_argument("--documents", type=int, default=32, help="held-out documents of the validation split")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=None, help="also append each row as a JSON line to this file")
+    args = parser.parse_args()
+    validation = load_text_datasets()["validation"]["text"]
+    columns = " | ".join(f"K = {k}" for k in args.sampler_steps)
+    print(f"| model | sampler | level | t | {columns} | seconds |")
+    print("|---|---|---:|---:|" + "---:|" * (len(args.sampler_steps) + 1))
+    for folder in args.models:
+        model = ZonkeyModel.from_pretrained(folder).eval()
+        documents = held_out_documents(validation, model.config.document_length[0], args.documents)
+        levels = args.levels or sorted({0, model.config.num_levels - 1})
+        for sampler in args.samplers:
+            model.generation_config.sampler = sampler
+            for level in levels:
+                for t in args.noise_levels:
+                    started = time.time()
+                    scores = [one_minus_cer(model, documents, level, t, k, args.seed) for k in args.sampler_steps]
+                    cells = " | ".join(f"{s:.3f}" for s in scores)
+                    print(f"| {folder} | {sampler} | {level} | {t:g} | {cells} | {time.time() - started:.0f} |",
+                          flush=True)
+                    if args.output:
+                        with open(args.output, "a") as f:
+                            f.write(json.dumps({"model": folder, "sampler": sampler, "level": level, "t": t,
+                                                "steps": args.sampler_steps, "one_minus_cer": scores}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
