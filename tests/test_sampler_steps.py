@@ -1,0 +1,37 @@
+"""examples/experiments/sampler_steps.py (the DDMM check) on a micro folder: one row per (sampler, level, t), a
+score per step count, and the step counts it cannot ask of generate() refused with a message."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "experiments" / "sampler_steps.py"
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("sampler_steps", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_it_writes_one_row_per_sampler_level_and_noise_level(script, micro_folder, tmp_path, monkeypatch, capsys):
+    output = tmp_path / "rows.jsonl"
+    monkeypatch.setattr(sys, "argv", ["sampler_steps.py", str(micro_folder), "--samplers", "ddmm", "ddim",
+                                      "--noise_levels", "0.5", "--sampler_steps", "1", "2", "--documents", "2",
+                                      "--output", str(output)])
+    script.main()
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [(r["sampler"], r["level"]) for r in rows] == [("ddmm", 0), ("ddmm", 1), ("ddim", 0), ("ddim", 1)]
+    for row in rows:
+        assert row["steps"] == [1, 2] and len(row["one_minus_cer"]) == 2
+        assert all(score <= 1.0 for score in row["one_minus_cer"])
+    # one step is the same decode whatever the sampler (the samplers differ only in how they re-noise)
+    assert rows[0]["one_minus_cer"][0] == rows[2]["one_minus_cer"][0]
+    assert capsys.readouterr().out.count("| " + str(micro_folder)) == 4
+
