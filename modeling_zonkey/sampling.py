@@ -93,9 +93,11 @@ class Canvas:
 
 def denoise(level: ZonkeyLevel, z: torch.Tensor, schedule: list[float], sampler: str,
             generators: list[torch.Generator], owner: torch.Tensor, canvas: Canvas | None = None,
-            progress=None, clamp=None) -> torch.Tensor:
+            progress=None, clamp=None, fresh_noise: float = 0.0) -> torch.Tensor:
     """Run the sampler from z at t = schedule[0] down to a clean latent. z (M, C d) -> (M, C d).
 
+    fresh_noise ("ddim" only): the share f of fresh noise in each re-noising, eps = sqrt(1 - f^2) eps_hat + f eps_new
+    (0: "ddim", deterministic; 1: "ddmm").
     owner (M,): the sample (index into generators) each latent belongs to, for the re-noising draws.
     progress: an optional tqdm bar, advanced once per step. clamp: (X (M, L, d), e (M, L), t) -> X, or None.
     """
@@ -116,6 +118,11 @@ def denoise(level: ZonkeyLevel, z: torch.Tensor, schedule: list[float], sampler:
             z = estimate
         elif sampler == "ddmm":
             eps = sample_noise(generators, owner, z.shape[1], z.device, z.dtype)
+            z = add_noise(estimate, torch.full((len(z),), t_next, device=z.device), noise=eps)
+        elif fresh_noise > 0:  # "ddim" with part of its implied noise drawn anew
+            eps = (z - math.sqrt(1.0 - t) * estimate) / math.sqrt(t)
+            fresh = sample_noise(generators, owner, z.shape[1], z.device, z.dtype)
+            eps = math.sqrt(1.0 - fresh_noise**2) * eps + fresh_noise * fresh
             z = add_noise(estimate, torch.full((len(z),), t_next, device=z.device), noise=eps)
         else:  # "ddim": on the sphere of radius nu(D), z ~ sqrt(t) eps + sqrt(1 - t) z0, eps the one z implies
             z = deterministic_step(z, estimate, torch.full((len(z),), t, device=z.device),
