@@ -24,14 +24,21 @@ def test_it_writes_one_row_per_sampler_level_and_noise_level(script, micro_folde
     output = tmp_path / "rows.jsonl"
     monkeypatch.setattr(sys, "argv", ["sampler_steps.py", str(micro_folder), "--samplers", "ddmm", "ddim",
                                       "--noise_levels", "0.5", "--sampler_steps", "1", "2", "--documents", "2",
-                                      "--output", str(output)])
+                                      "--options", '{"clamp_max_t": 0.3}', "--output", str(output)])
     script.main()
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert [(r["sampler"], r["level"]) for r in rows] == [("ddmm", 0), ("ddmm", 1), ("ddim", 0), ("ddim", 1)]
     for row in rows:
-        assert row["steps"] == [1, 2] and len(row["one_minus_cer"]) == 2
+        assert row["steps"] == [1, 2] and len(row["one_minus_cer"]) == 2 and row["options"] == {"clamp_max_t": 0.3}
         assert all(score <= 1.0 for score in row["one_minus_cer"])
     # one step is the same decode whatever the sampler (the samplers differ only in how they re-noise)
     assert rows[0]["one_minus_cer"][0] == rows[2]["one_minus_cer"][0]
     assert capsys.readouterr().out.count("| " + str(micro_folder)) == 4
 
+
+
+def test_an_unknown_option_is_refused_by_name(script, micro_folder, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["sampler_steps.py", str(micro_folder), "--options", '{"num_stepz": 3}'])
+    with pytest.raises(SystemExit):
+        script.main()
+    assert "num_stepz" in capsys.readouterr().err

@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=None, help="default: 0 and the top")
     parser.add_argument("--documents", type=int, default=32, help="held-out documents of the validation split")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--options", type=json.loads, default={},
+                        help='other generation options for every row, a JSON object, e.g. \'{"clamp_max_t": 0.3}\'')
     parser.add_argument("--output", default=None, help="also append each row as a JSON line to this file")
     args = parser.parse_args()
     validation = load_text_datasets()["validation"]["text"]
@@ -42,6 +44,10 @@ def main() -> None:
     print("|---|---|---:|---:|" + "---:|" * (len(args.sampler_steps) + 1))
     for folder in args.models:
         model = ZonkeyModel.from_pretrained(folder).eval()
+        unknown = model.generation_config.update(**args.options)
+        if unknown:
+            parser.error(f"--options: unknown generation option(s) {sorted(unknown)}")
+        model.generation_config.validate()
         documents = held_out_documents(validation, model.config.document_length[0], args.documents)
         levels = args.levels or sorted({0, model.config.num_levels - 1})
         for sampler in args.samplers:
@@ -55,7 +61,8 @@ def main() -> None:
                           flush=True)
                     if args.output:
                         with open(args.output, "a") as f:
-                            f.write(json.dumps({"model": folder, "sampler": sampler, "level": level, "t": t,
+                            f.write(json.dumps({"model": folder, "sampler": sampler, "options": args.options,
+                                                "level": level, "t": t,
                                                 "steps": args.sampler_steps, "one_minus_cer": scores}) + "\n")
 
 
