@@ -42,3 +42,16 @@ def test_an_unknown_option_is_refused_by_name(script, micro_folder, monkeypatch,
     with pytest.raises(SystemExit):
         script.main()
     assert "num_stepz" in capsys.readouterr().err
+
+
+def test_latent_identification_finds_every_clean_latent_at_t_0_and_fewer_in_noise(make_model):
+    spec = importlib.util.spec_from_file_location("latent_identification", SCRIPT.with_name("latent_identification.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    documents = [b"The cat sat on the mat. " * 4, b"A dog ran in the park, and then home. " * 3]
+    results = module.identification(make_model(perturb=False), documents, [0.0, 0.999])
+    assert set(results) == {0, 1}
+    for row in results.values():
+        assert row["latents"] > 0
+        assert row[0.0] == 1.0
+        assert row[0.999] < 1.0
