@@ -128,7 +128,8 @@ class ZonkeyLevel(nn.Module):
 
     def clean_and_heavy_passes(self, latents: torch.Tensor, vocabulary: torch.Tensor | None = None) -> "DecoderPasses":
         """The clean pass Dec(z_t0, t0), t0 small (light_noise_levels), and the heavy pass X2 = Dec(z_t1, t1),
-        t1 ~ U(0, 1), as one batched decoder call (the decoder treats rows independently). latents (M', C d).
+        t1 ~ U(0, 1) (or U(0, 1) ** 0.5, `heavy_noise_draw`), as one batched decoder call (the decoder treats rows
+        independently). latents (M', C d).
 
         Self-conditioning: half of the heavy rows (at random) first get a gradient-free estimate of their clean
         latent, `estimate(z_t1, t1)`, as the decoder's extra input; the other rows and the clean pass get none.
@@ -138,6 +139,8 @@ class ZonkeyLevel(nn.Module):
         t0 = light_noise_levels(count, self.config.light_noise_scale, device)
         noised0 = add_noise(latents, t0)
         t1 = torch.rand(count, device=device)
+        if self.config.heavy_noise_draw == "sqrt":  # density 2 t: more of the rows at high noise
+            t1 = t1.sqrt()
         noised1 = add_noise(latents, t1)
         condition = None
         if self.decoder.self_conditioning:

@@ -439,3 +439,19 @@ def test_light_pass_fraction_sends_that_share_of_the_rows_through_the_light_pass
     assert sum(g.abs().sum() for g in grads if g is not None) > 0
     with pytest.raises(ValueError, match="light_pass_fraction must be in"):
         ZonkeyConfig(**{**micro_config.to_dict(), "light_pass_fraction": 0.0})
+
+
+def test_heavy_noise_draw_sqrt_puts_more_rows_at_high_noise(training_level, micro_config):
+    """heavy_noise_draw="sqrt": t1 = U ** 0.5 from the same uniform draws (mean 2/3 instead of 1/2)."""
+    _, level, _, latents = training_level
+    draws = {}
+    for draw in ("uniform", "sqrt"):
+        level.config = ZonkeyConfig(**{**micro_config.to_dict(), "heavy_noise_draw": draw})
+        try:
+            torch.manual_seed(21)
+            draws[draw] = level.clean_and_heavy_passes(latents.detach()).t1
+        finally:
+            level.config = micro_config
+    torch.testing.assert_close(draws["sqrt"], draws["uniform"].sqrt())
+    with pytest.raises(ValueError, match="heavy_noise_draw must be"):
+        ZonkeyConfig(**{**micro_config.to_dict(), "heavy_noise_draw": "beta"})
