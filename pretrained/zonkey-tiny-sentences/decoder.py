@@ -1,7 +1,8 @@
 """Decoder (decompressor + denoiser): a noised latent z_t and its time t -> the segment's L vectors.
 
 It predicts data, not noise:
-    prompt  = [tau(t); z_t split into its C vectors, each + tau(t)]           (C + 1 tokens of width d)
+    prompt  = [tau(t); z_t split into its C vectors, each + tau(t) (+ W s_i)]  (C + 1 tokens of width d)
+              s: the previous clean-latent estimate, split the same way (self-conditioning, optional; W starts at 0)
     decompressor: a causal transformer that emits L vectors autoregressively (each step reads the
                   previous output, with a key/value cache)
     existence head: p_end = sigmoid(w . y / sqrt(d) - 2); e_hat_j = prod_{k=1..j}(1 - p_end_k), e_hat_0 = 1
@@ -46,6 +47,19 @@ class TimeEmbedding(nn.Module):
         if self.kind == "interpolate":
             return (1 - t)[:, None] * self.clean + t[:, None] * self.noisy
         return self.mlp(sinusoid(t * 1000.0, self.mlp[0].in_features).to(self.mlp[0].weight.dtype))
+
+
+class SelfCondition(nn.Module):
+    """W s: the previous clean-latent estimate's C vectors (M, C, d) -> what they add to the prompt (M, C, d).
+    W is initialised to zero (`_init_weights`), so a decoder given this input starts as the one without it."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(hidden_size, hidden_size))  # a parameter, not an nn.Linear, so that
+        # transformers' initialisation (which skips a tensor it has already initialised) cannot overwrite the zeros
+
+    def forward(self, estimate: torch.Tensor) -> torch.Tensor:
+        return F.linear(estimate, self.weight)
 
 
 class CausalBlock(nn.Module):
@@ -106,7 +120,7 @@ class Decompressor(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, hidden_size: int, num_heads: int, num_cls: int, window_length: int,
                  decompressor_layers: int, denoiser_layers: int, ffn_multiplier: int, time_embedding: str,
-                 denoiser_existence: bool = True):
+                 denoiser_existence: bool = True, self_conditioning: bool = False):
         super().__init__()
         self.num_cls = num_cls
         self.denoiser_existence = denoiser_existence
@@ -115,11 +129,23 @@ class Decoder(nn.Module):
         self.decompressor = Decompressor(hidden_size, num_heads, decompressor_layers, window_length, ffn_multiplier)
         self.denoiser = PAEncoder(hidden_size, num_heads, denoiser_layers, ffn_multiplier)
         self.existence_head = nn.Linear(hidden_size, 1, bias=False)
+        self.self_condition = SelfCondition(hidden_size) if self_conditioning else None
 
-    def forward(self, noised_latents: torch.Tensor, t: torch.Tensor) -> DecoderOutput:
-        """noised_latents (M, C * d), t (M,) -> DecoderOutput with (M, L, d) and (M, L)."""
+    @property
+    def self_conditioning(self) -> bool:
+        return self.self_condition is not None
+
+    def forward(self, noised_latents: torch.Tensor, t: torch.Tensor,
+                self_condition: torch.Tensor | None = None) -> DecoderOutput:
+        """noised_latents (M, C * d), t (M,) -> DecoderOutput with (M, L, d) and (M, L). self_condition (M, C * d):
+        the previous estimate of the clean latent (None: no estimate yet, the same as zeros)."""
         tau = self.time(t.to(noised_latents.dtype)).to(noised_latents.dtype).unsqueeze(1)  # (M, 1, d)
-        prompt = torch.cat([tau, noised_latents.unflatten(1, (self.num_cls, -1)) + tau], dim=1)
+        latents = noised_latents.unflatten(1, (self.num_cls, -1))
+        if self_condition is not None:
+            if self.self_condition is None:
+                raise ValueError("this decoder was built without self_conditioning: pass no self_condition.")
+            latents = latents + self.self_condition(self_condition.to(latents.dtype).unflatten(1, (self.num_cls, -1)))
+        prompt = torch.cat([tau, latents + tau], dim=1)
         emitted = self.decompressor(prompt)
         existence = None
         if self.denoiser_existence:  # the prompt always exists; the draft length masks the emitted vectors

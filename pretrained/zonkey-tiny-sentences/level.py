@@ -13,7 +13,7 @@ from torch import nn
 
 from .compressor import Compressor, MaskedVectorHead, anti_collapse_loss, info_nce
 from .configuration_zonkey import ZonkeyConfig
-from .ddmm import add_noise, light_noise_levels, path_positive
+from .ddmm import add_noise, deterministic_step, light_noise_levels, path_positive
 from .decoder import Decoder, DecoderOutput
 from .segment_splitter import (
     Segments,
@@ -63,7 +63,8 @@ class ZonkeyLevel(nn.Module):
         self.compressor = Compressor(d, heads, config.compressor_layers[level], C, config.ffn_multiplier,
                                      config.compressor_conv_norm)
         self.decoder = Decoder(d, heads, C, L, config.decompressor_layers[level], config.denoiser_layers[level],
-                               config.ffn_multiplier, config.time_embedding, config.denoiser_existence)
+                               config.ffn_multiplier, config.time_embedding, config.denoiser_existence,
+                               config.self_conditioning)
         self.stitcher = Stitcher(d, heads, L)
         self.masked_vector = (MaskedVectorHead(d, config.mask_probability, config.masked_vector_negatives)
                               if level >= 1 else None)
@@ -102,7 +103,8 @@ class ZonkeyLevel(nn.Module):
         chosen = self.choose_decoded(len(latents), config.max_decoded_segments[self.level], latents.device)
         sub = SegmentBatch.take(segments, windows, chosen, targets, valid)
         z = latents[chosen]
-        clean, heavy, t1 = self.clean_and_heavy_passes(z)
+        passes = self.clean_and_heavy_passes(z, targets.vocabulary)
+        clean = passes.clean
         terms["reconstruction"] = density * sub.average(self.reconstruction(clean.sequence, sub))
         if sub.ids is None and config.loss_weight("regression") > 0:  # levels >= 1: pull cos(X_hat, X) itself up
             terms["regression"] = density * sub.average(cosine_distance(clean.sequence, sub))
@@ -110,7 +112,7 @@ class ZonkeyLevel(nn.Module):
         # The noisy passes train the decoder (and the compressor through z), not the segmentation: their loss at
         # high t measures how predictable a window's bytes are without its latent, and through ownership and
         # density it would reward segments that start with a predictable byte (a space) rather than words.
-        diffusion = self.diffusion_terms(sub.with_fixed_segmentation(), heavy, t1)
+        diffusion = self.diffusion_terms(sub.with_fixed_segmentation(), passes)
         terms["denoising"] = density.detach() * diffusion.denoising
         if diffusion.ddmm is not None:
             terms["ddmm"] = density.detach() * diffusion.ddmm
@@ -124,20 +126,50 @@ class ZonkeyLevel(nn.Module):
         target = sub.existence.detach().clamp(0.0, 1.0)
         return -(target * e.log() + (1 - target) * (1 - e).log()).mean()
 
-    def clean_and_heavy_passes(self, latents: torch.Tensor) -> tuple[DecoderOutput, DecoderOutput, torch.Tensor]:
+    def clean_and_heavy_passes(self, latents: torch.Tensor, vocabulary: torch.Tensor | None = None) -> "DecoderPasses":
         """The clean pass Dec(z_t0, t0), t0 small (light_noise_levels), and the heavy pass X2 = Dec(z_t1, t1),
-        t1 ~ U(0, 1), as one batched decoder call (the decoder treats rows independently). latents (M', C d) ->
-        (clean, heavy, t1)."""
+        t1 ~ U(0, 1) (or U(0, 1) ** 0.5, `heavy_noise_draw`), as one batched decoder call (the decoder treats rows
+        independently). latents (M', C d).
+
+        Self-conditioning: half of the heavy rows (at random) first get a gradient-free estimate of their clean
+        latent, `estimate(z_t1, t1)`, as the decoder's extra input; the other rows and the clean pass get none.
+        vocabulary (V, d): the byte embeddings at level 0 (the estimates are snapped to bytes as the sampler does).
+        """
         count, device = len(latents), latents.device
         t0 = light_noise_levels(count, self.config.light_noise_scale, device)
         noised0 = add_noise(latents, t0)
         t1 = torch.rand(count, device=device)
-        both = self.decoder(torch.cat([noised0, add_noise(latents, t1)]), torch.cat([t0, t1]))
+        if self.config.heavy_noise_draw == "sqrt":  # density 2 t: more of the rows at high noise
+            t1 = t1.sqrt()
+        noised1 = add_noise(latents, t1)
+        condition = None
+        if self.decoder.self_conditioning:
+            condition = torch.zeros(2 * count, latents.shape[1], device=device, dtype=latents.dtype)
+            rows = (torch.rand(count, device=device) < 0.5).nonzero().flatten()
+            if len(rows):
+                with torch.no_grad():
+                    condition[count + rows] = self.estimate(noised1[rows], t1[rows], vocabulary).to(condition.dtype)
+        both = self.decoder(torch.cat([noised0, noised1]), torch.cat([t0, t1]), condition)
         clean = DecoderOutput(both.sequence[:count], both.existence[:count])
         heavy = DecoderOutput(both.sequence[count:], both.existence[count:])
-        return clean, heavy, t1
+        return DecoderPasses(clean, heavy, t1, noised1, vocabulary)
 
-    def diffusion_terms(self, sub: "SegmentBatch", heavy: DecoderOutput, t1: torch.Tensor) -> "DiffusionTerms":
+    def estimate(self, z: torch.Tensor, t: torch.Tensor, vocabulary: torch.Tensor | None = None,
+                 condition: torch.Tensor | None = None) -> torch.Tensor:
+        """The clean latent a sampler step would estimate: Compress(snap(Dec(z_t, t))). z (M, C d), t (M,) ->
+        (M, C d); with vocabulary (level 0), each decoded vector is snapped to its nearest byte embedding."""
+        decoded = self.decoder(z, t, condition)
+        return self.recompress(decoded, vocabulary)
+
+    def recompress(self, decoded: DecoderOutput, vocabulary: torch.Tensor | None = None) -> torch.Tensor:
+        """A decoded window (snapped to bytes at level 0 when vocabulary is given) compressed again -> (M, C d)."""
+        sequence = decoded.sequence
+        if vocabulary is not None:
+            cos = F.normalize(sequence.float(), dim=-1) @ F.normalize(vocabulary.float(), dim=-1).T
+            sequence = vocabulary[cos.argmax(-1)].to(sequence.dtype)
+        return self.compressor(sequence, decoded.existence.to(sequence.dtype), latents_only=True).latents
+
+    def diffusion_terms(self, sub: "SegmentBatch", passes: "DecoderPasses") -> "DiffusionTerms":
         """The decoder trained at every noise level, and (mixed objective) on its own re-compressed estimates.
 
         heavy: X2 = Dec(z_t1, t1), t1 ~ U(0, 1) (from `clean_and_heavy_passes`), reconstruction loss against the
@@ -145,20 +177,28 @@ class ZonkeyLevel(nn.Module):
         next, lower noise level a sampler with any number of steps visits), X3 = Dec(z''_t2, t2) ("ddmm"). Level
         0: byte cross-entropy of X3; levels >= 1: InfoNCE whose positive is the best point of the path from X2
         (detached) to X (`ddmm_positive="path"`, the paper) or X itself ("direct"). `light_pass_weight="one_minus_t"`
-        weights each row's light loss by 1 - t1 (normalised to mean 1).
+        weights each row's light loss by 1 - t1 (normalised to mean 1). With self-conditioning the light pass is the
+        sampler's step: z_t2 = `deterministic_step(z_t1, z'', t1, t2)` (z_t1's noise kept) and X3 = Dec(z_t2, t2, z'').
         """
+        heavy, t1 = passes.heavy, passes.t1
         denoising = sub.average(self.reconstruction(heavy.sequence, sub))
         if self.config.ddmm_objective == "single_step":
             return DiffusionTerms(heavy, denoising, None)
-        fraction, light_sub, x2, t1_light = self.config.light_pass_fraction, sub, heavy, t1
+        fraction, light_sub, x2, t1_light, z1 = self.config.light_pass_fraction, sub, heavy, t1, passes.noised1
         if fraction < 1.0:  # the light pass on a random share of the rows (speed option)
             keep = torch.randperm(len(t1), device=t1.device)[: max(1, round(fraction * len(t1)))].sort().values
-            light_sub, t1_light = sub.subset(keep), t1[keep]
+            light_sub, t1_light, z1 = sub.subset(keep), t1[keep], z1[keep]
             x2 = DecoderOutput(heavy.sequence[keep], heavy.existence[keep])
-        with torch.no_grad():
-            estimate = self.compressor(x2.sequence, x2.existence).latents
-        t2 = t1_light * torch.rand(len(t1_light), device=t1.device)
-        light = self.decoder(add_noise(estimate, t2), t2)
+        if self.decoder.self_conditioning:
+            with torch.no_grad():
+                estimate = self.recompress(x2, passes.vocabulary)
+            t2 = t1_light * torch.rand(len(t1_light), device=t1.device)
+            light = self.decoder(deterministic_step(z1, estimate, t1_light, t2), t2, estimate)
+        else:
+            with torch.no_grad():
+                estimate = self.compressor(x2.sequence, x2.existence).latents
+            t2 = t1_light * torch.rand(len(t1_light), device=t1.device)
+            light = self.decoder(add_noise(estimate, t2), t2)
         positive = None
         if sub.ids is None and self.config.ddmm_positive == "path":
             positive = path_positive(light.sequence, x2.sequence.detach(), light_sub.windows).cosine
@@ -289,6 +329,17 @@ class SegmentBatch:
         a byte of a long segment weighs as much as a byte of a short one. (M', L) -> scalar."""
         weight = self.ownership
         return (losses * weight).sum() / weight.sum().clamp_min(1e-6)
+
+
+@dataclass
+class DecoderPasses:
+    """What `ZonkeyLevel.clean_and_heavy_passes` returns."""
+
+    clean: DecoderOutput  # Dec(z_t0, t0), t0 small
+    heavy: DecoderOutput  # X2 = Dec(z_t1, t1)
+    t1: torch.Tensor  # (M',) the heavy pass's noise levels
+    noised1: torch.Tensor  # (M', C d) z_t1
+    vocabulary: torch.Tensor | None = None  # (V, d) byte embeddings at level 0 (estimates snap to bytes)
 
 
 @dataclass

@@ -75,6 +75,13 @@ class ZonkeyConfig(PreTrainedConfig):
             estimate X2 to X, the paper; lambda = 0 makes copying X2 a positive) or "direct" (X itself, as at level 0).
         light_pass_weight: "uniform" (every light-pass row alike) or "one_minus_t" (a row's light loss weighted by
             1 - t1: the heavy estimate it re-compresses is mostly noise at large t1).
+        heavy_noise_draw: how the heavy pass draws t1: "uniform" (U(0, 1)) or "sqrt" (U(0, 1) ** 0.5, density 2 t:
+            more rows at high noise, where samples from noise start).
+        self_conditioning: the decoder also reads the previous clean-latent estimate (one more prompt input, added
+            through a zero-initialised projection, so a checkpoint without it loads unchanged). Trained as is usual:
+            the heavy pass gets the estimate of a first, gradient-free pass on half of its rows and nothing on the
+            others; the light pass becomes the sampler's own step, X3 = Dec(z_t2, t2, estimate) with z_t2 the
+            deterministic step from z_t1 toward the heavy estimate (its implied noise kept) and t2 ~ U(0, t1).
         light_noise_scale: mean of the clean pass's small noise level t0, drawn as scale * Beta(1, 3) / 0.25 (the
             light pass's t2 is drawn as U(0, t1)).
         light_pass_fraction: share of the decoded segments that also take the light pass (a random subset each
@@ -120,6 +127,8 @@ class ZonkeyConfig(PreTrainedConfig):
         ddmm_objective: str = "mixed",
         ddmm_positive: str = "path",
         light_pass_weight: str = "uniform",
+        heavy_noise_draw: str = "uniform",
+        self_conditioning: bool = False,
         light_noise_scale: float = 0.02,
         light_pass_fraction: float = 1.0,
         time_embedding: str = "interpolate",
@@ -156,6 +165,8 @@ class ZonkeyConfig(PreTrainedConfig):
         self.ddmm_objective = ddmm_objective
         self.ddmm_positive = ddmm_positive
         self.light_pass_weight = light_pass_weight
+        self.heavy_noise_draw = heavy_noise_draw
+        self.self_conditioning = self_conditioning
         self.light_noise_scale = light_noise_scale
         self.light_pass_fraction = light_pass_fraction
         self.time_embedding = time_embedding
@@ -231,6 +242,10 @@ class ZonkeyConfig(PreTrainedConfig):
             fail(f"ddmm_positive must be 'path' or 'direct', got {self.ddmm_positive!r}.")
         if self.light_pass_weight not in ("uniform", "one_minus_t"):
             fail(f"light_pass_weight must be 'uniform' or 'one_minus_t', got {self.light_pass_weight!r}.")
+        if self.heavy_noise_draw not in ("uniform", "sqrt"):
+            fail(f"heavy_noise_draw must be 'uniform' or 'sqrt', got {self.heavy_noise_draw!r}.")
+        if not isinstance(self.self_conditioning, bool):
+            fail(f"self_conditioning must be true or false, got {self.self_conditioning!r}.")
         if self.infonce_negatives not in ("sampled", "all"):
             fail(f"infonce_negatives must be 'sampled' or 'all', got {self.infonce_negatives!r}.")
         if self.time_embedding not in ("interpolate", "sinusoidal"):

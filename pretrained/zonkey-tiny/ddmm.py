@@ -26,6 +26,15 @@ def add_noise(latents: torch.Tensor, t: torch.Tensor, generator: torch.Generator
     return to_sphere(t.sqrt() * eps + (1 - t).sqrt() * latents)
 
 
+def deterministic_step(z: torch.Tensor, estimate: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
+    """One deterministic x0-prediction step on the sphere (DDIM): z_t (M, D) at t (M,) and the clean-latent estimate
+    (M, D) -> z at t_next (M,), the estimate re-noised with the noise z_t implies, eps_hat = (z_t - sqrt(1 - t) z0) /
+    sqrt(t); what the starting noise decided is kept. t is floored at 1e-4 (eps_hat is undefined at t = 0)."""
+    t = t.to(z.dtype).clamp_min(1e-4)[:, None]
+    eps = (z - (1 - t).sqrt() * estimate) / t.sqrt()
+    return add_noise(estimate, t_next, noise=eps)
+
+
 def light_noise_levels(count: int, scale: float, device: torch.device) -> torch.Tensor:
     """t ~ scale * Beta(1, 3) / 0.25 (mean `scale`), the clean and light passes' small noise. -> (count,)"""
     beta = torch.distributions.Beta(torch.tensor(1.0, device=device), torch.tensor(3.0, device=device))

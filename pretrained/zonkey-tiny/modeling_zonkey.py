@@ -20,7 +20,7 @@ from transformers.utils import ModelOutput
 
 from .compressor import Compressor, MaskedVectorHead
 from .configuration_zonkey import ZonkeyConfig
-from .decoder import TimeEmbedding
+from .decoder import SelfCondition, TimeEmbedding
 from .generation_zonkey import ZonkeyGenerationConfig, ZonkeyGenerationMixin
 from .level import LevelTargets, ZonkeyLevel, ZonkeyLevelOutput, chunk_documents
 from .sphere import to_sphere
@@ -96,6 +96,8 @@ class ZonkeyPreTrainedModel(PreTrainedModel):
         elif isinstance(module, TimeEmbedding) and module.kind == "interpolate":
             init.normal_(module.clean, mean=0.0, std=0.5)
             init.normal_(module.noisy, mean=0.0, std=0.5)
+        elif isinstance(module, SelfCondition):  # starts as no input: a checkpoint without it loads unchanged
+            init.zeros_(module.weight)
         elif isinstance(module, Stitcher):
             init.constant_(module.alpha, 1.0)
             init.constant_(module.rho, 0.1)

@@ -10,8 +10,9 @@ The loop (method.md Sec. 7), for t_0 > t_1 > ... > t_K = 0:
                      / sqrt(t_k)): deterministic given the starting noise, as DDIM; it keeps what the starting
                      noise decided instead of drawing it anew at every step
     "deterministic": z = z0 (no re-noising; the paper's release)
-and a final Dec(z, 0) (done by the caller). Sample i draws all its noise from its own generator, so a batch
-of N samples equals N single runs with the same seeds.
+and a final Dec(z, 0) (done by the caller). A decoder trained with self-conditioning (ZonkeyConfig.self_conditioning)
+also reads the previous step's z0 at every step after the first, whichever the sampler. Sample i draws all its
+noise from its own generator, so a batch of N samples equals N single runs with the same seeds.
 """
 
 import math
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .ddmm import add_noise
+from .ddmm import add_noise, deterministic_step
 from .level import ZonkeyLevel
 
 SAMPLERS = ("ddmm", "ddim", "deterministic")
@@ -92,30 +93,40 @@ class Canvas:
 
 def denoise(level: ZonkeyLevel, z: torch.Tensor, schedule: list[float], sampler: str,
             generators: list[torch.Generator], owner: torch.Tensor, canvas: Canvas | None = None,
-            progress=None, clamp=None) -> torch.Tensor:
+            progress=None, clamp=None, fresh_noise: float = 0.0) -> torch.Tensor:
     """Run the sampler from z at t = schedule[0] down to a clean latent. z (M, C d) -> (M, C d).
 
+    fresh_noise ("ddim" only): the share f of fresh noise in each re-noising, eps = sqrt(1 - f^2) eps_hat + f eps_new
+    (0: "ddim", deterministic; 1: "ddmm").
     owner (M,): the sample (index into generators) each latent belongs to, for the re-noising draws.
     progress: an optional tqdm bar, advanced once per step. clamp: (X (M, L, d), e (M, L), t) -> X, or None.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
+    condition = None  # self-conditioning: the previous step's clean-latent estimate
     for t, t_next in zip(schedule[:-1], schedule[1:]):
-        out = level.decoder(z, torch.full((len(z),), t, device=z.device))
+        out = level.decoder(z, torch.full((len(z),), t, device=z.device), condition)
         sequence, existence = out.sequence, out.existence
         if clamp is not None:
             sequence = clamp(sequence, existence, t)
         if canvas is not None:
             sequence, existence = canvas.apply(sequence, existence)
         estimate = level.compressor(sequence, existence.to(sequence.dtype), latents_only=True).latents
+        if level.decoder.self_conditioning:
+            condition = estimate
         if sampler == "deterministic" or t_next <= 0:
             z = estimate
-        else:
-            if sampler == "ddmm":
-                eps = sample_noise(generators, owner, z.shape[1], z.device, z.dtype)
-            else:  # both on the sphere of radius nu(D): z ~ sqrt(t) eps + sqrt(1 - t) z0
-                eps = (z - math.sqrt(1.0 - t) * estimate) / math.sqrt(t)
+        elif sampler == "ddmm":
+            eps = sample_noise(generators, owner, z.shape[1], z.device, z.dtype)
             z = add_noise(estimate, torch.full((len(z),), t_next, device=z.device), noise=eps)
+        elif fresh_noise > 0:  # "ddim" with part of its implied noise drawn anew
+            eps = (z - math.sqrt(1.0 - t) * estimate) / math.sqrt(t)
+            fresh = sample_noise(generators, owner, z.shape[1], z.device, z.dtype)
+            eps = math.sqrt(1.0 - fresh_noise**2) * eps + fresh_noise * fresh
+            z = add_noise(estimate, torch.full((len(z),), t_next, device=z.device), noise=eps)
+        else:  # "ddim": on the sphere of radius nu(D), z ~ sqrt(t) eps + sqrt(1 - t) z0, eps the one z implies
+            z = deterministic_step(z, estimate, torch.full((len(z),), t, device=z.device),
+                                   torch.full((len(z),), t_next, device=z.device))
         if progress is not None:
             progress.update(1)
     return z
