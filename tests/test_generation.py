@@ -67,17 +67,19 @@ def test_ddmm_sampler_renoises_and_deterministic_does_not(model):
 
 
 def test_fresh_noise_moves_ddim_toward_ddmm(model):
-    """fresh_noise = 0 is ddim, 1 is ddmm (the same draws), anything between is neither; outside [0, 1] is refused."""
+    """fresh_noise = 1 is ddmm (the same draws), anything between 0 and 1 is neither; outside [0, 1] is refused, and
+    so is fresh noise for a sampler other than ddim."""
     def latents(**options):
         return model.generate(seed=3, return_dict_in_generate=True, **FAST, **options).latents
 
     torch.testing.assert_close(latents(sampler="ddim", fresh_noise=1.0), latents(sampler="ddmm"))
-    torch.testing.assert_close(latents(sampler="ddim", fresh_noise=0.0), latents(sampler="ddim"))
     half = latents(sampler="ddim", fresh_noise=0.5)
     assert not torch.allclose(half, latents(sampler="ddmm"), atol=1e-4)
     assert not torch.allclose(half, latents(sampler="ddim"), atol=1e-4)
     with pytest.raises(ValueError, match="fresh_noise must lie in"):
-        model.generate(fresh_noise=1.5, **FAST)
+        model.generate(sampler="ddim", fresh_noise=1.5, **FAST)
+    with pytest.raises(ValueError, match="pass sampler='ddim'"):
+        model.generate(sampler="ddmm", fresh_noise=0.5, **FAST)
 
 
 def test_ddim_sampler_reuses_the_implied_noise():

@@ -1,5 +1,5 @@
 """examples/experiments/sampler_steps.py (the DDMM check) on a micro folder: one row per (sampler, level, t), a
-score per step count, and the step counts it cannot ask of generate() refused with a message."""
+score per step count; and latent_identification.py's lookup."""
 
 import importlib.util
 import json
@@ -35,6 +35,14 @@ def test_it_writes_one_row_per_sampler_level_and_noise_level(script, micro_folde
     assert rows[0]["one_minus_cer"][0] == rows[2]["one_minus_cer"][0]
     assert capsys.readouterr().out.count("| " + str(micro_folder)) == 4
 
+
+
+def test_the_step_count_asked_of_generate_runs_exactly_k_steps(script):
+    import math
+
+    for t in [i / 100 for i in range(1, 101)]:
+        for steps in range(1, 120):
+            assert max(1, math.ceil(script.num_steps_for(steps, t) * t)) == steps, (t, steps)
 
 
 def test_an_unknown_option_is_refused_by_name(script, micro_folder, monkeypatch, capsys):

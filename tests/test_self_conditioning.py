@@ -133,6 +133,16 @@ def test_the_light_pass_is_the_samplers_step(sc_level):
     assert grads[1] is None or grads[1].abs().max() == 0
 
 
+def test_the_light_pass_reaches_the_latents_through_z_t1(sc_level):
+    """The sampler's step keeps z_t1 (with its gradient), so the light pass also trains what made the latents."""
+    _, level, sub, latents, vocabulary = sc_level
+    latents = latents.clone().requires_grad_(True)
+    torch.manual_seed(8)
+    terms = level.diffusion_terms(sub, level.clean_and_heavy_passes(latents, vocabulary))
+    grad = torch.autograd.grad(terms.ddmm, latents)[0]
+    assert grad.abs().sum() > 0
+
+
 def test_a_training_step_reaches_the_new_weights_at_every_level(sc_config):
     torch.manual_seed(1)
     model = ZonkeyModel(sc_config).train()

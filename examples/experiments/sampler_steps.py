@@ -18,10 +18,17 @@ from modeling_zonkey.evaluation.suite import held_out_documents, reconstruction_
 from modeling_zonkey.training.data import load_text_datasets
 
 
+def num_steps_for(steps: int, t: float) -> int:
+    """The num_steps for which generate(noise_level=t) runs exactly `steps` steps (it runs ceil(num_steps * t))."""
+    num_steps = math.floor(steps / t + 1e-9)
+    if math.ceil(num_steps * t) != steps:  # floating point: e.g. t = 0.68, K = 102 would run 103 steps
+        num_steps -= 1
+    return num_steps
+
+
 def one_minus_cer(model, documents: list[bytes], level: int, t: float, steps: int, seed: int) -> float:
     """1 - CER after `steps` sampler steps from latents of `level` noised to t (the model's generation config)."""
-    num_steps = math.floor(steps / t)  # generate() runs ceil(num_steps * t) = steps steps from t (as t <= 1)
-    result = reconstruction_metrics(model, documents, (t,), seed, num_steps=num_steps, levels=(level,))
+    result = reconstruction_metrics(model, documents, (t,), seed, num_steps=num_steps_for(steps, t), levels=(level,))
     return 1.0 - result[f"t={t:g}"][f"level{level}"]["cer"]
 
 

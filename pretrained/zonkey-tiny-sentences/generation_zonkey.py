@@ -120,6 +120,9 @@ class ZonkeyGenerationConfig(GenerationConfig):
         if not 0.0 <= float(self.fresh_noise) <= 1.0:
             raise ValueError(f"fresh_noise must lie in [0, 1] (0: deterministic ddim, 1: ddmm), "
                              f"got {self.fresh_noise!r}.")
+        if float(self.fresh_noise) > 0 and self.sampler != "ddim":
+            raise ValueError(f"fresh_noise mixes fresh noise into the ddim sampler's re-noising; sampler is "
+                             f"{self.sampler!r}: pass sampler='ddim' or leave fresh_noise at 0.")
         if not 0.0 < float(self.clamp_max_t) <= 1.0:
             raise ValueError(f"clamp_max_t must lie in (0, 1], got {self.clamp_max_t!r}.")
         if self.noise_level is not None and not 0.0 <= float(self.noise_level) <= 1.0:

@@ -80,8 +80,9 @@ class ZonkeyConfig(PreTrainedConfig):
         self_conditioning: the decoder also reads the previous clean-latent estimate (one more prompt input, added
             through a zero-initialised projection, so a checkpoint without it loads unchanged). Trained as is usual:
             the heavy pass gets the estimate of a first, gradient-free pass on half of its rows and nothing on the
-            others; the light pass becomes the sampler's own step, X3 = Dec(z_t2, t2, estimate) with z_t2 the
-            deterministic step from z_t1 toward the heavy estimate (its implied noise kept) and t2 ~ U(0, t1).
+            others; the light pass becomes the "ddim" sampler's step, X3 = Dec(z_t2, t2, estimate) with z_t2 the
+            deterministic step from z_t1 toward the heavy estimate (its implied noise kept) and t2 ~ U(0, t1). z_t1
+            keeps its gradient there, so the light pass also trains the compressor (as the heavy pass does).
         light_noise_scale: mean of the clean pass's small noise level t0, drawn as scale * Beta(1, 3) / 0.25 (the
             light pass's t2 is drawn as U(0, t1)).
         light_pass_fraction: share of the decoded segments that also take the light pass (a random subset each

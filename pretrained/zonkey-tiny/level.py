@@ -133,7 +133,8 @@ class ZonkeyLevel(nn.Module):
 
         Self-conditioning: half of the heavy rows (at random) first get a gradient-free estimate of their clean
         latent, `estimate(z_t1, t1)`, as the decoder's extra input; the other rows and the clean pass get none.
-        vocabulary (V, d): the byte embeddings at level 0 (the estimates are snapped to bytes as the sampler does).
+        vocabulary (V, d): the byte embeddings at level 0 (the estimates are snapped to bytes, as the sampler's
+        clamping does there; above level 0 training does not clamp through the level below, as the sampler does).
         """
         count, device = len(latents), latents.device
         t0 = light_noise_levels(count, self.config.light_noise_scale, device)

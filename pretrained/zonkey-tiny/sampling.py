@@ -97,7 +97,8 @@ def denoise(level: ZonkeyLevel, z: torch.Tensor, schedule: list[float], sampler:
     """Run the sampler from z at t = schedule[0] down to a clean latent. z (M, C d) -> (M, C d).
 
     fresh_noise ("ddim" only): the share f of fresh noise in each re-noising, eps = sqrt(1 - f^2) eps_hat + f eps_new
-    (0: "ddim", deterministic; 1: "ddmm").
+    (0: "ddim", deterministic; 1: "ddmm"). eps_hat is not renormalised: where the estimate is poor its norm exceeds
+    the fresh draw's, so the fresh share is below f.
     owner (M,): the sample (index into generators) each latent belongs to, for the re-noising draws.
     progress: an optional tqdm bar, advanced once per step. clamp: (X (M, L, d), e (M, L), t) -> X, or None.
     """
