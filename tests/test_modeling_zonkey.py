@@ -19,6 +19,8 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel, ZonkeyTokenizer
 from modeling_zonkey.configuration_zonkey import REGULARIZER_TERMS
+from modeling_zonkey.decoder import CausalBlock
+from modeling_zonkey.probabilistic_attention import PABlock
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -334,6 +336,9 @@ def test_gradient_checkpointing_gives_same_loss_and_gradients(make_model, tokeni
                 return _inner(*args, **kwargs)
 
             module._gradient_checkpointing_func = counted
+    blocks = [m for m in model.modules() if isinstance(m, (CausalBlock, PABlock))]
+    assert blocks and all(block.gradient_checkpointing for block in blocks), "a block is left out"
+    assert any(isinstance(m, CausalBlock) for m in blocks)  # the decompressor's blocks too
     checkpointed_loss, checkpointed_terms, checkpointed_grads = loss_and_grads(model, batch, seed=11)
     assert len(calls) > 0, "no block was checkpointed"
 
@@ -348,6 +353,34 @@ def test_gradient_checkpointing_gives_same_loss_and_gradients(make_model, tokeni
     disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
     disable()
     assert not any(getattr(module, "gradient_checkpointing", False) for module in model.modules())
+
+
+def saved_activation_bytes(model, batch, seed: int) -> int:
+    """Bytes of the tensors autograd saves for the backward pass during one training forward (what activation
+    checkpointing exists to cut; a deterministic stand-in for peak memory on CPU)."""
+    total = [0]
+
+    def pack(tensor):
+        total[0] += tensor.numel() * tensor.element_size()
+        return tensor
+
+    torch.manual_seed(seed)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(**batch, return_loss=True).loss.backward()
+    return total[0]
+
+
+def test_gradient_checkpointing_saves_fewer_activations(make_model, tokenizer):
+    model = make_model(seed=4, perturb=False).train()
+    batch = tokenizer(SHORT_TEXTS, padding=True, return_tensors="pt")
+    plain = saved_activation_bytes(model, batch, seed=11)
+    (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+    try:
+        checkpointed = saved_activation_bytes(model, batch, seed=11)
+    finally:
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+    # measured: 0.34 of the plain run with every block checkpointed, 0.72 with the decompressor's blocks left out
+    assert checkpointed < 0.5 * plain, (checkpointed, plain)
 
 
 def test_bf16_round_trip(make_model, tokenizer, tmp_path):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .probabilistic_attention import FeedForward, PAEncoder
 from .sphere import sinusoid, to_sphere
@@ -62,8 +63,10 @@ class SelfCondition(nn.Module):
         return F.linear(estimate, self.weight)
 
 
-class CausalBlock(nn.Module):
-    """Pre-LN causal self-attention block with a key/value cache (the decompressor's layer)."""
+class CausalBlock(GradientCheckpointingLayer):
+    """Pre-LN causal self-attention block with a key/value cache (the decompressor's layer). Under
+    `gradient_checkpointing_enable()` each call is recomputed in the backward pass instead of storing its activations
+    (the cache of earlier positions is a positional input, so it is kept, read again on the replay, never rewritten)."""
 
     def __init__(self, hidden_size: int, num_heads: int, ffn_multiplier: int):
         super().__init__()
