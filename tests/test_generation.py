@@ -233,6 +233,15 @@ def test_model_without_generation_config_file_gets_defaults(model, tmp_path):
     assert loaded.generation_config.existence_threshold == model.config.existence_threshold
 
 
+def test_an_unreadable_generation_config_file_is_named_not_dropped(model, tmp_path):
+    """A generation_config.json that is there but broken (a hand edit gone wrong) must not be replaced by the defaults
+    without a word: from_pretrained names the file."""
+    model.save_pretrained(tmp_path)
+    (tmp_path / "generation_config.json").write_text('{"num_steps": 7,')
+    with pytest.raises(ValueError, match="generation_config.json could not be read"):
+        ZonkeyModel.from_pretrained(tmp_path)
+
+
 def test_noise_schedules_run_from_start_to_zero():
     linear, cosine = noise_schedule("linear", 4), noise_schedule("cosine", 4, 0.5)
     assert linear == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
