@@ -30,9 +30,14 @@ def deterministic_step(z: torch.Tensor, estimate: torch.Tensor, t: torch.Tensor,
     """One deterministic x0-prediction step on the sphere (DDIM): z_t (M, D) at t (M,) and the clean-latent estimate
     (M, D) -> z at t_next (M,), the estimate re-noised with the noise z_t implies, eps_hat = (z_t - sqrt(1 - t) z0) /
     sqrt(t); what the starting noise decided is kept. t is floored at 1e-4 (eps_hat is undefined at t = 0)."""
-    t = t.float().clamp_min(1e-4)[:, None]  # the coefficients in float32 (bfloat16 rounds t by up to ~1e-3)
-    eps = (z.float() - (1 - t).sqrt() * estimate.float()) / t.sqrt()
-    return add_noise(estimate.float(), t_next, noise=eps).to(z.dtype)
+    return add_noise(estimate.float(), t_next, noise=implied_noise(z, estimate, t)).to(z.dtype)
+
+
+def implied_noise(z: torch.Tensor, estimate: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """eps_hat = (z_t - sqrt(1 - t) z0) / sqrt(t): the noise z_t (M, D) implies given the estimate z0 (M, D), t (M,),
+    in float32 (bfloat16 would round t by up to ~1e-3). t is floored at 1e-4."""
+    t = t.float().clamp_min(1e-4)[:, None]
+    return (z.float() - (1 - t).sqrt() * estimate.float()) / t.sqrt()
 
 
 def light_noise_levels(count: int, scale: float, device: torch.device) -> torch.Tensor:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .ddmm import add_noise, deterministic_step
+from .ddmm import add_noise, deterministic_step, implied_noise
 from .level import ZonkeyLevel
 
 SAMPLERS = ("ddmm", "ddim", "deterministic")
@@ -121,7 +121,7 @@ def denoise(level: ZonkeyLevel, z: torch.Tensor, schedule: list[float], sampler:
             eps = sample_noise(generators, owner, z.shape[1], z.device, z.dtype)
             z = add_noise(estimate, torch.full((len(z),), t_next, device=z.device), noise=eps)
         elif fresh_noise > 0:  # "ddim" with part of its implied noise drawn anew
-            eps = (z - math.sqrt(1.0 - t) * estimate) / math.sqrt(t)
+            eps = implied_noise(z, estimate, torch.full((len(z),), t, device=z.device)).to(z.dtype)
             fresh = sample_noise(generators, owner, z.shape[1], z.device, z.dtype)
             eps = math.sqrt(1.0 - fresh_noise**2) * eps + fresh_noise * fresh
             z = add_noise(estimate, torch.full((len(z),), t_next, device=z.device), noise=eps)
