@@ -9,8 +9,8 @@ is reported, so the ratio is measured under the same machine load.
 
     python benchmarks/bench_generation.py --model runs/zonkey-tiny             # a trained folder
     python benchmarks/bench_generation.py --config configuration/zonkey-tiny.json   # random weights
-    python benchmarks/bench_generation.py --model pretrained/zonkey-tiny-sentences --max_new_bytes 100 1000 4000
-        # long samples: windows chained by generate(max_new_bytes=N); the time per byte should stay flat in N
+    python benchmarks/bench_generation.py --model pretrained/zonkey-tiny-sentences --max_new_tokens 100 1000 4000
+        # long samples: windows chained by generate(max_new_tokens=N); the time per byte should stay flat in N
 """
 
 import argparse
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--options", type=json.loads, default={},
                         help='other generation options, a JSON object, e.g. \'{"clamp_min_existence": 0.5}\'')
     parser.add_argument("--no_clamp", action="store_true", help="sample without clamping (faster, collapsed samples)")
-    parser.add_argument("--max_new_bytes", type=int, nargs="+", default=None,
+    parser.add_argument("--max_new_tokens", "--max_new_bytes", type=int, nargs="+", default=None,
                         help="sample lengths to measure, each written as chained windows (default: one window)")
     args = parser.parse_args()
     if args.threads:
@@ -63,7 +63,7 @@ def main() -> None:
         model, name = ZonkeyModel(ZonkeyConfig.from_pretrained(args.config)).eval(), f"{args.config} (random weights)"
     zonkey_parameters = sum(p.numel() for p in model.parameters())
     torch.manual_seed(0)
-    baseline = char_baseline(zonkey_parameters, context=max([1024, *(n + 2 for n in args.max_new_bytes or [])])).eval()
+    baseline = char_baseline(zonkey_parameters, context=max([1024, *(n + 2 for n in args.max_new_tokens or [])])).eval()
     baseline_parameters = sum(p.numel() for p in baseline.parameters())
 
     print(machine_line() + f"; torch threads {torch.get_num_threads()}")
@@ -75,10 +75,10 @@ def main() -> None:
           "Zonkey / baseline |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     notes = []
-    for batch, length in [(b, n) for b in args.batch_sizes for n in (args.max_new_bytes or [None])]:
+    for batch, length in [(b, n) for b in args.batch_sizes for n in (args.max_new_tokens or [None])]:
         zonkey_time, ids = median_seconds(
             lambda: model.generate(num_return_sequences=batch, num_steps=args.steps, seed=0, clamp=not args.no_clamp,
-                                   max_new_bytes=length, **args.options),
+                                   max_new_tokens=length, **args.options),
             args.repeats, not args.no_warmup)
         produced = int((ids != model.config.pad_token_id).sum())
         per_sample = max(1, round(produced / batch))

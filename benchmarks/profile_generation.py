@@ -7,7 +7,7 @@ two-level model, and the final decode), the stitcher, the splitter. "other" is t
 draws, nearest-byte search, Python).
 
     python benchmarks/profile_generation.py --model pretrained/zonkey-tiny-sentences
-    python benchmarks/profile_generation.py --model pretrained/zonkey-tiny-sentences --batch_size 1 --max_new_bytes 200
+    python benchmarks/profile_generation.py --model pretrained/zonkey-tiny-sentences --batch_size 1 --max_new_tokens 200
 """
 
 import argparse
@@ -55,7 +55,8 @@ def main() -> None:
     parser.add_argument("--model", default=str(shipped))
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--max_new_bytes", type=int, default=None, help="chained windows (default: one window)")
+    parser.add_argument("--max_new_tokens", "--max_new_bytes", type=int, default=None,
+                        help="new bytes per sample, over as many windows as it takes (default: one window)")
     parser.add_argument("--options", type=json.loads, default={},
                         help='other generation options, a JSON object, e.g. \'{"clamp_min_existence": 0.5}\'')
     parser.add_argument("--no_clamp", action="store_true")
@@ -65,8 +66,8 @@ def main() -> None:
     configure_threads(args.threads)
     model = AutoModel.from_pretrained(args.model).eval()
     options = dict(num_return_sequences=args.batch_size, num_steps=args.steps, seed=0, clamp=not args.no_clamp,
-                   max_new_bytes=args.max_new_bytes, **args.options)
-    model.generate(**{**options, "num_steps": 2, "max_new_bytes": None})  # warm-up
+                   max_new_tokens=args.max_new_tokens, **args.options)
+    model.generate(**{**options, "num_steps": 2, "max_new_tokens": None})  # warm-up
     seconds, calls, handles = component_timers(model)
     start = time.perf_counter()
     ids = model.generate(**options)

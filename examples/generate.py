@@ -5,6 +5,7 @@
     python examples/generate.py runs/zonkey-tiny --prompt "The river "        # continue a prompt
     python examples/generate.py runs/zonkey-tiny --infill "The [GAP] river."  # fill the gap
     python examples/generate.py runs/zonkey-tiny --reconstruct "Some text." --noise_level 0.3   # variations
+    python examples/generate.py runs/zonkey-tiny --max_new_tokens 300 --stream  # 300 bytes, drafts shown as they form
 
 Options not given here come from the folder's generation_config.json. --show_segmentation prints each
 output with the model's own segment starts ("|" level 0, "‖" level 1).
@@ -15,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoTokenizer, TextDiffusionStreamer
 
 import modeling_zonkey  # noqa: F401  (registers the Auto classes)
 from modeling_zonkey.evaluation.inspection import mark_boundaries, segment_text
@@ -34,26 +35,46 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--level", type=int, default=None,
                         help="level whose latents --reconstruct noises (default: top)")
     parser.add_argument("--num_samples", type=int, default=4)
-    parser.add_argument("--num_steps", type=int, default=None, help="denoising steps (default: generation config, 50)")
-    parser.add_argument("--sampler", choices=["ddmm", "deterministic"], default=None)
+    parser.add_argument("--num_steps", "--max_denoising_steps", type=int, default=None,
+                        help="denoising steps (default: the folder's generation config)")
+    parser.add_argument("--sampler", choices=["ddmm", "ddim", "deterministic"], default=None)
     parser.add_argument("--noise_schedule", choices=["linear", "cosine"], default=None)
     parser.add_argument("--gap_segments", type=int, default=None, help="top-level positions of an --infill gap")
-    parser.add_argument("--max_new_bytes", type=int, default=None,
-                        help="samples, --prompt, --infill: write windows until this many new bytes (an --infill "
-                             "then joins them to the text after the gap); --reconstruct: a cap on the bytes")
+    parser.add_argument("--max_new_tokens", "--max_new_bytes", type=int, default=None,
+                        help="new bytes per sample (windows are written until there are this many; an --infill "
+                             "then joins them to the text after the gap); --reconstruct: a cap on the bytes. "
+                             "Default: one window. (--max_new_bytes: its old name)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show_segmentation", action="store_true")
     parser.add_argument("--progress", action="store_true", help="a progress bar over the denoising steps")
+    parser.add_argument("--stream", action="store_true",
+                        help="print each sample as it is written: every denoising step's draft (in yellow, "
+                             "overwritten), then the final text (transformers' TextDiffusionStreamer)")
     return parser.parse_args(argv)
 
 
 def generate(model, tokenizer, args: argparse.Namespace) -> list[str]:
+    """The samples' texts; with --stream, each is printed as it forms (one generate() call per sample, sample i
+    seeded seed + i: the same text as in one batch)."""
     options = {name: value for name, value in (
         ("num_steps", args.num_steps), ("sampler", args.sampler), ("noise_schedule", args.noise_schedule),
-        ("gap_segments", args.gap_segments)) if value is not None}
-    if args.max_new_bytes is not None:  # many windows where generate() writes new text, else a cap
-        options["max_new_tokens" if args.reconstruct is not None else "max_new_bytes"] = args.max_new_bytes
+        ("gap_segments", args.gap_segments), ("max_new_tokens", args.max_new_tokens)) if value is not None}
     options.update(seed=args.seed, num_return_sequences=args.num_samples, progress_bar=args.progress)
+    inputs = inputs_for(model, tokenizer, args, options)
+    if not args.stream:
+        return tokenizer.batch_decode(model.generate(**inputs, **options), skip_special_tokens=True)
+    texts = []
+    for index in range(args.num_samples):
+        print(f"--- sample {index}", flush=True)
+        streamer = TextDiffusionStreamer(tokenizer, skip_special_tokens=True)
+        ids = model.generate(**inputs, **{**options, "seed": args.seed + index, "num_return_sequences": 1},
+                             streamer=streamer)
+        texts.append(tokenizer.decode(ids[0], skip_special_tokens=True))
+    return texts
+
+
+def inputs_for(model, tokenizer, args: argparse.Namespace, options: dict) -> dict:
+    """generate()'s text inputs for the mode the arguments ask for (and its reconstruction options)."""
     if args.infill is not None:
         if args.infill.count(GAP) != 1:
             raise ValueError(f"--infill needs exactly one {GAP} marker, found {args.infill.count(GAP)}.")
@@ -61,19 +82,16 @@ def generate(model, tokenizer, args: argparse.Namespace) -> list[str]:
         if not before or not after:
             raise ValueError(f"--infill needs text on both sides of {GAP} (use --prompt to continue a text).")
         suffix = tokenizer([after], return_tensors="pt").to(model.device)
-        ids = model.generate(**tokenizer([before], return_tensors="pt").to(model.device),
-                             suffix_ids=suffix["input_ids"], suffix_attention_mask=suffix["attention_mask"], **options)
-    elif args.prompt is not None or args.reconstruct is not None:
+        return dict(**tokenizer([before], return_tensors="pt").to(model.device), suffix_ids=suffix["input_ids"],
+                    suffix_attention_mask=suffix["attention_mask"])
+    if args.prompt is not None or args.reconstruct is not None:
         text = args.prompt if args.prompt is not None else args.reconstruct
         if not text:
             raise ValueError("the text is empty: give at least one character (or no text for samples from noise).")
-        batch = tokenizer([text], return_tensors="pt").to(model.device)
         if args.reconstruct is not None:
             options.update(noise_level=args.noise_level, level=args.level)
-        ids = model.generate(**batch, **options)
-    else:
-        ids = model.generate(**options)
-    return tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return dict(tokenizer([text], return_tensors="pt").to(model.device))
+    return {}
 
 
 def main(argv=None) -> int:
@@ -98,8 +116,9 @@ def main(argv=None) -> int:
         return 1
     seconds = time.perf_counter() - start
     for index, text in enumerate(texts):
-        print(f"--- sample {index} ({len(text.encode('utf-8'))} bytes)")
-        print(text)
+        if not args.stream:  # (streamed samples are on the screen already)
+            print(f"--- sample {index} ({len(text.encode('utf-8'))} bytes)")
+            print(text)
         if args.show_segmentation and text:
             data = text.encode("utf-8")[: model.config.document_length[0]]
             seg = segment_text(model, tokenizer, data.decode("utf-8", errors="ignore"))

@@ -4,8 +4,8 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from .configuration_zonkey import ZonkeyConfig
 from .generation_zonkey import ZonkeyGenerateOutput, ZonkeyGenerationConfig
-from .hub.pipelines import ZonkeyTextGenerationPipeline, register_pipelines
 from .modeling_zonkey import ZonkeyModel, ZonkeyModelOutput, ZonkeyPreTrainedModel
+from .pipeline_zonkey import ZonkeyTextGenerationPipeline, register_pipelines
 from .tokenization_zonkey import ZonkeyTokenizer
 
 AutoConfig.register("zonkey", ZonkeyConfig, exist_ok=True)

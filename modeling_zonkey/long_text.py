@@ -1,4 +1,4 @@
-"""Text longer than one top-level window: `generate(max_new_bytes=N)`.
+"""Text longer than one top-level window: `generate(max_new_tokens=N)` (N new bytes).
 
 A top-level window is one top-level segment (a few word latents for zonkey-tiny), and nothing above the top level
 relates consecutive segments: the model's own long text is a row of top-level segments drawn independently,
@@ -41,28 +41,30 @@ class Prompt:
     suffix: torch.Tensor | None  # (S,) byte ids, infilling only
 
 
-def generate_long(model, prompts: list[Prompt] | None, config, progress_bar: bool, streamer=None) -> list[torch.Tensor]:
-    """max_new_bytes: each sample's prompt (if any), config.max_new_bytes new bytes (fewer if a window adds
-    nothing), or, before a suffix, at least that many (whole segments) and the infilling window's bytes; then its
-    suffix (if any). -> one 1-D tensor of byte ids per sample (prompts x num_return_sequences)."""
+def generate_long(model, prompts: list[Prompt] | None, config, budgets: list[int], observers) -> list[torch.Tensor]:
+    """Each sample's prompt (if any), budgets[i] new bytes (fewer if a window adds nothing), or, before a suffix, at
+    least that many (whole segments) and the infilling window's bytes; then its suffix (if any). budgets: one per
+    sample (prompts x num_return_sequences). observers: the call's progress bar and streamer (the prompt is already
+    put). -> one 1-D tensor of byte ids per sample."""
     repeats = config.num_return_sequences
     one = copy.deepcopy(config)  # the options of one window
-    one.max_new_bytes = one.max_new_tokens = one.max_length = None
+    one.max_new_tokens = one.max_length = None
     one.num_return_sequences = 1
     empty = torch.zeros(0, dtype=torch.long, device=model.device)
     samples = [Prompt(empty, None)] * repeats if prompts is None else [p for p in prompts for _ in range(repeats)]
     base = config.seed if config.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
     seeds = [base + i for i in range(len(samples))]
-    if streamer is not None and len(samples[0].prefix):
-        streamer.put(samples[0].prefix.cpu())
-    put = (lambda i, ids: streamer.put(ids.cpu())) if streamer is not None else (lambda i, ids: None)
+
+    def put(i: int, ids: torch.Tensor) -> None:  # a streamer follows sample 0, the only one
+        observers.put(ids)
+
     if config.chain_windows:
-        return _chained(model, samples, seeds, config.max_new_bytes, one, progress_bar, put)
+        return _chained(model, samples, seeds, budgets, one, observers, put)
     infilling = samples[0].suffix is not None  # the gap's segments are not cut mid-word: the bridge follows them
-    texts = _segments(model, samples, seeds, config.max_new_bytes, one, progress_bar, put, cut=not infilling)
+    texts = _segments(model, samples, seeds, budgets, one, observers, put, cut=not infilling)
     if samples[0].suffix is None:
         return texts
-    return _bridges(model, samples, texts, seeds, one, progress_bar, put)
+    return _bridges(model, samples, texts, seeds, one, observers, put)
 
 
 def window_seed(seed: int, window: int) -> int:
@@ -81,20 +83,20 @@ def _window_seeds(seeds: list[int], samples: list[int], windows: list[int]) -> l
     return [window_seed(seeds[i], w) for i, w in zip(samples, windows)]
 
 
-def _segments(model, samples: list[Prompt], seeds: list[int], budget: int, one, progress_bar: bool,
+def _segments(model, samples: list[Prompt], seeds: list[int], budgets: list[int], one, observers,
               put, cut: bool = True) -> list[torch.Tensor]:
-    """Steps 1 and 2: the prompt, then new top-level segments until `budget` new bytes (cut there, or with
+    """Steps 1 and 2: the prompt, then new top-level segments until budgets[i] new bytes (cut there, or with
     cut=False the last round's pieces kept whole)."""
     texts = [s.prefix for s in samples]
     emitted = [0] * len(samples)  # new bytes so far
     carry: list[torch.Tensor | None] = [None] * len(samples)  # the last kept position, not yet emitted
     if samples[0].prefix.numel():  # the prompts' continuations (window 0)
-        spans, _, _ = model._around_windows([Prompt(s.prefix, None) for s in samples], one, progress_bar,
+        spans, _, _ = model._around_windows([Prompt(s.prefix, None) for s in samples], one, observers,
                                             _window_seeds(seeds, range(len(samples)), [0] * len(samples)),
                                             min_new_positions=0)
         new = dict(enumerate(spans))
     else:
-        new = _new_segments(model, one, progress_bar, seeds, list(range(len(samples))), [0] * len(samples),
+        new = _new_segments(model, one, observers, seeds, list(range(len(samples))), [0] * len(samples),
                             [1] * len(samples))
     used = [1] * len(samples)  # windows drawn so far
     prompted = int(samples[0].prefix.numel() > 0)  # window 0 was the prompt's continuation, not from noise
@@ -105,7 +107,7 @@ def _segments(model, samples: list[Prompt], seeds: list[int], budget: int, one, 
         stable, whole = _decode_rows(model, {i: row for i, row in rows.items() if len(row)}, one)
         still = []
         for i in active:
-            need = budget - emitted[i]
+            need = budgets[i] - emitted[i]
             if i not in whole:  # nothing kept, nothing carried: the prompt's segment had ended, or the sample ends
                 if used[i] == 1 and samples[i].prefix.numel():
                     still.append(i)
@@ -127,9 +129,9 @@ def _segments(model, samples: list[Prompt], seeds: list[int], budget: int, one, 
                 before[i], counts = known, counts + [1]
                 continue
             rate = (known - before[i]) / (used[i] - prompted)
-            counts.append(math.ceil((budget - emitted[i]) / rate) + 1 if rate > 0 else 1)
+            counts.append(math.ceil((budgets[i] - emitted[i]) / rate) + 1 if rate > 0 else 1)
         if still:
-            drawn = _new_segments(model, one, progress_bar, seeds, still, [used[i] for i in still], counts)
+            drawn = _new_segments(model, one, observers, seeds, still, [used[i] for i in still], counts)
             for i, count in zip(still, counts):
                 used[i] += count
             new = drawn
@@ -137,7 +139,7 @@ def _segments(model, samples: list[Prompt], seeds: list[int], budget: int, one, 
     return texts
 
 
-def _new_segments(model, one, progress_bar: bool, seeds: list[int], samples: list[int], first: list[int],
+def _new_segments(model, one, observers, seeds: list[int], samples: list[int], first: list[int],
                   counts: list[int]) -> dict[int, torch.Tensor]:
     """counts[j] windows from noise for samples[j] (its windows first[j], first[j] + 1, ...), all denoised in one
     batch -> for each sample, the kept top-level positions of its windows, in order (n, d_top)."""
@@ -147,7 +149,7 @@ def _new_segments(model, one, progress_bar: bool, seeds: list[int], samples: lis
     for start in range(0, len(owners), MAX_WINDOWS_PER_BATCH):  # windows are independent: batches bound memory
         chunk = owners[start : start + MAX_WINDOWS_PER_BATCH]
         _, sequence, existence = model._sample_windows(
-            one, len(chunk), None, progress_bar, _window_seeds(seeds, chunk, windows[start : start + len(chunk)]))
+            one, len(chunk), None, observers, _window_seeds(seeds, chunk, windows[start : start + len(chunk)]))
         keep = kept_length(existence, one.existence_threshold).tolist()
         for row, i in enumerate(chunk):
             out[i].append(sequence[row, : keep[row]])
@@ -179,13 +181,13 @@ def _decode_rows(model, rows: dict[int, torch.Tensor], one) -> tuple[dict, dict]
     return stable, whole
 
 
-def _bridges(model, samples: list[Prompt], texts: list[torch.Tensor], seeds: list[int], one, progress_bar: bool,
+def _bridges(model, samples: list[Prompt], texts: list[torch.Tensor], seeds: list[int], one, observers,
              put) -> list[torch.Tensor]:
     """Step 3: one infilling window between each text so far and its suffix: gap_segments new positions, then the
     suffix's first top-level segment known."""
     prompts = [Prompt(text, sample.suffix) for text, sample in zip(texts, samples)]
     bridge = 2**23  # the bridge's window index: past any window of the segments before it
-    spans, _, _ = model._around_windows(prompts, one, progress_bar,
+    spans, _, _ = model._around_windows(prompts, one, observers,
                                         _window_seeds(seeds, range(len(samples)), [bridge] * len(samples)),
                                         left_context=False)
     top = model.config.num_levels - 1
@@ -197,7 +199,7 @@ def _bridges(model, samples: list[Prompt], texts: list[torch.Tensor], seeds: lis
     return out
 
 
-def _chained(model, samples: list[Prompt], seeds: list[int], budget: int, one, progress_bar: bool,
+def _chained(model, samples: list[Prompt], seeds: list[int], budgets: list[int], one, observers,
              put) -> list[torch.Tensor]:
     """chain_windows: windows one after another, each a continuation of the text so far (its last top-level
     segment known, by replacement); samples that are done, or whose window added nothing, leave the batch."""
@@ -205,16 +207,16 @@ def _chained(model, samples: list[Prompt], seeds: list[int], budget: int, one, p
     while active:
         window_seeds = _window_seeds(seeds, active, [window] * len(active))
         if window == 0 and not samples[0].prefix.numel():
-            added = model._generate_from_noise(one, progress_bar, window_seeds)[0]
+            added = model._generate_from_noise(one, observers, window_seeds)[0]
         else:
-            outputs = model._generate_around([Prompt(texts[i], None) for i in active], one, progress_bar,
+            outputs = model._generate_around([Prompt(texts[i], None) for i in active], one, observers,
                                              window_seeds)[0]
             added = [output[len(texts[i]):] for output, i in zip(outputs, active)]
         for i, new in zip(active, added):
-            new = new[: max(0, len(samples[i].prefix) + budget - len(texts[i]))]  # the last window: cut
+            new = new[: max(0, len(samples[i].prefix) + budgets[i] - len(texts[i]))]  # the last window: cut
             texts[i] = torch.cat([texts[i], new])
             put(i, new)
         active = [i for i, new in zip(active, added)
-                  if len(new) > 0 and len(texts[i]) - len(samples[i].prefix) < budget]
+                  if len(new) > 0 and len(texts[i]) - len(samples[i].prefix) < budgets[i]]
         window += 1
     return texts

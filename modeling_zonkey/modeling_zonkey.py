@@ -32,6 +32,28 @@ INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64
 
 
 @dataclass
+class ZonkeyLevels(ModelOutput):
+    """The per-level outputs of a forward pass, read as a tuple: levels[l] is level l's ZonkeyLevelOutput, and
+    len(), iteration and slices work as for a tuple.
+
+    A ModelOutput rather than a tuple for transformers' pipelines: with batch_size > 1 they split every item of a
+    batched output by its first dimension, which the per-level tuple does not have (its first dimension is the
+    level), and they leave out an item that is a ModelOutput whose first value is not a tensor.
+    """
+
+    outputs: tuple[ZonkeyLevelOutput, ...] | None = None
+
+    def __getitem__(self, key):
+        return super().__getitem__(key) if isinstance(key, str) else self.outputs[key]
+
+    def __len__(self) -> int:
+        return len(self.outputs)
+
+    def __iter__(self):
+        return iter(self.outputs)
+
+
+@dataclass
 class ZonkeyModelOutput(ModelOutput):
     """
     loss: the weighted sum of every loss term (with `return_loss=True`).
@@ -41,13 +63,14 @@ class ZonkeyModelOutput(ModelOutput):
         padded with zero vectors (`levels[0].latent_mask` marks the real ones). The same tensor as
         `levels[0].latents`, given first (after `loss`) so that `output[0]` without a loss is a (batch, length,
         hidden) tensor, as transformers' feature-extraction pipeline reads it.
-    levels: one `ZonkeyLevelOutput` per level, with `bos_probs` (B_l, N_l), `boundaries`, `latents`.
+    levels: one `ZonkeyLevelOutput` per level, with `bos_probs` (B_l, N_l), `boundaries`, `latents` (a
+        `ZonkeyLevels`, read as a tuple).
     """
 
     loss: torch.Tensor | None = None
     loss_terms: dict[str, torch.Tensor] | None = None
     segment_latents: torch.Tensor | None = None
-    levels: tuple[ZonkeyLevelOutput, ...] | None = None
+    levels: ZonkeyLevels | None = None
 
 
 class ZonkeyPreTrainedModel(PreTrainedModel):
@@ -244,7 +267,7 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
                                                    self.config.document_length[index + 1])
                 targets = LevelTargets(x) if return_loss else None
         if not return_loss:
-            return ZonkeyModelOutput(segment_latents=outputs[0].latents, levels=tuple(outputs))
+            return ZonkeyModelOutput(segment_latents=outputs[0].latents, levels=ZonkeyLevels(tuple(outputs)))
         terms, total = {}, x.new_zeros((), dtype=torch.float32)
         for index, output in enumerate(outputs):
             if index in self.frozen_levels:
@@ -254,7 +277,7 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
             terms[f"loss/level{index}"] = level_total
             total = total + level_total
         return ZonkeyModelOutput(loss=total, loss_terms=terms, segment_latents=outputs[0].latents,
-                                 levels=tuple(outputs))
+                                 levels=ZonkeyLevels(tuple(outputs)))
 
     def compile_components(self, components: tuple[str, ...] | list[str] = ("decoder", "compressor"),
                            dynamic: bool = True) -> None:

@@ -93,7 +93,7 @@ class Canvas:
 
 def denoise(level: ZonkeyLevel, z: torch.Tensor, schedule: list[float], sampler: str,
             generators: list[torch.Generator], owner: torch.Tensor, canvas: Canvas | None = None,
-            progress=None, clamp=None, fresh_noise: float = 0.0) -> torch.Tensor:
+            progress=None, clamp=None, fresh_noise: float = 0.0, on_step=None) -> torch.Tensor:
     """Run the sampler from z at t = schedule[0] down to a clean latent. z (M, C d) -> (M, C d).
 
     fresh_noise ("ddim" only): the share f of fresh noise in each re-noising, eps = sqrt(1 - f^2) eps_hat + f eps_new
@@ -101,6 +101,8 @@ def denoise(level: ZonkeyLevel, z: torch.Tensor, schedule: list[float], sampler:
     the fresh draw's, so the fresh share is below f.
     owner (M,): the sample (index into generators) each latent belongs to, for the re-noising draws.
     progress: an optional tqdm bar, advanced once per step. clamp: (X (M, L, d), e (M, L), t) -> X, or None.
+    on_step: an optional callable given each step's estimate of the clean window, X (M, L, d) and e (M, L) as
+    compressed (clamped, canvas applied): what a draft streamer shows.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
@@ -113,6 +115,8 @@ def denoise(level: ZonkeyLevel, z: torch.Tensor, schedule: list[float], sampler:
         if canvas is not None:
             sequence, existence = canvas.apply(sequence, existence)
         estimate = level.compressor(sequence, existence.to(sequence.dtype), latents_only=True).latents
+        if on_step is not None:
+            on_step(sequence, existence)
         if level.decoder.self_conditioning:
             condition = estimate
         if sampler == "deterministic" or t_next <= 0:

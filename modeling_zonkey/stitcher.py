@@ -112,7 +112,7 @@ class Stitcher(nn.Module):
                cutoff: float = 0.5, refine: bool = True) -> list[torch.Tensor]:
         """`assemble` before the concatenation: what each of the K segments contributes, K tensors (n_k, d).
         Piece k depends on segments k and k + 1 only (the last on itself), so a document decoded in parts that
-        overlap by one segment gives the same pieces (generate(max_new_bytes=...) relies on this)."""
+        overlap by one segment gives the same pieces (generate(max_new_tokens=...) relies on this)."""
         count = segments.shape[0]
         if gaps is not None and len(gaps) == count:
             gaps, last_keep = gaps[:-1], int(gaps[-1])

@@ -177,12 +177,52 @@ def test_output_length_follows_predicted_existence(model, monkeypatch):
         assert 1 <= n <= k * max_bytes, (k, n)
 
 
-def test_max_new_tokens_and_max_length_cap_the_output(model):
+def test_max_new_tokens_and_max_length_count_the_bytes_of_the_sample(model, tokenizer):
+    """As in transformers: max_new_tokens is the number of new bytes (Zonkey's tokens), over as many windows as it
+    takes; max_length the bytes of the whole output, prompt included, so prompts of different lengths get different
+    numbers of new bytes. Without either, one window: the model's own sample length."""
     full = model.generate(num_return_sequences=2, seed=0, **FAST)
     assert max(lengths(full)) > 5
     capped = model.generate(num_return_sequences=2, seed=0, max_new_tokens=5, **FAST)
     assert lengths(capped) == [5, 5] and torch.equal(capped, full[:, :5])
     assert lengths(model.generate(num_return_sequences=2, seed=0, max_length=3, **FAST)) == [3, 3]
+    many = model.generate(seed=0, max_new_tokens=4 * max(lengths(full)), **FAST)
+    assert lengths(many) == [4 * max(lengths(full))]  # several windows
+    prompts = tokenizer(["The river ", "A "], return_tensors="pt", padding=True)
+    assert lengths(model.generate(**prompts, seed=0, max_length=40, **FAST)) == [40, 40]
+    assert lengths(model.generate(**prompts, seed=0, max_length=40, max_new_tokens=20, **FAST)) == [30, 22]
+
+
+def test_old_and_alias_names_of_the_options(model, tokenizer):
+    """max_new_bytes (the old name of max_new_tokens) still works and warns; max_denoising_steps (transformers'
+    diffusion LM's name) is num_steps; one option under two names with two values is an error naming both."""
+    with pytest.warns(FutureWarning, match="max_new_bytes is deprecated: use max_new_tokens"):
+        old = model.generate(seed=1, max_new_bytes=30, **{**FAST, "num_steps": 3})
+    assert torch.equal(old, model.generate(seed=1, max_new_tokens=30, **{**FAST, "num_steps": 3}))
+    with pytest.warns(FutureWarning):
+        assert ZonkeyGenerationConfig(max_new_bytes=12).max_new_tokens == 12
+    fast = {k: v for k, v in FAST.items() if k != "num_steps"}
+    assert torch.equal(model.generate(seed=1, max_denoising_steps=3, **fast),
+                       model.generate(seed=1, num_steps=3, **fast))
+    assert ZonkeyGenerationConfig(max_denoising_steps=9).num_steps == 9
+    with pytest.raises(ValueError, match="max_denoising_steps = 3 and num_steps = 4 name the same option"):
+        model.generate(seed=1, max_denoising_steps=3, num_steps=4)
+
+
+def test_unset_options_take_the_declared_defaults(model):
+    """An option left None by the call, the config passed and the model's config is filled from
+    `_get_default_generation_params()`, as transformers' diffusion LM does; the model's config wins over it."""
+    defaults = ZonkeyGenerationConfig._get_default_generation_params()
+    resolved = model._prepare_generation_config(ZonkeyGenerationConfig(sampler="ddim"), num_steps=3)
+    assert (resolved.num_steps, resolved.sampler, resolved.clamp) == (3, "ddim", defaults["clamp"])
+    assert resolved.max_new_tokens is None and resolved.seed is None  # None means something for these
+    saved = model.generation_config
+    model.generation_config = ZonkeyGenerationConfig(num_steps=7, gap_segments=3)
+    try:
+        resolved = model._prepare_generation_config(ZonkeyGenerationConfig(num_steps=4))
+    finally:
+        model.generation_config = saved
+    assert (resolved.num_steps, resolved.gap_segments, resolved.sampler) == (4, 3, defaults["sampler"])
 
 
 def test_caps_apply_to_reconstructions_too(model, tokenizer):
@@ -229,8 +269,10 @@ def test_model_without_generation_config_file_gets_defaults(model, tmp_path):
     (tmp_path / "generation_config.json").unlink()
     loaded = ZonkeyModel.from_pretrained(tmp_path)
     assert type(loaded.generation_config) is ZonkeyGenerationConfig
-    assert loaded.generation_config.num_steps == 50
-    assert loaded.generation_config.existence_threshold == model.config.existence_threshold
+    assert loaded.generation_config.num_steps is None  # unset: generate() applies the declared default
+    resolved = loaded._prepare_generation_config(None)
+    assert resolved.num_steps == ZonkeyGenerationConfig._get_default_generation_params()["num_steps"] == 50
+    assert resolved.existence_threshold == model.config.existence_threshold
 
 
 def test_an_unreadable_generation_config_file_is_named_not_dropped(model, tmp_path):
@@ -316,10 +358,10 @@ def test_one_level_model_generates_in_every_mode(tokenizer):
     filled = model.generate(**prompt, suffix_ids=suffix, seed=0, gap_segments=3, **FAST)[0]
     assert len(filled) == 8 + 3 + 3 and torch.equal(filled[-3:], suffix[0])  # 3 gap positions are 3 bytes here
     assert torch.equal(model.generate(**prompt, noise_level=0.0), model.reconstruct(**prompt)[0][None])
-    long = model.generate(**prompt, seed=0, max_new_bytes=30, **FAST)[0]  # long text: byte vectors, no stitching
+    long = model.generate(**prompt, seed=0, max_new_tokens=30, **FAST)[0]  # long text: byte vectors, no stitching
     assert len(long) == 8 + 30 and torch.equal(long[:8], prompt["input_ids"][0])
-    assert lengths(model.generate(num_return_sequences=2, seed=0, max_new_bytes=30, **FAST)) == [30, 30]
-    long_fill = model.generate(**prompt, suffix_ids=suffix, seed=0, max_new_bytes=20, **FAST)[0]
+    assert lengths(model.generate(num_return_sequences=2, seed=0, max_new_tokens=30, **FAST)) == [30, 30]
+    long_fill = model.generate(**prompt, suffix_ids=suffix, seed=0, max_new_tokens=20, **FAST)[0]
     assert len(long_fill) >= 8 + 20 + 3 and torch.equal(long_fill[-3:], suffix[0])
 
 
@@ -405,9 +447,16 @@ def test_generate_example_runs_every_mode(model, tokenizer, tmp_path, capsys):
     reconstruction = tokenizer.decode(model.reconstruct(**tokenizer(["the cat sat."], return_tensors="pt"))[0])
     assert f"\n{reconstruction}\n" in out
     assert "|" in out  # the segmentation view
-    assert script.main(common + ["--infill", "the [GAP] mat.", "--max_new_bytes", "30"]) == 0
+    assert script.main(common + ["--infill", "the [GAP] mat.", "--max_new_tokens", "30"]) == 0
     long_infill = capsys.readouterr().out
     assert long_infill.count("--- sample") == 2 and long_infill.count("mat.\n") == 2
+    plain = script.generate(model, tokenizer, script.parse_args(common + ["--max_new_tokens", "25"]))
+    streamed = script.generate(model, tokenizer, script.parse_args(common + ["--max_new_bytes", "25", "--stream"]))
+    shown = capsys.readouterr().out  # (--max_new_bytes: the old flag name still works)
+    assert streamed == plain and all(len(text.encode("utf-8", "surrogateescape")) >= 25 for text in plain)
+    assert "\0337\033[33m" in shown  # drafts were shown, then the final text
+    final = re.sub("\0337\033\\[33m.*?\033\\[0m|\0338\033\\[J", "", shown, flags=re.S)
+    assert final == "".join(f"--- sample {i}\n{text}\n" for i, text in enumerate(plain))
     assert script.main(common + ["--infill", "no marker here"]) == 1
     assert script.main(common + ["--num_steps", "0"]) == 1
     assert script.main([str(tmp_path / "missing")]) == 1
@@ -425,17 +474,17 @@ def shared_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
 
 
 @pytest.mark.parametrize("chain_windows", [False, True])
-def test_max_new_bytes_writes_windows_to_the_length(model, tokenizer, chain_windows):
-    """One window of the micro model holds a few bytes; max_new_bytes keeps writing windows until each sample has
+def test_max_new_tokens_writes_windows_to_the_length(model, tokenizer, chain_windows):
+    """One window of the micro model holds a few bytes; max_new_tokens keeps writing windows until each sample has
     that many, and a batch equals its single runs (window w of sample i is seeded window_seed(seed + i, w))."""
     options = dict(chain_windows=chain_windows, **FAST)
     one_window = lengths(model.generate(num_return_sequences=3, seed=7, **FAST))
-    batch = model.generate(num_return_sequences=3, seed=7, max_new_bytes=60, **options)
+    batch = model.generate(num_return_sequences=3, seed=7, max_new_tokens=60, **options)
     assert max(one_window) < 60 and lengths(batch) == [60, 60, 60]
     for i in range(3):
-        single = model.generate(seed=7 + i, max_new_bytes=60, **options)
+        single = model.generate(seed=7 + i, max_new_tokens=60, **options)
         assert torch.equal(single[0], batch[i])
-    assert model.generate(seed=7, max_new_bytes=5, **options).shape == (1, 5)
+    assert model.generate(seed=7, max_new_tokens=5, **options).shape == (1, 5)
     # the first window is the one-window sample: the same bytes up to its last level-0 segment, which the row
     # stitches to the next window's first instead of ending it where its existence falls
     first = model.generate(seed=7, **FAST)[0]
@@ -443,15 +492,15 @@ def test_max_new_bytes_writes_windows_to_the_length(model, tokenizer, chain_wind
 
 
 @pytest.mark.parametrize("chain_windows", [False, True])
-def test_max_new_bytes_continues_a_prompt_verbatim_across_windows(model, tokenizer, chain_windows):
+def test_max_new_tokens_continues_a_prompt_verbatim_across_windows(model, tokenizer, chain_windows):
     prompt = "The river flows through the old town"
     inputs = tokenizer([prompt, "A"], return_tensors="pt", padding=True)
-    out = model.generate(**inputs, seed=2, max_new_bytes=50, chain_windows=chain_windows, **FAST)
+    out = model.generate(**inputs, seed=2, max_new_tokens=50, chain_windows=chain_windows, **FAST)
     decoded = [row[row != 256] for row in out]
     assert [len(row) for row in decoded] == [len(prompt) + 50, 1 + 50]
     assert bytes(decoded[0][: len(prompt)].tolist()).decode() == prompt and decoded[1][0] == ord("A")
     for i, text in enumerate([prompt, "A"]):
-        single = model.generate(**tokenizer([text], return_tensors="pt"), seed=2 + i, max_new_bytes=50,
+        single = model.generate(**tokenizer([text], return_tensors="pt"), seed=2 + i, max_new_tokens=50,
                                 chain_windows=chain_windows, **FAST)[0]
         assert torch.equal(single, decoded[i])
 
@@ -460,9 +509,9 @@ def test_windows_denoised_in_smaller_batches_give_the_same_text(model, monkeypat
     """Long text's windows are independent: splitting a round into several denoising batches changes nothing."""
     from modeling_zonkey import long_text
 
-    whole = model.generate(num_return_sequences=2, seed=4, max_new_bytes=60, **FAST)
+    whole = model.generate(num_return_sequences=2, seed=4, max_new_tokens=60, **FAST)
     monkeypatch.setattr(long_text, "MAX_WINDOWS_PER_BATCH", 3)
-    torch.testing.assert_close(model.generate(num_return_sequences=2, seed=4, max_new_bytes=60, **FAST), whole,
+    torch.testing.assert_close(model.generate(num_return_sequences=2, seed=4, max_new_tokens=60, **FAST), whole,
                                rtol=0, atol=0)
 
 
@@ -479,7 +528,7 @@ def test_every_window_draws_its_own_noise():
 
 
 def test_long_text_decoded_round_by_round_equals_one_decode(model):
-    """The rounds of max_new_bytes emit every segment's piece but the last and carry that one into the next row:
+    """The rounds of max_new_tokens emit every segment's piece but the last and carry that one into the next row:
     the pieces of a row decoded in two parts overlapping by one segment are the pieces of the whole row."""
     level = model.levels[0]
     torch.manual_seed(0)
@@ -491,36 +540,32 @@ def test_long_text_decoded_round_by_round_equals_one_decode(model):
         torch.testing.assert_close(a, b)
 
 
-def test_max_new_bytes_writes_an_infill(model, tokenizer):
-    """Infilling with max_new_bytes: the prompt's continuation and new segments up to at least the length (whole
+def test_max_new_tokens_writes_an_infill(model, tokenizer):
+    """Infilling with max_new_tokens: the prompt's continuation and new segments up to at least the length (whole
     segments: the same bytes as the continuation alone, which is cut at the length, and possibly a few more), then
     one infilling window of gap_segments positions, then the suffix verbatim."""
     prefix, suffix = tokenizer(["The river"], return_tensors="pt"), tokenizer([" to the sea."], return_tensors="pt")
-    filled = model.generate(**prefix, suffix_ids=suffix["input_ids"], seed=3, max_new_bytes=40, gap_segments=2,
+    filled = model.generate(**prefix, suffix_ids=suffix["input_ids"], seed=3, max_new_tokens=40, gap_segments=2,
                             **FAST)[0]
-    continued = model.generate(**prefix, seed=3, max_new_bytes=40, **FAST)[0]
+    continued = model.generate(**prefix, seed=3, max_new_tokens=40, **FAST)[0]
     filled = filled[filled != 256]
     assert torch.equal(filled[: len(continued)], continued)
     assert len(filled) > len(continued) + len(" to the sea.")
     streamer = Collector()
-    model.generate(**prefix, suffix_ids=suffix["input_ids"], seed=3, max_new_bytes=40, gap_segments=2,
+    model.generate(**prefix, suffix_ids=suffix["input_ids"], seed=3, max_new_tokens=40, gap_segments=2,
                    streamer=streamer, **FAST)
     assert torch.equal(torch.cat(streamer.parts), filled) and all(len(part) for part in streamer.parts)
     assert bytes(filled[-len(" to the sea.") :].tolist()) == b" to the sea."
 
 
-def test_max_new_bytes_refuses_what_it_cannot_do(model, tokenizer):
+def test_long_text_refuses_what_it_cannot_do(model, tokenizer):
     inputs = tokenizer(["The river"], return_tensors="pt")
-    with pytest.raises(ValueError, match="noise_level reconstructs given texts in one window"):
-        model.generate(**inputs, noise_level=0.5, max_new_bytes=10, **FAST)
     with pytest.raises(ValueError, match="chain_windows continues the text window by window"):
-        model.generate(**inputs, suffix_ids=inputs["input_ids"], max_new_bytes=10, chain_windows=True, **FAST)
-    with pytest.raises(ValueError, match="max_length and max_new_tokens cap one window"):
-        model.generate(max_new_bytes=10, max_new_tokens=5, **FAST)
+        model.generate(**inputs, suffix_ids=inputs["input_ids"], max_new_tokens=10, chain_windows=True, **FAST)
     with pytest.raises(ValueError, match="chain_windows must be True or False"):
-        model.generate(max_new_bytes=10, chain_windows="yes", **FAST)
-    with pytest.raises(ValueError, match="max_new_bytes must be a positive integer"):
-        model.generate(max_new_bytes=0, **FAST)
+        model.generate(max_new_tokens=10, chain_windows="yes", **FAST)
+    with pytest.raises(ValueError, match="max_new_tokens must be a positive integer"):
+        model.generate(max_new_tokens=0, **FAST)
 
 
 class Collector:
@@ -541,7 +586,7 @@ class Collector:
 def test_a_streamer_receives_the_returned_sample(model, tokenizer, mode):
     options = dict(seed=7, **FAST)
     if mode.startswith("long"):
-        options["max_new_bytes"] = 120
+        options["max_new_tokens"] = 120
     if mode.endswith(("prompt", "infill")) or mode == "reconstruct":
         options.update(tokenizer(["The river flows"], return_tensors="pt"))
     if mode == "long_infill":
@@ -556,11 +601,60 @@ def test_a_streamer_receives_the_returned_sample(model, tokenizer, mode):
         assert sum(len(part) > 0 for part in streamer.parts) >= 2
 
 
+class DraftCollector(Collector):
+    """A streamer with put_draft, as transformers' TextDiffusionStreamer: records the drafts too."""
+
+    def __init__(self):
+        super().__init__()
+        self.drafts = []
+
+    def put_draft(self, value):
+        self.drafts.append(value.reshape(-1).clone())
+
+
+@pytest.mark.parametrize("mode", ["window", "window_prompt", "infill", "long"])
+def test_a_draft_streamer_sees_every_denoising_step(model, tokenizer, mode):
+    """Each denoising step sends the window's text as that step's estimate decodes it (a continuation's or gap's
+    generated positions only); the final text still arrives by put, the prompt first."""
+    options = dict(seed=3, **FAST)
+    if mode != "window" and mode != "long":
+        options.update(tokenizer(["The river flows "], return_tensors="pt"))
+    if mode == "infill":
+        options["suffix_ids"] = tokenizer([" to the sea."], return_tensors="pt")["input_ids"]
+    if mode == "long":
+        options["max_new_tokens"] = 60
+    streamer = DraftCollector()
+    out = model.generate(streamer=streamer, **options)[0]
+    out = out[out != 256]
+    assert torch.equal(torch.cat(streamer.parts), out)
+    if mode == "long":  # one draft per step of every round (rounds are FAST["num_steps"] steps each)
+        assert len(streamer.drafts) >= 2 * FAST["num_steps"] and len(streamer.drafts) % FAST["num_steps"] == 0
+    else:
+        assert len(streamer.drafts) == FAST["num_steps"]
+    assert all(d.dtype == torch.long and len(d) and int(d.max()) < 256 for d in streamer.drafts)
+    if mode == "window_prompt":
+        assert torch.equal(streamer.parts[0], options["input_ids"][0])  # the prompt comes before the drafts
+    no_drafts = Collector()
+    assert torch.equal(model.generate(streamer=no_drafts, **options)[0][: len(out)], out)  # drafts change nothing
+
+
+def test_text_diffusion_streamer_prints_the_final_text(model, tokenizer, capsys):
+    from transformers import TextDiffusionStreamer
+
+    out = model.generate(streamer=TextDiffusionStreamer(tokenizer, skip_special_tokens=True), seed=2,
+                         max_new_tokens=30, **FAST)
+    printed = capsys.readouterr().out
+    drafts = re.findall("\0337\033\\[33m(.*?)\033\\[0m", printed, flags=re.S)  # shown, then cleared
+    assert len(drafts) >= FAST["num_steps"] and len(drafts) % FAST["num_steps"] == 0
+    final = re.sub("\0337\033\\[33m.*?\033\\[0m|\0338\033\\[J", "", printed, flags=re.S)
+    assert final == tokenizer.decode(out[0], skip_special_tokens=True) + "\n"
+
+
 def test_text_streamer_prints_the_generated_text(model, tokenizer, capsys):
     from transformers import TextStreamer
 
     prompt = tokenizer(["The river"], return_tensors="pt")
-    out = model.generate(**prompt, streamer=TextStreamer(tokenizer), seed=1, max_new_bytes=30, **FAST)
+    out = model.generate(**prompt, streamer=TextStreamer(tokenizer), seed=1, max_new_tokens=30, **FAST)
     printed = capsys.readouterr().out
     assert printed.rstrip("\n") == tokenizer.decode(out[0], skip_special_tokens=True).rstrip("\n")
 

@@ -17,7 +17,7 @@ from transformers import pipeline
 from transformers.pipelines import get_supported_tasks
 
 from modeling_zonkey import ZonkeyModel, ZonkeyTextGenerationPipeline
-from modeling_zonkey.hub.pipelines import TEXT_GENERATION_TASK, register_pipelines
+from modeling_zonkey.pipeline_zonkey import TEXT_GENERATION_TASK, register_pipelines
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -76,31 +76,59 @@ def test_feature_extraction_returns_the_segment_latents(micro_folder, model, tok
     assert [np.array(f).shape for f in listed] == [tuple(latents(model, tokenizer, t).shape) for t in TEXTS]
 
 
-FEATURES_WITHOUT_THE_PACKAGE = textwrap.dedent(
+def test_feature_extraction_in_batches_equals_single_texts(micro_folder, model, tokenizer):
+    """batch_size > 1: each text's features are its own, followed by zero vectors up to the batch's longest text
+    (the padding, as transformers' pipeline gives it for any encoder)."""
+    extractor = pipeline("feature-extraction", model=str(micro_folder))
+    texts = [TEXTS[1], "A", TEXTS[0], "Hello there, my friend."]
+    batched = extractor(texts, batch_size=3, return_tensors=True)
+    for text, features in zip(texts, batched):
+        single = latents(model, tokenizer, text)
+        assert features.shape[0] == 1 and features.shape[1] >= single.shape[1]
+        torch.testing.assert_close(features[:, : single.shape[1]], single, rtol=0, atol=1e-5)
+        assert not features[:, single.shape[1] :].any()
+    assert max(f.shape[1] for f in batched) > min(f.shape[1] for f in batched)  # the padding was exercised
+
+
+PIPELINES_WITHOUT_THE_PACKAGE = textwrap.dedent(
     """
     import json, sys
     sys.modules["modeling_zonkey"] = None  # the installed package must not be used
     from transformers import pipeline
-    extractor = pipeline("feature-extraction", model=sys.argv[1], trust_remote_code=True)
-    json.dump({"module": type(extractor.model).__module__, "features": extractor(sys.argv[2])}, open(sys.argv[3], "w"))
+    folder, texts, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+    extractor = pipeline("feature-extraction", model=folder, trust_remote_code=True)
+    generator = pipeline("zonkey-text-generation", model=folder, trust_remote_code=True)
+    json.dump({"modules": [type(extractor.model).__module__, type(generator).__module__],
+               "features": extractor(texts[0]), "batched": extractor(texts, batch_size=2),
+               "generated": generator(texts, seed=0, num_steps=3, clamp=False, batch_size=2)}, open(out, "w"))
     """
 )
 
 
-def test_feature_extraction_with_remote_code_alone(micro_folder, model, tokenizer, tmp_path):
-    """The line of the issue: pipeline("feature-extraction", model=..., trust_remote_code=True), no package."""
-    script, out = tmp_path / "features.py", tmp_path / "features.json"
-    script.write_text(FEATURES_WITHOUT_THE_PACKAGE)
+def test_pipelines_with_remote_code_alone(micro_folder, model, tokenizer, generator, tmp_path):
+    """pipeline("feature-extraction" | "zonkey-text-generation", model=folder, trust_remote_code=True) without the
+    package: the folder's config.json declares its text-generation pipeline (custom_pipelines) and carries its code."""
+    declared = json.loads((micro_folder / "config.json").read_text())["custom_pipelines"]
+    assert declared == {TEXT_GENERATION_TASK: {"impl": "pipeline_zonkey.ZonkeyTextGenerationPipeline",
+                                               "pt": ["AutoModel"], "type": "text"}}
+    assert (micro_folder / "pipeline_zonkey.py").is_file()
+    assert model.config.custom_pipelines == {}  # the installed package serves the task: no trust_remote_code needed
+    script, out = tmp_path / "pipelines.py", tmp_path / "pipelines.json"
+    script.write_text(PIPELINES_WITHOUT_THE_PACKAGE)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"),
                PYTHONNOUSERSITE="1")
-    done = subprocess.run([sys.executable, str(script), str(micro_folder), TEXTS[0], str(out)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run([sys.executable, str(script), str(micro_folder), json.dumps(TEXTS), str(out)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=180, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(out.read_text())
-    assert result["module"].startswith("transformers_modules."), result["module"]
+    assert all(module.startswith("transformers_modules.") for module in result["modules"]), result["modules"]
     np.testing.assert_allclose(np.array(result["features"]), latents(model, tokenizer, TEXTS[0]).numpy(),
                                rtol=0, atol=1e-6)
+    for text, features in zip(TEXTS, result["batched"]):
+        single = latents(model, tokenizer, text).numpy()
+        np.testing.assert_allclose(np.array(features)[:, : single.shape[1]], single, rtol=0, atol=1e-5)
+    assert result["generated"] == [generator(text, seed=0, num_steps=3, clamp=False) for text in TEXTS]
 
 
 def test_feature_extraction_refuses_what_the_model_refuses(micro_folder, model):
@@ -158,7 +186,7 @@ def test_other_modes_are_what_generate_writes(generator, model, tokenizer):
     capped = generator(TEXTS[0], seed=0, max_new_tokens=2, **FAST)
     assert capped == [{"generated_text": generated(model, tokenizer, TEXTS[0], seed=0, max_new_tokens=2, **FAST)[0]}]
     assert len(generator(TEXTS[0], seed=0, max_new_tokens=2, return_tensors=True,
-                         **FAST)[0]["generated_token_ids"]) <= 24
+                         **FAST)[0]["generated_token_ids"]) == len(TEXTS[0].encode()) + 2
 
 
 def test_a_list_of_prompts_equals_single_calls(micro_folder, generator):

@@ -8,11 +8,11 @@ seeds), next to real held-out text cut to the same byte lengths. One table, one 
     python examples/experiments/sampling_table.py runs/zonkey-tiny runs/zonkey-tiny/step_5000 \
         --samplers ddmm ddim deterministic --num_steps 50
     python examples/experiments/sampling_table.py pretrained/zonkey-tiny-sentences --samplers ddmm \
-        --options '{}' '{"clamp_min_existence": 0.5}' --max_new_bytes 200
+        --options '{}' '{"clamp_min_existence": 0.5}' --max_new_tokens 200
 
---options: rows of other generation options (JSON objects, one row each); --max_new_bytes: samples of that many
-bytes (generate(max_new_bytes=...)) instead of one window. ms/byte is the sampling's wall time per returned byte
-(the judge not included), so compare it within one run only.
+--options: rows of other generation options (JSON objects, one row each); --max_new_tokens (old name
+--max_new_bytes): samples of that many bytes (generate(max_new_tokens=...)) instead of one window. ms/byte is the
+sampling's wall time per returned byte (the judge not included), so compare it within one run only.
 
 A checkpoint folder step_N (raw weights, written by --checkpointing_steps) is loaded with the config of the
 run folder above it, so a run trained with --ema_decay can be compared with and without its EMA weights.
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--samples_per_seed", type=int, default=16)
     parser.add_argument("--options", nargs="+", default=["{}"], help="generation options, a JSON object per row")
-    parser.add_argument("--max_new_bytes", type=int, default=None)
+    parser.add_argument("--max_new_tokens", "--max_new_bytes", type=int, default=None)
     args = parser.parse_args()
     variants = [json.loads(text) for text in args.options]
     corpus = load_text_datasets()
@@ -80,7 +80,7 @@ def main() -> None:
             for steps in args.num_steps:
                 for options in variants:
                     model.generation_config = type(defaults)(**{**defaults.to_diff_dict(), "sampler": sampler,
-                                                                "max_new_bytes": args.max_new_bytes, **options})
+                                                                "max_new_tokens": args.max_new_tokens, **options})
                     settings = EvaluationSettings(seeds=tuple(args.seeds), samples_per_seed=args.samples_per_seed,
                                                   num_steps=steps)
                     sample, clock = timed(zonkey_sampler(model, tokenizer, settings))

@@ -11,6 +11,18 @@ from transformers import PreTrainedConfig
 
 from .tokenization_zonkey import PAD_TOKEN_ID, VOCAB_SIZE
 
+TEXT_GENERATION_TASK = "zonkey-text-generation"
+
+
+def declared_pipelines() -> dict:
+    """config.json's declaration of a folder's own pipelines, in transformers' `custom_pipelines` format: the
+    text-generation pipeline's module (a file of the folder: save_pretrained copies the modules that the model files
+    import, this one included) and class."""
+    from .pipeline_zonkey import ZonkeyTextGenerationPipeline as impl
+
+    return {TEXT_GENERATION_TASK: {"impl": f"{impl.__module__.rpartition('.')[2]}.{impl.__name__}",
+                                   "pt": ["AutoModel"], "type": "text"}}
+
 PER_LEVEL_FIELDS = (
     "hidden_size",
     "num_attention_heads",
@@ -106,6 +118,22 @@ class ZonkeyConfig(PreTrainedConfig):
 
     model_type = "zonkey"
 
+    @property
+    def custom_pipelines(self) -> dict:
+        """The folder's own pipelines as transformers' `pipeline()` reads them from config.json (always saved): with
+        trust_remote_code=True, `pipeline(TEXT_GENERATION_TASK, model=folder)` loads ZonkeyTextGenerationPipeline
+        from the folder's pipeline_zonkey.py. Empty where this process has registered the task already (`import
+        modeling_zonkey`): `pipeline()` reads the declaration before its registry and would otherwise ask for
+        trust_remote_code even though the installed package serves the task."""
+        from transformers.pipelines import PIPELINE_REGISTRY
+
+        if TEXT_GENERATION_TASK in PIPELINE_REGISTRY.get_supported_tasks():
+            return {}
+        return declared_pipelines()
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "custom_pipelines": declared_pipelines()}
+
     def __init__(
         self,
         vocab_size: int = VOCAB_SIZE,
@@ -182,6 +210,7 @@ class ZonkeyConfig(PreTrainedConfig):
         self.compressor_conv_norm = compressor_conv_norm
         self.initializer_factor = initializer_factor
         self.tie_word_embeddings = tie_word_embeddings
+        kwargs.pop("custom_pipelines", None)  # declared by the class (the property above), whatever a file said
         super().__init__(**kwargs)
         self.validate_zonkey()
 

@@ -3,8 +3,10 @@
 - "feature-extraction" is transformers' own pipeline, unchanged: it returns `model(...)[0]`, which for Zonkey is
   `ZonkeyModelOutput.segment_latents`, the level-0 segment latents (1, S_0, C_0 d_0) of the text: one vector per
   segment the splitter found, in text order. It works with the installed package and with remote code alone.
-- "zonkey-text-generation" is registered here (on `import modeling_zonkey`): `ZonkeyTextGenerationPipeline` wraps
-  `model.generate` and answers like transformers' "text-generation" pipeline, `[{"generated_text": ...}]`.
+- "zonkey-text-generation": `ZonkeyTextGenerationPipeline` wraps `model.generate` and answers like transformers'
+  "text-generation" pipeline, `[{"generated_text": ...}]`. `import modeling_zonkey` registers it; a saved folder
+  declares it in its config.json (`custom_pipelines`, see ZonkeyConfig) and carries this file as remote code, so
+  `pipeline(TEXT_GENERATION_TASK, model=folder, trust_remote_code=True)` works without the package.
   transformers' own "text-generation" cannot run Zonkey: it loads an AutoModelForCausalLM and decodes token by token,
   while Zonkey denoises latents (`ZonkeyModel.generate`).
 """
@@ -15,7 +17,8 @@ import torch
 from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-TEXT_GENERATION_TASK = "zonkey-text-generation"
+from .configuration_zonkey import TEXT_GENERATION_TASK
+
 # generate() arguments that are not ZonkeyGenerationConfig options
 GENERATE_ARGUMENTS = ("generation_config", "level", "progress_bar")
 # options the pipeline sets itself: it needs the ids, padded with the model's pad id
@@ -120,15 +123,16 @@ class ZonkeyTextGenerationPipeline(Pipeline):
                 suffix = model_inputs["suffix_ids"][row][model_inputs["suffix_attention_mask"][row].bool()][None]
             rows.append(self.model.generate(input_ids=prompt, suffix_ids=suffix, **generate_kwargs))
             kept.append((0, 0) if reconstruction else (prompt.shape[1], 0 if suffix is None else suffix.shape[1]))
-        pad = self.model.generation_config.pad_token_id
+        pad = self.model._prepare_generation_config(generate_kwargs.get("generation_config")).pad_token_id
         count, width = max(len(r) for r in rows), max(r.shape[1] for r in rows)
         sequences = torch.full((len(rows), count, width), pad, dtype=torch.long, device=ids.device)
         for index, generated in enumerate(rows):
             sequences[index, : len(generated), : generated.shape[1]] = generated
-        return {"generated_sequence": sequences, "kept": torch.tensor(kept, dtype=torch.long)}
+        return {"generated_sequence": sequences, "kept": torch.tensor(kept, dtype=torch.long),
+                "pad": torch.full((len(rows),), pad, dtype=torch.long)}
 
     def postprocess(self, model_outputs, return_full_text=True, return_tensors=False):
-        pad = self.model.generation_config.pad_token_id
+        pad = int(model_outputs["pad"][0])
         prefix, suffix = model_outputs["kept"][0].tolist()
         records = []
         for sequence in model_outputs["generated_sequence"][0]:
