@@ -20,51 +20,72 @@ round). The emitted bytes are final, which is what a streamer receives.
 chain_windows=True instead writes windows one after another, each a continuation of the text so far.
 
 Window w of sample i draws its noise from window_seed(seed_i, w) and a sample's rounds depend only on its own
-windows, so a batch equals its single runs.
+windows, so a batch equals its single runs. Each sample's progress is a `LongSample`; the window operations come from
+windows.py (`TopWindows`), shared with the one-window modes of generation_zonkey.
 """
 
-import copy
 import math
 from dataclasses import dataclass
 
 import torch
 
-from .sampling import kept_length
+from .windows import Prompt, TopWindows
 
 MASK64 = 2**64 - 1
 MAX_WINDOWS_PER_BATCH = 1024  # windows denoised together at most (their clamping decodes ~27 latents each)
+BRIDGE_WINDOW = 2**23  # the window index of an infill's bridging window: above any index a sample's segments reach
 
 
 @dataclass
-class Prompt:
-    prefix: torch.Tensor  # (P,) byte ids
-    suffix: torch.Tensor | None  # (S,) byte ids, infilling only
+class LongSample:
+    """One sample of a long-text call, and where its rounds stand."""
+
+    prompt: Prompt
+    seed: int
+    budget: int  # the new bytes it asks for
+    text: torch.Tensor  # (n,) its bytes so far, the prompt's first
+    emitted: int = 0  # new bytes in text
+    carry: torch.Tensor | None = None  # (1, d_top) its last kept position, decoded again with the next round's row
+    windows: int = 0  # windows drawn so far (window 0 continues the prompt, if there is one)
+    bytes_before_noise: int = 0  # new bytes known when its first window from noise was drawn
+
+    @property
+    def prompted(self) -> bool:
+        return len(self.prompt.prefix) > 0
+
+    @property
+    def windows_from_noise(self) -> int:
+        return self.windows - 1 if self.prompted else self.windows
+
+    def windows_to_draw(self, known: int) -> int:
+        """How many windows from noise the next round draws, given the new bytes `known` so far (emitted or
+        decoded and carried): as many as its bytes per window from noise say it still needs, plus one; right after
+        a prompt's continuation, one, to measure."""
+        if self.windows_from_noise == 0:
+            self.bytes_before_noise = known
+            return 1
+        rate = (known - self.bytes_before_noise) / self.windows_from_noise
+        return math.ceil((self.budget - self.emitted) / rate) + 1 if rate > 0 else 1
 
 
-def generate_long(model, prompts: list[Prompt] | None, config, budgets: list[int], observers) -> list[torch.Tensor]:
+def generate_long(windows: TopWindows, prompts: list[Prompt] | None, repeats: int,
+                  budgets: list[int]) -> list[torch.Tensor]:
     """Each sample's prompt (if any), budgets[i] new bytes (fewer if a window adds nothing), or, before a suffix, at
-    least that many (whole segments) and the infilling window's bytes; then its suffix (if any). budgets: one per
-    sample (prompts x num_return_sequences). observers: the call's progress bar and streamer (the prompt is already
-    put). -> one 1-D tensor of byte ids per sample."""
-    repeats = config.num_return_sequences
-    one = copy.deepcopy(config)  # the options of one window
-    one.max_new_tokens = one.max_length = None
-    one.num_return_sequences = 1
-    empty = torch.zeros(0, dtype=torch.long, device=model.device)
-    samples = [Prompt(empty, None)] * repeats if prompts is None else [p for p in prompts for _ in range(repeats)]
-    base = config.seed if config.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
-    seeds = [base + i for i in range(len(samples))]
-
-    def put(i: int, ids: torch.Tensor) -> None:  # a streamer follows sample 0, the only one
-        observers.put(ids)
-
-    if config.chain_windows:
-        return _chained(model, samples, seeds, budgets, one, observers, put)
-    infilling = samples[0].suffix is not None  # the gap's segments are not cut mid-word: the bridge follows them
-    texts = _segments(model, samples, seeds, budgets, one, observers, put, cut=not infilling)
-    if samples[0].suffix is None:
-        return texts
-    return _bridges(model, samples, texts, seeds, one, observers, put)
+    least that many (whole segments) and the infilling window's bytes; then its suffix (if any). Samples are the
+    prompts x repeats (or `repeats` samples without prompts), budgets one per sample; the call's streamer (one
+    sample) has received the prompt already. -> one (n_i,) tensor of byte ids per sample."""
+    empty = torch.zeros(0, dtype=torch.long, device=windows.model.device)
+    prompts = [Prompt(empty)] * repeats if prompts is None else [p for p in prompts for _ in range(repeats)]
+    samples = [LongSample(prompt, seed, budget, prompt.prefix)
+               for prompt, seed, budget in zip(prompts, windows.seeds(len(prompts)), budgets)]
+    if windows.config.chain_windows:
+        _chained(windows, samples)
+        return [sample.text for sample in samples]
+    infilling = prompts[0].suffix is not None  # the gap's segments are not cut mid-word: the bridge follows them
+    _segments(windows, samples, cut=not infilling)
+    if infilling:
+        _bridges(windows, samples)
+    return [sample.text for sample in samples]
 
 
 def window_seed(seed: int, window: int) -> int:
@@ -79,93 +100,82 @@ def window_seed(seed: int, window: int) -> int:
     return x ^ (x >> 31)
 
 
-def _window_seeds(seeds: list[int], samples: list[int], windows: list[int]) -> list[int]:
-    return [window_seed(seeds[i], w) for i, w in zip(samples, windows)]
+def _emit(windows: TopWindows, sample: LongSample, ids: torch.Tensor) -> None:
+    """Final bytes of a sample: appended to its text and sent to the streamer (a call with one follows one sample)."""
+    sample.text, sample.emitted = torch.cat([sample.text, ids]), sample.emitted + len(ids)
+    windows.observers.put(ids)
 
 
-def _segments(model, samples: list[Prompt], seeds: list[int], budgets: list[int], one, observers,
-              put, cut: bool = True) -> list[torch.Tensor]:
-    """Steps 1 and 2: the prompt, then new top-level segments until budgets[i] new bytes (cut there, or with
-    cut=False the last round's pieces kept whole)."""
-    texts = [s.prefix for s in samples]
-    emitted = [0] * len(samples)  # new bytes so far
-    carry: list[torch.Tensor | None] = [None] * len(samples)  # the last kept position, not yet emitted
-    if samples[0].prefix.numel():  # the prompts' continuations (window 0)
-        spans, _, _ = model._around_windows([Prompt(s.prefix, None) for s in samples], one, observers,
-                                            _window_seeds(seeds, range(len(samples)), [0] * len(samples)),
-                                            min_new_positions=0)
+def _segments(windows: TopWindows, samples: list[LongSample], cut: bool = True) -> None:
+    """Steps 1 and 2: the prompt's continuation, then new top-level segments, until each sample has its budget of
+    new bytes (cut there, or with cut=False the last round's pieces kept whole)."""
+    if samples[0].prompted:  # window 0: the prompts' continuations
+        spans, _, _ = windows.around([Prompt(s.prompt.prefix) for s in samples],
+                                     seeds=[window_seed(s.seed, 0) for s in samples], min_new_positions=0)
         new = dict(enumerate(spans))
+        for sample in samples:
+            sample.windows = 1
     else:
-        new = _new_segments(model, one, observers, seeds, list(range(len(samples))), [0] * len(samples),
-                            [1] * len(samples))
-    used = [1] * len(samples)  # windows drawn so far
-    prompted = int(samples[0].prefix.numel() > 0)  # window 0 was the prompt's continuation, not from noise
-    before = [0] * len(samples)  # bytes known before the first window from noise
+        new = _new_segments(windows, samples, list(range(len(samples))), [1] * len(samples))
     active = list(range(len(samples)))
     while active:
-        rows = {i: torch.cat(([] if carry[i] is None else [carry[i]]) + [new[i]]) for i in active}
-        stable, whole = _decode_rows(model, {i: row for i, row in rows.items() if len(row)}, one)
+        rows = {i: torch.cat(([] if samples[i].carry is None else [samples[i].carry]) + [new[i]]) for i in active}
+        stable, whole = _decode_rows(windows, {i: row for i, row in rows.items() if len(row)})
         still = []
         for i in active:
-            need = budgets[i] - emitted[i]
+            sample = samples[i]
             if i not in whole:  # nothing kept, nothing carried: the prompt's segment had ended, or the sample ends
-                if used[i] == 1 and samples[i].prefix.numel():
+                if sample.prompted and sample.windows == 1:
                     still.append(i)
                 continue
-            done = len(stable[i]) >= need or len(whole[i]) >= need
-            if not done:
+            need = sample.budget - sample.emitted
+            finished = len(stable[i]) >= need or len(whole[i]) >= need
+            if not finished:
                 out = stable[i]
             else:
                 out = (stable[i] if len(stable[i]) >= need else whole[i])[:need] if cut else whole[i]
-            texts[i], emitted[i] = torch.cat([texts[i], out]), emitted[i] + len(out)
-            put(i, out)
-            if not done:
-                carry[i] = rows[i][-1:]
+            _emit(windows, sample, out)
+            if not finished:
+                sample.carry = rows[i][-1:]
                 still.append(i)
         counts = []
-        for i in still:  # windows still needed at the bytes per window from noise so far (+ the carried segment)
-            known = emitted[i] + (len(whole[i]) - len(stable[i]) if i in whole else 0)
-            if used[i] == prompted:  # only the prompt's continuation so far: measure a window from noise first
-                before[i], counts = known, counts + [1]
-                continue
-            rate = (known - before[i]) / (used[i] - prompted)
-            counts.append(math.ceil((budgets[i] - emitted[i]) / rate) + 1 if rate > 0 else 1)
+        for i in still:  # the new bytes known so far: emitted, and decoded in the carried segment
+            carried = len(whole[i]) - len(stable[i]) if i in whole else 0
+            counts.append(samples[i].windows_to_draw(samples[i].emitted + carried))
         if still:
-            drawn = _new_segments(model, one, observers, seeds, still, [used[i] for i in still], counts)
-            for i, count in zip(still, counts):
-                used[i] += count
-            new = drawn
+            new = _new_segments(windows, samples, still, counts)
         active = still
-    return texts
 
 
-def _new_segments(model, one, observers, seeds: list[int], samples: list[int], first: list[int],
+def _new_segments(windows: TopWindows, samples: list[LongSample], which: list[int],
                   counts: list[int]) -> dict[int, torch.Tensor]:
-    """counts[j] windows from noise for samples[j] (its windows first[j], first[j] + 1, ...), all denoised in one
-    batch -> for each sample, the kept top-level positions of its windows, in order (n, d_top)."""
-    owners = [i for i, c in zip(samples, counts) for _ in range(c)]
-    windows = [f + k for f, c in zip(first, counts) for k in range(c)]
-    out = {i: [] for i in samples}
+    """counts[j] windows from noise for sample which[j] (its next window indices), all denoised in batches of at
+    most MAX_WINDOWS_PER_BATCH -> for each, the kept top-level positions of its new windows, in order (n, d_top)."""
+    owners = [i for i, c in zip(which, counts) for _ in range(c)]
+    indices = [samples[i].windows + k for i, c in zip(which, counts) for k in range(c)]
+    for i, count in zip(which, counts):
+        samples[i].windows += count
+    out = {i: [] for i in which}
     for start in range(0, len(owners), MAX_WINDOWS_PER_BATCH):  # windows are independent: batches bound memory
         chunk = owners[start : start + MAX_WINDOWS_PER_BATCH]
-        _, sequence, existence = model._sample_windows(
-            one, len(chunk), None, observers, _window_seeds(seeds, chunk, windows[start : start + len(chunk)]))
-        keep = kept_length(existence, one.existence_threshold).tolist()
-        for row, i in enumerate(chunk):
-            out[i].append(sequence[row, : keep[row]])
+        seeds = [window_seed(samples[i].seed, w) for i, w in zip(chunk, indices[start : start + len(chunk)])]
+        _, sequence, existence = windows.sample(len(chunk), None, seeds)
+        for i, kept in zip(chunk, windows.kept(sequence, existence)):
+            out[i].append(kept)
     return {i: torch.cat(parts) for i, parts in out.items()}
 
 
-def _decode_rows(model, rows: dict[int, torch.Tensor], one) -> tuple[dict, dict]:
+def _decode_rows(windows: TopWindows, rows: dict[int, torch.Tensor]) -> tuple[dict, dict]:
     """Rows of level (top - 1) latents -> for each, the bytes of every segment's piece but the last (`stable`) and
     of all of them (`whole`); one decoder batch for all rows."""
     if not rows:
         return {}, {}
-    below = model.config.num_levels - 2
+    model, cutoff = windows.model, windows.config.existence_threshold
+    below = windows.top - 1
     if below < 0:  # a one-level model: the kept positions are byte vectors, nothing to stitch
         return ({i: model.nearest_bytes(row[:-1]) for i, row in rows.items()},
                 {i: model.nearest_bytes(row) for i, row in rows.items()})
-    pieces = model.levels[below].decode_pieces(list(rows.values()), cutoff=one.existence_threshold,
+    pieces = model.levels[below].decode_pieces(list(rows.values()), cutoff=cutoff,
                                                noise_level=model.config.handoff_noise_level)
 
     def to_bytes(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -173,50 +183,34 @@ def _decode_rows(model, rows: dict[int, torch.Tensor], one) -> tuple[dict, dict]
             return torch.zeros(0, dtype=torch.long, device=model.device)
         if below == 0:
             return model.nearest_bytes(torch.cat(parts))
-        return model.decode_latents([torch.cat(parts)], level=below - 1, cutoff=one.existence_threshold,
-                                    estimates=True)[0]
+        return model.decode_latents([torch.cat(parts)], level=below - 1, cutoff=cutoff, estimates=True)[0]
 
     stable = {i: to_bytes(p[:-1]) for i, p in zip(rows, pieces)}
     whole = {i: (torch.cat([stable[i], to_bytes(p[-1:])]) if below == 0 else to_bytes(p)) for i, p in zip(rows, pieces)}
     return stable, whole
 
 
-def _bridges(model, samples: list[Prompt], texts: list[torch.Tensor], seeds: list[int], one, observers,
-             put) -> list[torch.Tensor]:
+def _bridges(windows: TopWindows, samples: list[LongSample]) -> None:
     """Step 3: one infilling window between each text so far and its suffix: gap_segments new positions, then the
     suffix's first top-level segment known."""
-    prompts = [Prompt(text, sample.suffix) for text, sample in zip(texts, samples)]
-    bridge = 2**23  # the bridge's window index: past any window of the segments before it
-    spans, _, _ = model._around_windows(prompts, one, observers,
-                                        _window_seeds(seeds, range(len(samples)), [bridge] * len(samples)),
-                                        left_context=False)
-    top = model.config.num_levels - 1
-    out = []
-    for i, (text, span) in enumerate(zip(texts, spans)):
-        gap = model._decode_span(span, top, one.existence_threshold)
-        put(i, torch.cat([gap, samples[i].suffix]))
-        out.append(torch.cat([text, gap, samples[i].suffix]))
-    return out
+    spans, _, _ = windows.around([Prompt(s.text, s.prompt.suffix) for s in samples],
+                                 seeds=[window_seed(s.seed, BRIDGE_WINDOW) for s in samples], left_context=False)
+    for sample, span in zip(samples, spans):
+        _emit(windows, sample, torch.cat([windows.decode(span), sample.prompt.suffix]))
 
 
-def _chained(model, samples: list[Prompt], seeds: list[int], budgets: list[int], one, observers,
-             put) -> list[torch.Tensor]:
+def _chained(windows: TopWindows, samples: list[LongSample]) -> None:
     """chain_windows: windows one after another, each a continuation of the text so far (its last top-level
     segment known, by replacement); samples that are done, or whose window added nothing, leave the batch."""
-    texts, active, window = [s.prefix for s in samples], list(range(len(samples))), 0
+    active, window = list(range(len(samples))), 0
     while active:
-        window_seeds = _window_seeds(seeds, active, [window] * len(active))
-        if window == 0 and not samples[0].prefix.numel():
-            added = model._generate_from_noise(one, observers, window_seeds)[0]
+        seeds = [window_seed(samples[i].seed, window) for i in active]
+        if window == 0 and not samples[0].prompted:
+            added = windows.from_noise(len(active), seeds)[0]
         else:
-            outputs = model._generate_around([Prompt(texts[i], None) for i in active], one, observers,
-                                             window_seeds)[0]
-            added = [output[len(texts[i]):] for output, i in zip(outputs, active)]
+            texts = windows.around_prompts([Prompt(samples[i].text) for i in active], seeds=seeds)[0]
+            added = [text[len(samples[i].text):] for text, i in zip(texts, active)]
         for i, new in zip(active, added):
-            new = new[: max(0, len(samples[i].prefix) + budgets[i] - len(texts[i]))]  # the last window: cut
-            texts[i] = torch.cat([texts[i], new])
-            put(i, new)
-        active = [i for i, new in zip(active, added)
-                  if len(new) > 0 and len(texts[i]) - len(samples[i].prefix) < budgets[i]]
+            _emit(windows, samples[i], new[: max(0, samples[i].budget - samples[i].emitted)])  # the last: cut
+        active = [i for i, new in zip(active, added) if len(new) > 0 and samples[i].emitted < samples[i].budget]
         window += 1
-    return texts
