@@ -283,8 +283,8 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
                            dynamic: bool = True) -> None:
         """torch.compile the named components of every level in place (`nn.Module.compile`: parameter names and
         checkpoints are unchanged). Dynamic shapes: the number of segments changes every step. The whole model
-        does not compile as one graph (the segmentation makes data-dependent shapes); see docs/benchmarks.md for
-        what this buys on CPU."""
+        does not compile as one graph (the segmentation makes data-dependent shapes); see docs/research/benchmarks.md
+        for what this buys on CPU."""
         for level in self.levels:
             for name in components:
                 module = getattr(level, name, None)

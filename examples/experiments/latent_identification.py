@@ -3,7 +3,7 @@
 and the noised latent's nearest clean latent (cosine) among all the documents' latents is looked up. Printed: how
 often that is the latent itself (or a copy of it, cos > 0.99: the same word twice), against t. A level whose noised
 latents still single out their own clean latent while one decode gives back much less text has a decoder, not a
-noise level, that loses the text (docs/sampler.md).
+noise level, that loses the text (docs/research/sampler-steps.md).
 
     python examples/experiments/latent_identification.py pretrained/zonkey-tiny-sentences --documents 16
 """

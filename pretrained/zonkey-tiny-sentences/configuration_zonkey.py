@@ -106,7 +106,8 @@ class ZonkeyConfig(PreTrainedConfig):
         masked_vector_negatives / mask_probability: masked-vector prediction at levels >= 1.
         handoff_noise_level: the t at which a level decodes the latents that the level above decoded (from the top,
             and in generation): an estimate, not a clean encoding; a t > 0 tells the decoder not to trust it
-            exactly (0: decoded as clean, the first checkpoints' behaviour; docs/level1-autoencoder.md measures it).
+            exactly (0: decoded as clean, the first checkpoints' behaviour; docs/research/level1-autoencoder.md
+            measures it).
         existence_threshold: a decoded position is kept while its existence exceeds it; inference BOS
             threshold of the splitter as well.
         density_offset: the 0.1 in the density factor (mean_p + 0.1) / (1/L + 0.1).
