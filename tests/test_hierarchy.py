@@ -275,7 +275,8 @@ def test_the_regression_term_is_the_per_byte_mean_of_one_minus_cosine_above_leve
 # ------------------------------------------------------------------------------------------- the recipe preset
 def test_the_phrases_preset_is_tiny_sentences_with_the_level1_recipe_and_trains_level1(tokenizer):
     """configuration/zonkey-tiny-phrases.json differs from tiny-sentences only where
-    docs/research/level1-autoencoder.md says (level-1 weight, direct positive, regression term, C_1, window), and level 1 gets gradient from it."""
+    docs/research/level1-autoencoder.md says (level-1 weight, direct positive, regression term, C_1, window), and
+    level 1 gets gradient from it."""
     folder = MICRO.parent
     sentences = json.loads((folder / "zonkey-tiny-sentences.json").read_text())
     phrases = json.loads((folder / "zonkey-tiny-phrases.json").read_text())
