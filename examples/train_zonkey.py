@@ -28,6 +28,7 @@ is the last good state. See docs/training.md.
 
 import argparse
 import json
+import logging
 import math
 import os
 import resource
@@ -35,12 +36,21 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
+import datasets
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, PartialState
+import transformers
+from accelerate import (
+    Accelerator,
+    DataLoaderConfiguration,
+    DistributedDataParallelKwargs,
+    InitProcessGroupKwargs,
+    PartialState,
+)
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DistributedType, gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import SchedulerType, get_scheduler
@@ -48,6 +58,7 @@ from transformers import SchedulerType, get_scheduler
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel, ZonkeyTokenizer
 from modeling_zonkey.hub.model_card import write_model_card
 from modeling_zonkey.hub.push import push_folder
+from modeling_zonkey.training.agreement import PeerFailure, stop_together
 from modeling_zonkey.training.checkpointing import EMA, EMA_FILE, prune_checkpoints, read_run_id, write_run_id
 from modeling_zonkey.training.data import (
     DataStats,
@@ -80,10 +91,6 @@ from modeling_zonkey.training.threads import ThreadGovernor, fixed_threads
 from modeling_zonkey.training.validation import validate
 
 logger = get_logger(__name__)
-
-
-
-
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -137,6 +144,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
     train.add_argument("--ema_decay", type=float, default=None, help="keep an EMA of the weights (e.g. 0.999)")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--ddp_timeout", type=int, default=1800,
+                       help="seconds a process waits for the others at a collective before it fails (transformers' "
+                            "TrainingArguments name and default). A failure one process sees stops all of them at "
+                            "once and the launcher stops the rest when one dies; this bounds the wait for a process "
+                            "that hangs (see docs/training.md)")
     train.add_argument("--torch_compile", action="store_true",
                        help="torch.compile the decoders and compressors (dynamic shapes). On CPU it costs ~8 min of "
                             "compilation; see docs/benchmarks.md for when it pays off")
@@ -186,7 +198,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.push_to_hub and not args.hub_model_id:
         p.error("--push_to_hub needs --hub_model_id (org/name)")
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                 "num_train_epochs", "eval_steps", "logging_steps"):
+                 "num_train_epochs", "eval_steps", "logging_steps", "ddp_timeout"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1")
     for name in ("max_train_steps", "stop_after_steps", "checkpoints_total_limit"):
@@ -342,12 +354,61 @@ def make_deterministic() -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
+                        level=logging.INFO)
     try:
         train(args)
-    except TrainingError as err:
-        if not err.synchronized or PartialState().is_main_process:
-            print(f"error: {err}", file=sys.stderr, flush=True)
+    except PeerFailure as err:  # another process failed and says why; this one stops with status 1
+        logger.warning(str(err), main_process_only=False)
+        leave_together()
         raise SystemExit(1) from None
+    except TrainingError as err:
+        state = PartialState()
+        if not err.synchronized or state.is_main_process:
+            where = f"process {state.process_index}: " if state.num_processes > 1 and not err.synchronized else ""
+            print(f"error: {where}{err}", file=sys.stderr, flush=True)
+        if err.together:
+            leave_together()
+        raise SystemExit(1) from None
+    except RuntimeError as err:
+        if not lost_another_process(err):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"error: process {PartialState().process_index}: another process stopped answering ({first[:200]}): it "
+              f"died, or hung past --ddp_timeout {args.ddp_timeout} s. Its own output says why; resume with "
+              "--resume_from_checkpoint latest.", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
+def lost_another_process(err: RuntimeError) -> bool:
+    """A collective that failed because a peer process died (its connection closed) or hung past the timeout:
+    torch's DistError (NCCL and newer backends), or gloo's transport errors, which are plain RuntimeErrors."""
+    return (PartialState().num_processes > 1
+            and (isinstance(err, torch.distributed.DistError) or "gloo/transport" in str(err)))
+
+
+def set_logging_verbosity(accelerator) -> None:
+    """As run_clm_no_trainer: every process logs its part of the run's state; the local main process shows the warnings
+    of datasets and the info of transformers, the other processes only their errors (they would repeat them)."""
+    logger.info(accelerator.state, main_process_only=False)
+    if accelerator.is_local_main_process:
+        datasets.utils.logging.set_verbosity_warning()
+        transformers.utils.logging.set_verbosity_info()
+    else:
+        datasets.utils.logging.set_verbosity_error()
+        transformers.utils.logging.set_verbosity_error()
+
+
+def leave_together() -> None:
+    """After a failure every process agreed on (agreement.stop_together), wait until all have reached the exit: a
+    launcher stops the other processes as soon as one exits, maybe before they wrote their line or removed a partial
+    checkpoint. A process that cannot be reached any more has exited already, which is what this waits for."""
+    state = PartialState()
+    if state.num_processes > 1:
+        try:
+            state.wait_for_everyone()
+        except RuntimeError:  # gloo / NCCL: the peer closed its connection (it exited first); nothing left to wait for
+            pass
 
 
 def make_accelerator(args) -> Accelerator:
@@ -361,7 +422,9 @@ def make_accelerator(args) -> Accelerator:
         # loader would drop the loader's generator and draw from the training RNG, so a resume would differ
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True,
                                                   dispatch_batches=False if args.streaming else None),
-        cpu=launched_on_cpus(), kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        cpu=launched_on_cpus(), kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True),
+                                                 InitProcessGroupKwargs(timeout=timedelta(seconds=args.ddp_timeout))])
+    set_logging_verbosity(accelerator)
     if (accelerator.num_processes == 1 and os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
             and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ):
         print("warning: `accelerate launch --cpu --num_processes N` starts ONE process (accelerate's CPU launcher "
@@ -390,7 +453,7 @@ def start_threads(args, saved_args: dict, accelerator) -> ThreadGovernor:
     threads = governor.start()
     if args.deterministic:
         governor.fixed = threads  # the count 'auto' chose, for the whole run
-    accelerator.print(f"CPU threads per process: {threads} of {governor.cores} cores"
+    logger.info(f"CPU threads per process: {threads} of {governor.cores} cores"
                       + (" (auto: the free ones, re-measured every 30 s)" if governor.adaptive else " (fixed)"))
     return governor
 
@@ -420,6 +483,7 @@ def plan_steps(args, train_loader, accelerator) -> tuple[int | None, int, int]:
 def save_final(args, accelerator, model, tokenizer, output_dir: Path, history: dict) -> None:
     """The trained model, tokenizer, results and card in --output_dir (then pushed with --push_to_hub)."""
     state_dict = accelerator.get_state_dict(model)  # every process: gathers the shards under FSDP
+    error = None
     if accelerator.is_main_process:
         try:
             accelerator.unwrap_model(model).save_pretrained(output_dir, is_main_process=True,
@@ -428,15 +492,16 @@ def save_final(args, accelerator, model, tokenizer, output_dir: Path, history: d
             (output_dir / "train_results.json").write_text(json.dumps(history, indent=2))
             write_model_card(output_dir, args.hub_model_id)
         except OSError as err:  # e.g. a full disk
-            raise TrainingError(f"cannot write the trained model to {output_dir} ({err.strerror or err}). The "
-                                f"checkpoints are intact ({checkpoint_names(output_dir)}).") from err
-        if args.push_to_hub:  # the folder is complete on disk first: a failed push loses nothing
+            error = TrainingError(f"cannot write the trained model to {output_dir} ({err.strerror or err}). The "
+                                  f"checkpoints are intact ({checkpoint_names(output_dir)}).", together=True)
+        if error is None and args.push_to_hub:  # the folder is complete on disk first: a failed push loses nothing
             try:
                 push_folder(output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private)
-            except ValueError as error:
-                raise TrainingError(f"{error} The trained model is saved in {output_dir}; push it later with `python "
-                                    f"examples/push_to_hub.py {output_dir} --repo_id {args.hub_model_id}`.") from error
-    accelerator.wait_for_everyone()
+            except ValueError as err:
+                error = TrainingError(f"{err} The trained model is saved in {output_dir}; push it later with `python "
+                                      f"examples/push_to_hub.py {output_dir} --repo_id {args.hub_model_id}`.",
+                                      together=True)
+    stop_together(accelerator, error, "to save or push the trained model")  # the others wait here for the main one
 
 
 @dataclass
@@ -460,14 +525,14 @@ def build_model_and_data(args, accelerator) -> tuple[ZonkeyModel, ZonkeyTokenize
         raise TrainingError(str(err)) from err
     if args.torch_compile:
         model.compile_components()  # compiles lazily, in the first steps
-        accelerator.print("--torch_compile: decoders and compressors compile during the first steps")
-    accelerator.print(f"{train_stats.describe() if train_stats else f'train: streamed from {args.dataset_name}'}\n"
+        logger.info("--torch_compile: decoders and compressors compile during the first steps")
+    logger.info(f"{train_stats.describe() if train_stats else f'train: streamed from {args.dataset_name}'}\n"
                       f"{val_stats.describe()}")
     if train_stats and len(train_set) == 0:
         raise TrainingError("the training split has no documents (every article is empty).")
     evaluating = len(val_set) > 0 and args.eval_batches > 0
     if not evaluating:
-        accelerator.print("no evaluation: " + ("--eval_batches 0" if len(val_set) else
+        logger.info("no evaluation: " + ("--eval_batches 0" if len(val_set) else
                           "the validation split has no documents (give --validation_file, or more articles and "
                           "--validation_split_percentage > 0)"))
     collator = ZonkeyDataCollator(pad_token_id=model.config.pad_token_id)
@@ -494,9 +559,9 @@ class Throughput:
 
 
 def evaluate(args, accelerator, model, val_loader, label: str, step: int | None = None) -> dict[str, float]:
-    """validate() on --eval_batches batches, printed after `label` (and logged to the trackers at `step`)."""
+    """validate() on --eval_batches batches, logged after `label` (and to the trackers at `step`)."""
     metrics = validate(model, val_loader, accelerator, args.eval_batches, args.seed)
-    accelerator.print(label + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    logger.info(label + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     if args.with_tracking and step is not None:
         accelerator.log(metrics, step=step)
     return metrics
@@ -524,7 +589,17 @@ class OptimizerSteps:
         """None while gradients accumulate; else (totals, output, lr, grad norm) of the optimizer step just taken."""
         args, accelerator, model = self.args, self.accelerator, self.model
         with accelerator.accumulate(model):
-            out = model(**batch, return_loss=True)
+            error = None
+            try:
+                out = model(**batch, return_loss=True)
+            except Exception as err:  # noqa: BLE001 - a failure of this process's step (its data, the model)
+                logger.error(f"step {state.completed_steps + 1} failed",
+                             exc_info=True, main_process_only=False)
+                error = TrainingError(f"step {state.completed_steps + 1} failed ({type(err).__name__}: {err}; "
+                                      f"traceback above): stopped before its backward pass, nothing of it saved. Last "
+                                      f"good checkpoint: {last_checkpoint}.", together=True)
+            # every process agrees before the gradient all-reduce, which would wait for the failed one
+            self.stop_together(error, f"in step {state.completed_steps + 1}")
             loss = out.loss.detach().float()
             self.pending = [a + b for a, b in zip(self.pending, micro_batch_sums(batch, loss))]
             if not torch.isfinite(loss) and not self.bad_terms:
@@ -537,7 +612,9 @@ class OptimizerSteps:
                                and (time.time() - self.started) / 60 >= args.max_train_minutes)
                 totals = StepTotals.gather(accelerator, self.pending, out_of_time, grad_norm)
                 self.pending = [0.0] * 5
-                self.stop_if(step_error(totals, accelerator, state, self.bad_terms, last_checkpoint))
+                # every process sees the same totals, so all or none take part in this gather
+                bad_terms = gather_object([self.bad_terms]) if totals.nonfinite_losses.sum() > 0 else []
+                self.stop_if(step_error(totals, accelerator, state, bad_terms, last_checkpoint))
                 lr = self.scheduler.get_last_lr()[0]
             self.optimizer.step()
             if accelerator.sync_gradients and not weights_are_finite(model):
@@ -552,6 +629,13 @@ class OptimizerSteps:
         if error:
             self.progress.close()  # ends the bar's line, so the error starts a line of its own
             raise TrainingError(error, synchronized=True)
+
+    def stop_together(self, error: TrainingError | None, where: str) -> None:
+        try:
+            stop_together(self.accelerator, error, where)
+        except (TrainingError, PeerFailure):
+            self.progress.close()
+            raise
 
 
 def checkpoint_due(args, state: RunState, totals: StepTotals) -> bool:
@@ -611,13 +695,13 @@ def train(args) -> None:
         last_checkpoint[:] = [save_run_state(accelerator, output_dir, name, state, run_id, this_run, ema, progress)]
         if args.checkpoints_total_limit and accelerator.is_main_process:
             for old in prune_checkpoints(output_dir, args.checkpoints_total_limit):
-                progress.write(f"--checkpoints_total_limit {args.checkpoints_total_limit}: removed {old.name}")
+                logger.info(f"--checkpoints_total_limit {args.checkpoints_total_limit}: removed {old.name}")
 
-    accelerator.print(f"{num_parameters:,} parameters; {max_steps} optimizer steps, "
+    logger.info(f"{num_parameters:,} parameters; {max_steps} optimizer steps, "
                       f"{per_epoch or 'streamed: unknown'} per epoch, {accelerator.num_processes} process(es)")
     if not args.streaming:
-        print(f"process {accelerator.process_index}/{accelerator.num_processes}: {len(train_loader)} training batches "
-              "per epoch", flush=True)
+        logger.info(f"process {accelerator.process_index}/{accelerator.num_processes}: {len(train_loader)} training "
+                    "batches per epoch", main_process_only=False)
     progress = tqdm(total=max_steps, initial=state.completed_steps, disable=not accelerator.is_local_main_process)
     started, seconds_before, bytes_at_start = time.time(), state.train_seconds, state.train_bytes
     meter = Throughput(started, state.train_bytes)
@@ -625,7 +709,7 @@ def train(args) -> None:
     last_eval, reason = {}, None
     model.train()
     if state.completed_steps >= max_steps:
-        accelerator.print(f"the checkpoint is at step {state.completed_steps} >= {max_steps} optimizer steps: "
+        logger.info(f"the checkpoint is at step {state.completed_steps} >= {max_steps} optimizer steps: "
                           "nothing to train")
     for epoch in range(start_epoch, epochs if state.completed_steps < max_steps else start_epoch):
         state.epoch, skip = epoch, resume_batches if epoch == start_epoch else 0
@@ -645,7 +729,7 @@ def train(args) -> None:
             progress.update(1)
             changed = governor.step()
             if changed is not None:
-                progress.write(f"step {state.completed_steps}: CPU threads -> {changed} (other processes use the rest)")
+                logger.info(f"step {state.completed_steps}: CPU threads -> {changed} (other processes use the rest)")
             if accelerator.is_main_process:
                 log_step(log_path, state, totals, lr, grad_norm)
             if state.completed_steps % args.logging_steps == 0 or state.completed_steps == 1:
@@ -664,7 +748,7 @@ def train(args) -> None:
                 checkpoint(f"step_{state.completed_steps}")
             if reason is not None:
                 if reason:
-                    accelerator.print(reason)
+                    logger.info(reason)
                 break
         if state.batches_in_epoch == 0:  # a stream that ended at once: another pass would not end either
             progress.close()
@@ -695,7 +779,7 @@ def train(args) -> None:
     save_final(args, accelerator, model, tokenizer, output_dir, history)
     if args.with_tracking:
         accelerator.end_training()
-    accelerator.print(f"saved to {output_dir}: " + json.dumps(last_eval))
+    logger.info(f"saved to {output_dir}: " + json.dumps(last_eval))
 
 
 def last_checkpoint_name(last_checkpoint: list[Path]) -> str:
@@ -717,7 +801,7 @@ def restore(args, accelerator, model, ema, path: Path, saved: dict, this_run: di
         accelerator.print(f"warning: {path} has no {EMA_FILE}; the EMA restarts from the resumed weights")
     state = RunState(saved["completed_steps"], saved["epoch"], saved["batches_in_epoch"], saved["train_bytes"],
                      saved.get("train_seconds"))
-    accelerator.print(f"resumed from {path}: step {state.completed_steps}, epoch {state.epoch}, "
+    logger.info(f"resumed from {path}: step {state.completed_steps}, epoch {state.epoch}, "
                       f"{state.batches_in_epoch} batches into it")
     return state, ema
 

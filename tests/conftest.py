@@ -2,6 +2,7 @@
 training script imported in-process."""
 
 import importlib.util
+import logging
 import os
 import random
 from pathlib import Path
@@ -70,10 +71,15 @@ def micro_folder(tmp_path_factory, make_model, tokenizer):
 
 
 @pytest.fixture
-def in_process(monkeypatch, tmp_path):
+def in_process(monkeypatch, tmp_path, caplog):
     """examples/train_zonkey.py imported as a module (its main() run in-process); the caller's RNG, threads,
-    deterministic-algorithms switch and accelerate state are restored afterwards."""
+    deterministic-algorithms switch, accelerate state and transformers / datasets verbosity are restored afterwards.
+    The script's INFO log lines are in `caplog.text`."""
+    import transformers
     from accelerate.state import AcceleratorState, GradientState
+
+    caplog.set_level(logging.INFO)
+    verbosity = transformers.utils.logging.get_verbosity(), datasets.utils.logging.get_verbosity()
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf" / "datasets")
@@ -94,3 +100,5 @@ def in_process(monkeypatch, tmp_path):
     torch.set_rng_state(states[2])
     torch.set_num_threads(states[3])
     torch.use_deterministic_algorithms(deterministic)
+    transformers.utils.logging.set_verbosity(verbosity[0])
+    datasets.utils.logging.set_verbosity(verbosity[1])

@@ -40,8 +40,14 @@ class FakeAccelerator:
         self.kill_after_files = kill_after_files
         self.events = [] if events is None else events
 
+    device = torch.device("cpu")
+
     def wait_for_everyone(self):
         self.events.append("barrier")
+
+    def gather(self, flag):  # agreement.failed_processes: a barrier that also tells whether any process failed
+        self.events.append("agree")
+        return flag
 
     def save_state(self, output_dir):
         self.events.append(f"save_state {self.process_index}")
@@ -117,10 +123,10 @@ def test_every_process_writes_before_the_rename(tmp_path):
     other = FakeAccelerator(process_index=1, events=events)
     save_checkpoint(other, tmp_path, "step_1", {"completed_steps": 1})  # non-main: writes, never publishes
     assert not (tmp_path / "step_1").exists() and (tmp_path / ".tmp-step_1" / "random_states_1.pkl").is_file()
-    assert events == ["barrier", "save_state 1", "barrier", "barrier"]
+    assert events == ["barrier", "save_state 1", "agree", "agree", "barrier"]
     events.clear()
     save_checkpoint(main, tmp_path, "step_1", {"completed_steps": 1})
-    assert events == ["barrier", "save_state 0", "barrier", "barrier"]
+    assert events == ["barrier", "save_state 0", "agree", "agree", "barrier"]
     # the main process clears a stale .tmp- before the first barrier: the folder now holds only its files
     assert sorted(snapshot(tmp_path / "step_1")) == ["model.safetensors", "random_states_0.pkl", STATE_FILE]
 

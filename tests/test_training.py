@@ -123,8 +123,8 @@ def run_expecting_one_error(in_process, args, capsys) -> str:
 
 def test_resume_reproduces_the_uninterrupted_run(runs):
     a, b = runs["A"], runs["B"]
-    assert "--stop_after_steps: stopped at step 4 of 8" in runs["B1"].stdout
-    assert f"resumed from {b / 'step_4'}: step 4, epoch 0, 8 batches into it" in runs["B2"].stdout
+    assert "--stop_after_steps: stopped at step 4 of 8" in runs["B1"].stderr  # logged (stderr)
+    assert f"resumed from {b / 'step_4'}: step 4, epoch 0, 8 batches into it" in runs["B2"].stderr
     log_a, log_b = read_log(a), read_log(b)
     assert [e["step"] for e in log_a] == list(range(1, 9)) and [e["step"] for e in log_b] == list(range(1, 9))
     # the resumed part crosses an epoch boundary (seedable sampler + set_epoch + skip_first_batches)
@@ -354,6 +354,10 @@ def test_two_cpu_processes_share_the_data(tmp_path):
     assert "2 optimizer steps, 12 per epoch, 2 process(es)" in output
     assert "process 0/2: 12 training batches per epoch" in output
     assert "process 1/2: 12 training batches per epoch" in output
+    # #26: logged as run_clm_no_trainer logs: each process's accelerate state, through the script's logger
+    for rank in (0, 1):
+        assert re.search(rf"INFO - __main__ - \[RANK {rank}\] Distributed environment: .*Backend: gloo", result.stderr)
+    assert re.search(r"INFO - __main__ - \[RANK 1\] process 1/2: 12 training batches per epoch", result.stderr)
     log = read_log(out)
     assert [e["step"] for e in log] == [1, 2]
     for entry in log:  # each process trained on its own batch
@@ -411,7 +415,7 @@ def test_fine_tuning_a_folder_under_a_preset(runs, in_process, tmp_path):
     assert alone.config.window_length == json.loads((folder / "config.json").read_text())["window_length"]
 
 
-def test_resuming_a_finished_run_trains_no_further(runs, in_process, tmp_path, capsys):
+def test_resuming_a_finished_run_trains_no_further(runs, in_process, tmp_path, caplog):
     import shutil
 
     out = tmp_path / "done"
@@ -419,7 +423,7 @@ def test_resuming_a_finished_run_trains_no_further(runs, in_process, tmp_path, c
     shutil.copy(runs["A"] / "train_log.jsonl", out / "train_log.jsonl")
     train, validation, _ = write_corpus(tmp_path / "data")
     in_process.main(train_args(train, validation, out, *RESUME_ARGS, "--resume_from_checkpoint", "latest"))
-    assert "the checkpoint is at step 8 >= 8 optimizer steps: nothing to train" in capsys.readouterr().out
+    assert "the checkpoint is at step 8 >= 8 optimizer steps: nothing to train" in caplog.text
     assert read_log(out) == read_log(runs["A"])
     # the EMA came back from the checkpoint: the saved model is the uninterrupted run's, bit for bit
     saved, reference = load_file(out / "model.safetensors"), load_file(runs["A"] / "model.safetensors")

@@ -64,7 +64,7 @@ def test_deterministic_run_is_bit_exact_at_two_threads(tmp_path):
     train_run(a, "--threads", "2")
     train_run(b, "--threads", "2", "--stop_after_steps", "2")
     resumed = train_run(b, "--threads", "auto", "--resume_from_checkpoint", "latest")
-    assert "CPU threads per process: 2 of" in resumed.stdout
+    assert "CPU threads per process: 2 of" in resumed.stderr
     log_a, log_b = read_log(a), read_log(b)
     assert [row["threads"] for row in log_b] == [2, 2, 2, 2]
     assert [(r["loss"], r["grad_norm"]) for r in log_a] == [(r["loss"], r["grad_norm"]) for r in log_b]
@@ -100,7 +100,7 @@ def test_allow_changed_args_resumes_with_a_warning(stopped_run, in_process, tmp_
     assert [row["step"] for row in read_log(out)] == [1, 2, 3, 4, 5]
 
 
-def test_latest_skips_another_runs_checkpoint(stopped_run, in_process, tmp_path, capsys):
+def test_latest_skips_another_runs_checkpoint(stopped_run, in_process, tmp_path, capsys, caplog):
     """A step folder copied in from another run is not resumed by 'latest' (run ids), and it says so."""
     out, args = copy_run(stopped_run, tmp_path)
     shutil.copytree(out / "step_2", out / "step_3")
@@ -110,7 +110,7 @@ def test_latest_skips_another_runs_checkpoint(stopped_run, in_process, tmp_path,
     in_process.main(args + ["--resume_from_checkpoint", "latest"])
     printed = capsys.readouterr().out
     assert "warning: latest: skipped step_3, written by another run" in printed
-    assert f"resumed from {out / 'step_2'}: step 2" in printed
+    assert f"resumed from {out / 'step_2'}: step 2" in caplog.text
     shutil.rmtree(out / "step_2")
     shutil.rmtree(out / "step_4")
     error = run_expecting_one_error(in_process, args + ["--resume_from_checkpoint", "latest"], capsys)
@@ -219,7 +219,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_earlier_checkpoints(in_proces
 
 
 @pytest.mark.parametrize("case", ["one_paragraph", "no_validation_split", "eval_batches_0"])
-def test_runs_without_evaluation_say_so_and_report_nothing(in_process, tmp_path, capsys, case):
+def test_runs_without_evaluation_say_so_and_report_nothing(in_process, tmp_path, caplog, case):
     train, validation, _ = write_corpus(tmp_path / "data")
     out = tmp_path / "out"
     if case == "one_paragraph":
@@ -231,22 +231,21 @@ def test_runs_without_evaluation_say_so_and_report_nothing(in_process, tmp_path,
     else:
         args = train_args(train, validation, out, "--eval_batches", "0")
     in_process.main(args + ["--max_train_steps", "2", "--per_device_train_batch_size", "4"])
-    printed = capsys.readouterr().out
     assert ("no evaluation: --eval_batches 0" if case == "eval_batches_0" else
-            "no evaluation: the validation split has no documents") in printed
+            "no evaluation: the validation split has no documents") in caplog.text
     results = json.loads((out / "train_results.json").read_text())
     assert results["final_eval"] == {} and results["completed_steps"] == 2
     assert (out / "model.safetensors").is_file()
 
 
-def test_resuming_at_the_final_step_still_evaluates(stopped_run, in_process, tmp_path, capsys):
+def test_resuming_at_the_final_step_still_evaluates(stopped_run, in_process, tmp_path, caplog):
     """A run resumed from its last step trains nothing but still writes the final evaluation (no EMA here)."""
     out, args = copy_run(stopped_run, tmp_path)
     in_process.main(args + ["--resume_from_checkpoint", "latest"])  # finishes steps 3-4, writes step_4
     finished = json.loads((out / "train_results.json").read_text())["final_eval"]
     (out / "train_results.json").unlink()
     in_process.main(args + ["--resume_from_checkpoint", "latest"])
-    assert "nothing to train" in capsys.readouterr().out
+    assert "nothing to train" in caplog.text
     again = json.loads((out / "train_results.json").read_text())["final_eval"]
     assert finished and again == finished
 

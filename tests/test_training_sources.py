@@ -65,7 +65,7 @@ def test_streaming_a_dataset_folder_resumes_exactly(micro_folder, tmp_path):
     a, b = tmp_path / "A", tmp_path / "B"
     result = run(common + ["--output_dir", str(a)], tmp_path)
     assert_ok(result)
-    assert "train: streamed from" in result.stdout and "validation: 4 articles" in result.stdout
+    assert "train: streamed from" in result.stderr and "validation: 4 articles" in result.stderr
     assert_ok(run(common + ["--output_dir", str(b), "--stop_after_steps", "3"], tmp_path))
     resumed = run(common + ["--output_dir", str(b), "--resume_from_checkpoint", "latest"], tmp_path)
     assert_ok(resumed)

@@ -14,6 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .agreement import PeerFailure, failed_processes
+
 STATE_FILE = "training_state.json"
 _NAME = re.compile(r"^(step|epoch)_(\d+)$")
 
@@ -52,7 +54,11 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, name: str, state
     checkpoint. A run killed at any point leaves the previous checkpoints intact; leftovers `.tmp-*` and
     `.old-*` are ignored by find_checkpoint and cleared by the next save of the same name.
     `tensors`: extra safetensors files (file name -> tensors, e.g. the EMA weights) written into the checkpoint by the
-    main process: a checkpoint holds no pickled state of this project's own."""
+    main process: a checkpoint holds no pickled state of this project's own.
+
+    A write that fails (OSError, e.g. a full disk) on any process stops every process at the same point
+    (agreement.failed_processes, in place of the barriers): the partial `.tmp-NAME` is deleted once no process writes
+    into it any more, the failing process re-raises its OSError and the others raise PeerFailure."""
     output_dir = Path(output_dir)
     final, tmp, old = output_dir / name, output_dir / f".tmp-{name}", output_dir / f".old-{name}"
     if accelerator.is_main_process:
@@ -60,17 +66,29 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, name: str, state
             if leftover.exists():
                 shutil.rmtree(leftover)
     accelerator.wait_for_everyone()
+    error = None
     try:
         accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()  # save_state has no barrier at its end: others may still be writing
-        if accelerator.is_main_process:
+    except OSError as err:
+        error = err
+    # save_state has no barrier at its end: this one also waits for the others to finish writing
+    failed = failed_processes(accelerator, error is not None)
+    if not failed and accelerator.is_main_process:
+        try:
             for file_name, values in (tensors or {}).items():
                 save_file({k: v.detach().cpu().contiguous() for k, v in values.items()}, str(tmp / file_name))
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
             _fsync_tree(tmp)
-    except OSError:  # e.g. a full disk: free what was written; the complete checkpoints are untouched
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        except OSError as err:
+            error = err
+    failed = failed or failed_processes(accelerator, error is not None)
+    if failed:  # free what was written; the complete checkpoints are untouched
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if error is not None:
+            raise error
+        raise PeerFailure(f"process(es) {failed} could not write the checkpoint {final}; this process stopped with "
+                          "them (their error line says why).")
     if accelerator.is_main_process:
         if final.exists():
             os.replace(final, old)

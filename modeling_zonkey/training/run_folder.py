@@ -14,9 +14,9 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
 from transformers import SchedulerType
 
+from .agreement import PeerFailure, stop_together
 from .checkpointing import (
     EMA_FILE,
     RUN_FILE,
@@ -36,12 +36,16 @@ LOG_FILE = "train_log.jsonl"
 
 class TrainingError(Exception):
     """A problem the user can fix (missing / empty / non-text data, a bad config or checkpoint, a non-finite
-    loss): main() prints it as one `error: ...` line and exits with status 1, without a traceback.
-    `synchronized` errors are raised by every process at once, so only the main process prints them."""
+    loss, a full disk): main() prints it as one `error: ...` line and exits with status 1, without a traceback.
+    `synchronized` errors are raised by every process at once, so only the main process prints them. `together`
+    (implied by `synchronized`): every process stops at this point, the others with PeerFailure
+    (agreement.stop_together), so main() lets them all reach the exit before any leaves (a launcher stops the
+    other processes as soon as one exits, maybe before they wrote their last line or deleted a partial file)."""
 
-    def __init__(self, message: str, synchronized: bool = False):
+    def __init__(self, message: str, synchronized: bool = False, together: bool | None = None):
         super().__init__(message)
         self.synchronized = synchronized
+        self.together = synchronized if together is None else together
 
 
 def open_train_log(output_dir: Path, resumed_steps: int | None) -> Path:
@@ -73,15 +77,6 @@ def run_arguments(args, **measured) -> dict:
     values = {name: getattr(args, name) for name in RUN_ARGUMENTS}
     values["lr_scheduler_type"] = SchedulerType(args.lr_scheduler_type).value
     return {**values, **measured}
-
-
-def raise_together(accelerator, error: "TrainingError | None") -> None:
-    """Raise on every process when any process met `error`: the others would otherwise wait at the next barrier."""
-    failed = accelerator.gather(torch.tensor([float(error is not None)], device=accelerator.device))
-    if error is not None:
-        raise error
-    if failed.sum() > 0:
-        raise TrainingError("stopped: another process failed (its error line says why).", synchronized=True)
 
 
 def claim_output_dir(args, accelerator) -> Path:
@@ -140,8 +135,8 @@ def locate_resume(args, output_dir: Path, accelerator) -> tuple[Path, dict] | No
                                   "from the resumed weights).")
         found = path, verify_checkpoint(path, accelerator.process_index)
     except (FileNotFoundError, CheckpointError) as err:
-        error = TrainingError(str(err))
-    raise_together(accelerator, error)
+        error = TrainingError(str(err), together=True)
+    stop_together(accelerator, error, "to read the checkpoint to resume")
     return found
 
 
@@ -178,8 +173,11 @@ def save_run_state(accelerator, output_dir: Path, name: str, state: RunState, ru
     try:
         return save_checkpoint(accelerator, output_dir, name, {**asdict(state), "run_id": run_id, "run_args": this_run},
                                tensors={EMA_FILE: ema.state_dict()} if ema is not None else None)
+    except PeerFailure:
+        progress.close()
+        raise
     except OSError as err:  # e.g. a full disk; the partial folder is gone, the complete ones are intact
         progress.close()
         raise TrainingError(f"cannot write the checkpoint {output_dir / name} ({err.strerror or err}): stopped. "
                             f"The earlier checkpoints are intact ({checkpoint_names(output_dir)}); free space, "
-                            "then --resume_from_checkpoint latest.") from err
+                            "then --resume_from_checkpoint latest.", together=True) from err

@@ -40,17 +40,24 @@ def micro_batch_sums(batch: dict, loss: torch.Tensor) -> list[float]:
             float(not torch.isfinite(loss))]
 
 
-def step_error(totals: StepTotals, accelerator, state: RunState, bad_terms: dict, last_checkpoint: str) -> str | None:
+def step_error(totals: StepTotals, accelerator, state: RunState, bad_terms: list[dict],
+               last_checkpoint: str) -> str | None:
     """Before the optimizer step: a non-finite loss or gradient norm on any process (fp16's GradScaler skips inf
-    gradients by design) is an error naming the processes, the loss terms, and the last good checkpoint."""
+    gradients by design) is an error naming the processes, the loss terms, and the last good checkpoint.
+    `bad_terms`: each process's loss terms at its first non-finite loss ({} where the loss was finite). A loss that is
+    non-finite on one process makes every process's gradients non-finite (they are averaged), so the processes named
+    are those whose loss was non-finite, or, without one, those whose gradient norm was."""
     bad_grads = totals.nonfinite_grad_norm.sum() > 0 and accelerator.scaler is None
-    if totals.nonfinite_losses.sum() == 0 and not bad_grads:
+    bad_losses = totals.nonfinite_losses.sum() > 0
+    if not bad_losses and not bad_grads:
         return None
-    where = [i for i in range(len(totals.bytes)) if totals.nonfinite_losses[i] > 0 or totals.nonfinite_grad_norm[i] > 0]
-    return (f"non-finite {'loss' if totals.nonfinite_losses.sum() > 0 else 'gradient norm'} at step "
-            f"{state.completed_steps + 1} on process(es) {where} (loss terms here: {bad_terms or 'finite'}): stopped "
-            f"before the optimizer step, nothing saved. Last good checkpoint: {last_checkpoint}. Resume from it "
-            f"(--resume_from_checkpoint latest) with a lower --learning_rate or more --num_warmup_steps.")
+    flags = totals.nonfinite_losses if bad_losses else totals.nonfinite_grad_norm
+    where = [i for i in range(len(flags)) if flags[i] > 0]
+    terms = "; ".join(f"process {i}: {t}" for i, t in enumerate(bad_terms) if t) or "finite"
+    return (f"non-finite {'loss' if bad_losses else 'gradient norm'} at step {state.completed_steps + 1} on "
+            f"process(es) {where} (loss terms: {terms}): stopped before the optimizer step, nothing saved. Last good "
+            f"checkpoint: {last_checkpoint}. Resume from it (--resume_from_checkpoint latest) with a lower "
+            f"--learning_rate or more --num_warmup_steps.")
 
 
 def stop_reason(args, state: RunState, max_steps: int, totals: StepTotals) -> str | None:
