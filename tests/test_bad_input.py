@@ -27,7 +27,11 @@ BAD_CONFIGS = {
     "odd_head_size": (dict(hidden_size=[12, 48], num_attention_heads=[4, 4]), ["hidden_size[0]", "even head size"]),
     "latent_mismatch": (dict(hidden_size=[16, 32]), ["hidden_size[1]", "num_cls_vectors[0] * hidden_size[0]", "64"]),
     "window_shorter_than_cls": (dict(window_length=[3, 8]), ["num_cls_vectors[0]", "window_length[0]"]),
-    "window_too_short": (dict(window_length=[8, 1], num_cls_vectors=[4, 1]), ["window_length[1]", "at least 2"]),
+    "window_too_short": (dict(window_length=[8, 1], num_cls_vectors=[4, 1]), ["window_length[1]", "at least 3"]),
+    # #28 (found by tests/test_properties.py): 2 passed, then the splitter's prior was log(0); a bare number was
+    # "'int' object is not iterable"
+    "window_of_two": (dict(window_length=[8, 2], num_cls_vectors=[4, 1]), ["window_length[1]", "at least 3"]),
+    "bare_number": (dict(hidden_size=16), ["hidden_size must be a list", "16"]),
     "unknown_loss_weight": (dict(loss_weights={"reconstrution": 1.0}), ["loss_weights", "reconstrution"]),
     "negative_loss_weight": (dict(loss_weights={"patch": -1.0}), ["loss_weights", ">= 0"]),
     "bad_ddmm_objective": (dict(ddmm_objective="multi"), ["ddmm_objective", "'multi'"]),
@@ -127,6 +131,14 @@ def test_too_long_text(model, tokenizer, micro_config):
     wide = tokenizer(["é" * 65], return_tensors="pt")
     assert wide["input_ids"].shape[1] == 130
     raises(model, r"document_length\[0\]", **wide)
+
+
+def test_no_rows_and_a_pad_id_marked_as_a_byte_raise(model):
+    """#28 (found by tests/test_properties.py): a batch of 0 documents went through forward (and failed deep in the
+    compressor with return_loss); the pad id 256 where attention_mask is 1 failed in the loss's cross-entropy."""
+    raises(model, "input_ids has no rows", input_ids=torch.zeros(0, 4, dtype=torch.long))
+    raises(model, "input_ids holds the pad id 256 where attention_mask is 1", input_ids=torch.tensor([[65, 256]]),
+           attention_mask=torch.tensor([[1, 1]]), return_loss=True)
 
 
 def test_left_padding_raises(model):

@@ -196,6 +196,9 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
         if other.any():
             raise ValueError(f"{mask_name} must hold only 0 and 1 (1: a byte, 0: padding), got "
                              f"{mask[other][0].item()!r}: Zonkey has no fractional masking.")
+        if (ids[mask.bool()] == self.config.pad_token_id).any():  # (the loss's cross-entropy failed on it)
+            raise ValueError(f"{name} holds the pad id {self.config.pad_token_id} where {mask_name} is 1: a byte "
+                             "must be 0..255; mark padding with 0 in the mask, as ZonkeyTokenizer does.")
         return ids, mask.bool()
 
     def check_inputs(self, input_ids: torch.Tensor,
@@ -207,6 +210,8 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
         if input_ids.shape[1] > limit:
             raise ValueError(f"input of {input_ids.shape[1]} bytes exceeds document_length[0] = {limit}: split the "
                              "text into documents of at most that many bytes (the training data loader does this).")
+        if input_ids.shape[0] == 0:
+            raise ValueError(f"input_ids has no rows (shape {tuple(input_ids.shape)}): give at least one document.")
         lengths = mask.sum(1)
         if input_ids.shape[1] == 0 or (lengths == 0).any():
             rows = [] if input_ids.shape[1] == 0 else (lengths == 0).nonzero().flatten().tolist()
