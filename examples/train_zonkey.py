@@ -151,7 +151,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                             "that hangs (see docs/training.md)")
     train.add_argument("--torch_compile", action="store_true",
                        help="torch.compile the decoders and compressors (dynamic shapes). On CPU it costs ~8 min of "
-                            "compilation; see docs/benchmarks.md for when it pays off")
+                            "compilation; see docs/research/benchmarks.md for when it pays off")
     train.add_argument("--threads", default="auto",
                        help='CPU threads per process: "auto" (default) uses the cores other processes leave free and '
                             'adapts every 30 s (OMP_NUM_THREADS, when set, fixes it); a number fixes it, as bit-exact '

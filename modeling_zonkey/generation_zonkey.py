@@ -87,8 +87,7 @@ class ZonkeyGenerationConfig(GenerationConfig):
         bytes (the smaller, if both are given). With neither: one top-level window, the model's own sample length.
     max_new_bytes: deprecated alias of max_new_tokens.
     chain_windows: with max_new_tokens, write the windows one after another instead, each a continuation of the
-        text so far (conditioned on its last top-level segment): measured worse on the shipped checkpoint (it
-        loops), kept to compare.
+        text so far (conditioned on its last top-level segment): kept to compare (docs/research/long-text.md).
     seed: sample i of a call draws its noise from a generator seeded with seed + i (None: from torch's RNG); an
         integer in [0, 2**63 - 1].
     noise_level: with input_ids, reconstruct from latents noised to this t instead of continuing the text.

@@ -1,9 +1,8 @@
 """CPU threads for training on a shared machine: use the cores nobody else is using.
 
-Measured on a 2-core machine (benchmarks/bench_busy_machine.py, zonkey-tiny, 8 x 256 bytes): a 2-thread step is
-only ~1.2x faster than a 1-thread step when the machine is idle, but ~2.7x slower when one other CPU-bound process
-runs, because OpenMP's worker threads spin-wait for a sibling that is descheduled. A 1-thread step next to that
-process costs ~1.1x. OMP_WAIT_POLICY=PASSIVE avoids the spinning but makes every idle step ~1.5x slower.
+On a small machine, a step with more threads than free cores is much slower than one with fewer: OpenMP's worker
+threads spin-wait for a sibling that another process keeps descheduled, and OMP_WAIT_POLICY=PASSIVE, which avoids
+the spinning, slows every idle step (the numbers: docs/research/benchmarks.md, benchmarks/bench_busy_machine.py).
 
 So the training script's `--threads auto` measures how many cores other processes keep busy (from /proc/stat,
 less this process's own CPU time), uses the rest (at least one), and measures again every `interval` seconds,
