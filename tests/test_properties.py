@@ -202,3 +202,91 @@ def test_config_with_random_per_level_lists(kwargs):
 def test_config_with_random_per_level_lists_more(kwargs):
     check_config(kwargs)
 
+
+
+# ---------------------------------------------------------------- generate
+
+
+OPTION_VALUES = {  # each option: valid values first, then values generate() must refuse
+    "num_steps": ([1, 2, 3], [0, -1, 1.5]),
+    "sampler": (["ddmm", "ddim", "deterministic"], ["euler"]),
+    "noise_schedule": (["linear", "cosine"], ["sigmoid"]),
+    "seed": ([0, 7, 2**63 - 1], [-1, 2**64, True]),
+    "num_return_sequences": ([1, 2], [0]),
+    "existence_threshold": ([0.3, 0.5, 0.7], [0.0, 1.0]),
+    "clamp": ([True, False], ["yes"]),
+    "max_new_tokens": ([1, 9, 40], [0]),
+    "max_length": ([30, 80], [-3]),
+    "gap_segments": ([1, 2], [0]),
+    "fresh_noise": ([0.0], [1.5]),
+    "noise_level": ([0.0, 0.4, 1.0], [1.5]),
+}
+
+
+@st.composite
+def generate_calls(draw):
+    """(mode, prompt bytes, suffix bytes, options, the option expected to be refused or None): a mode (from noise,
+    continuation, infilling, reconstruction), random prompt bytes, and a few options, at most one of them invalid."""
+    mode = draw(st.sampled_from(["noise", "continue", "infill", "reconstruct"]))
+    prompt = draw(st.binary(min_size=1, max_size=40)) if mode != "noise" else b""
+    suffix = draw(st.binary(min_size=1, max_size=20)) if mode == "infill" else b""
+    names = draw(st.lists(st.sampled_from(sorted(OPTION_VALUES)), max_size=4, unique=True))
+    invalid = draw(st.sampled_from([None, None, *names])) if names else None
+    options = {}
+    for name in names:
+        valid, bad = OPTION_VALUES[name]
+        options[name] = draw(st.sampled_from(bad if name == invalid else valid))
+    if mode != "reconstruct":
+        options.pop("noise_level", None)
+        invalid = None if invalid == "noise_level" else invalid
+    else:
+        options.setdefault("noise_level", 0.4)
+    options.setdefault("num_steps", 2)
+    return mode, prompt, suffix, options, invalid
+
+
+def check_generate(model, mode, prompt, suffix, options, invalid) -> None:
+    inputs = {}
+    if mode != "noise":
+        inputs["input_ids"] = torch.tensor([list(prompt)])
+    if mode == "infill":
+        inputs["suffix_ids"] = torch.tensor([list(suffix)])
+    used = len(prompt) + len(suffix)
+    too_long = mode == "reconstruct" and len(prompt) > model.config.document_length[0]
+    no_room = mode != "reconstruct" and options.get("max_length") is not None and used >= options["max_length"]
+    try:
+        out = model.generate(**inputs, **options)
+    except (ValueError, TypeError) as err:
+        message = str(err)
+        expected = invalid or ("max_length" if no_room else "document_length" if too_long else None)
+        assert expected is not None, f"refused a valid call: {message}"
+        assert expected in message, message
+        return
+    assert invalid is None and not no_room, f"accepted {invalid}={options.get(invalid)!r}"
+    rows = options.get("num_return_sequences", 1)
+    assert out.dim() == 2 and out.shape[0] == rows and out.dtype == torch.long
+    assert ((0 <= out) & (out <= 256)).all()
+    for row in out:
+        ids = row[row != 256].tolist()
+        if mode in ("continue", "infill"):
+            assert ids[: len(prompt)] == list(prompt)
+        if mode == "infill":
+            assert ids[len(ids) - len(suffix) :] == list(suffix)
+        new = len(ids) - (0 if mode == "reconstruct" else used)
+        if mode in ("noise", "continue") and options.get("max_new_tokens") is not None:
+            assert new <= options["max_new_tokens"]
+        if mode in ("noise", "continue") and options.get("max_length") is not None:
+            assert len(ids) <= options["max_length"]
+
+
+@given(generate_calls())
+@CI
+def test_generate_over_its_options(make_model, call):
+    check_generate(make_model(), *call)
+
+
+@pytest.mark.slow
+@given(generate_calls())
+@MORE
+def test_generate_over_its_options_more(make_model, call):
+    check_generate(make_model(), *call)
