@@ -1,10 +1,13 @@
 """Shared fixtures: the micro preset, the byte tokenizer, seeded micro models, a saved micro folder, and the
 training script imported in-process."""
 
+import contextlib
 import importlib.util
+import io
 import logging
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -70,35 +73,78 @@ def micro_folder(tmp_path_factory, make_model, tokenizer):
     return folder
 
 
-@pytest.fixture
-def in_process(monkeypatch, tmp_path, caplog):
-    """examples/train_zonkey.py imported as a module (its main() run in-process); the caller's RNG, threads,
-    deterministic-algorithms switch, accelerate state and transformers / datasets verbosity are restored afterwards.
-    The script's INFO log lines are in `caplog.text`."""
+@contextlib.contextmanager
+def script_in_process(tmp_path: Path):
+    """examples/train_zonkey.py imported as a module, for running its main() in this process (no interpreter start
+    and imports per run, ~5 s each here); the caller's RNG, threads, deterministic-algorithms switch, environment,
+    accelerate state and transformers / datasets verbosity are restored afterwards. Offline, caches under tmp_path,
+    one thread unless the test changes OMP_NUM_THREADS, as the subprocess runs."""
     import transformers
     from accelerate.state import AcceleratorState, GradientState
 
-    caplog.set_level(logging.INFO)
     verbosity = transformers.utils.logging.get_verbosity(), datasets.utils.logging.get_verbosity()
-
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf" / "datasets")
-    for key in [k for k in os.environ if k.startswith("ACCELERATE_")]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # --threads auto then keeps one thread, as the subprocess runs do
     states = random.getstate(), np.random.get_state(), torch.get_rng_state(), torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    spec = importlib.util.spec_from_file_location("train_zonkey_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    random.setstate(states[0])
-    np.random.set_state(states[1])
-    torch.set_rng_state(states[2])
-    torch.set_num_threads(states[3])
-    torch.use_deterministic_algorithms(deterministic)
-    transformers.utils.logging.set_verbosity(verbosity[0])
-    datasets.utils.logging.set_verbosity(verbosity[1])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+        patch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf" / "datasets")
+        for key in [k for k in os.environ if k.startswith("ACCELERATE_")]:
+            patch.delenv(key)
+        patch.setenv("OMP_NUM_THREADS", "1")  # --threads auto then keeps one thread, as the subprocess runs do
+        torch.set_num_threads(1)
+        spec = importlib.util.spec_from_file_location("train_zonkey_under_test", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        try:
+            yield module
+        finally:
+            AcceleratorState._reset_state(True)
+            GradientState._reset_state()
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            torch.set_rng_state(states[2])
+            torch.set_num_threads(states[3])
+            torch.use_deterministic_algorithms(deterministic)
+            transformers.utils.logging.set_verbosity(verbosity[0])
+            datasets.utils.logging.set_verbosity(verbosity[1])
+
+
+@pytest.fixture
+def in_process(tmp_path, caplog):
+    """The training script imported in-process (script_in_process); its INFO log lines are in `caplog.text`."""
+    caplog.set_level(logging.INFO)
+    with script_in_process(tmp_path) as module:
+        yield module
+
+
+@dataclass
+class Finished:
+    """What a run of the training script left, as subprocess.run reports it: stderr holds its log lines too."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_main(module, args: list[str]) -> Finished:
+    """main(args) of a script_in_process module, its output captured (prints, log lines, progress bars)."""
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            module.main(args)
+    except SystemExit as exit_info:
+        code = exit_info.code if isinstance(exit_info.code, int) else 1
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(True)  # the next run builds its own Accelerator
+        GradientState._reset_state()
+    return Finished(code, out.getvalue(), err.getvalue())

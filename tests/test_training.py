@@ -8,7 +8,9 @@
 - two CPU processes (configuration/accelerate-cpu-ddp-2.yaml) read different shards and write one checkpoint;
 - the output folder loads with AutoModel / AutoTokenizer in a fresh process, with a filled model card.
 
-The script runs in subprocesses (as users run it), except where a test patches the model in-process.
+Most tests run the script's main() in this process (conftest.script_in_process: the same code, without an
+interpreter start and imports per run); a few run the real command line in a subprocess: its exit status, a fresh
+process loading the output, several processes.
 """
 
 import json
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_main, script_in_process
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +82,8 @@ def read_log(output: Path) -> list[dict]:
     return [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
 
 
-def assert_ok(result: subprocess.CompletedProcess) -> None:
+def assert_ok(result) -> None:
+    """A finished run (subprocess.CompletedProcess or conftest.Finished) that exited 0."""
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
 
 
@@ -97,16 +101,17 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("resume")
     train, validation, texts = write_corpus(tmp / "data")
     a, b = tmp / "A", tmp / "B"
-    python = [sys.executable, str(SCRIPT)]
-    result_a = run(python + train_args(train, validation, a, *RESUME_ARGS), tmp)
-    assert_ok(result_a)
-    result_b1 = run(python + train_args(train, validation, b, *RESUME_ARGS, "--stop_after_steps", "4"), tmp)
-    assert_ok(result_b1)
-    (b / ".tmp-step_8").mkdir()
-    (b / ".tmp-step_8" / "model.safetensors").write_bytes(b"half a file")
-    (b / "step_12").mkdir()
-    result_b2 = run(python + train_args(train, validation, b, *RESUME_ARGS, "--resume_from_checkpoint", "latest"), tmp)
-    assert_ok(result_b2)
+    with script_in_process(tmp) as script:
+        result_a = run_main(script, train_args(train, validation, a, *RESUME_ARGS))
+        assert_ok(result_a)
+        result_b1 = run_main(script, train_args(train, validation, b, *RESUME_ARGS, "--stop_after_steps", "4"))
+        assert_ok(result_b1)
+        (b / ".tmp-step_8").mkdir()
+        (b / ".tmp-step_8" / "model.safetensors").write_bytes(b"half a file")
+        (b / "step_12").mkdir()
+        result_b2 = run_main(script, train_args(train, validation, b, *RESUME_ARGS, "--resume_from_checkpoint",
+                                                "latest"))
+        assert_ok(result_b2)
     return {"tmp": tmp, "A": a, "B": b, "texts": texts, "B1": result_b1, "B2": result_b2}
 
 

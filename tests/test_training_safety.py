@@ -5,20 +5,16 @@ import errno
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import run_main, script_in_process
 from safetensors.torch import load_file
 from test_training import (
     MICRO,
-    SCRIPT,
     assert_ok,
     read_log,
-    run,
     run_expecting_one_error,
-    script_env,
     train_args,
     write_corpus,
 )
@@ -33,8 +29,8 @@ def stopped_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stopped")
     train, validation, _ = write_corpus(tmp / "data")
     out = tmp / "run"
-    assert_ok(run([sys.executable, str(SCRIPT), *train_args(train, validation, out, *SHORT, "--stop_after_steps", "2")],
-                  tmp))
+    with script_in_process(tmp) as script:
+        assert_ok(run_main(script, train_args(train, validation, out, *SHORT, "--stop_after_steps", "2")))
     return {"out": out, "train": train, "validation": validation}
 
 
@@ -47,23 +43,23 @@ def copy_run(stopped_run, tmp_path):
 # ---------------------------------------------------------------- exact resumption
 
 
-def test_deterministic_run_is_bit_exact_at_two_threads(tmp_path):
+def test_deterministic_run_is_bit_exact_at_two_threads(in_process, tmp_path):
     """--deterministic at 2 threads: an uninterrupted run, and the same run stopped at step 2 and resumed with
     --threads auto (which takes the checkpoint's 2 threads), end with identical logs and weights."""
     train, validation, _ = write_corpus(tmp_path / "data")
-    env = script_env(tmp_path)
-    del env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]  # let --threads decide
 
     def train_run(out, *extra):
-        command = [sys.executable, str(SCRIPT), *train_args(train, validation, out, *SHORT, "--deterministic", *extra)]
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        result = run_main(in_process, train_args(train, validation, out, *SHORT, "--deterministic", *extra))
         assert_ok(result)
         return result
 
     a, b = tmp_path / "A", tmp_path / "B"
-    train_run(a, "--threads", "2")
-    train_run(b, "--threads", "2", "--stop_after_steps", "2")
-    resumed = train_run(b, "--threads", "auto", "--resume_from_checkpoint", "latest")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("OMP_NUM_THREADS")  # let --threads decide
+        patch.delenv("MKL_NUM_THREADS", raising=False)
+        train_run(a, "--threads", "2")
+        train_run(b, "--threads", "2", "--stop_after_steps", "2")
+        resumed = train_run(b, "--threads", "auto", "--resume_from_checkpoint", "latest")
     assert "CPU threads per process: 2 of" in resumed.stderr
     log_a, log_b = read_log(a), read_log(b)
     assert [row["threads"] for row in log_b] == [2, 2, 2, 2]
@@ -263,54 +259,55 @@ class Payload:
         return (open, (str(self.marker), "w"))
 
 
-def test_ema_state_is_safetensors_and_no_pickle_is_trusted(micro_folder, tmp_path):
+def test_ema_state_is_safetensors_and_no_pickle_is_trusted(micro_folder, in_process, tmp_path):
     """#16: the EMA weights are saved as ema.safetensors; a checkpoint holding a pickle is refused with one error
     line before anything unpickles it; without ema.safetensors the EMA restarts, with a warning."""
     import pickle
 
     out, marker = tmp_path / "ema", tmp_path / "pwned"
-    common = [sys.executable, str(SCRIPT), "--model_name_or_path", str(micro_folder), "--output_dir", str(out),
+    common = ["--model_name_or_path", str(micro_folder), "--output_dir", str(out),
               *data_args(tmp_path), "--max_train_steps", "4", "--per_device_train_batch_size", "4", "--eval_batches",
               "1", "--checkpointing_steps", "2", "--ema_decay", "0.9", "--seed", "1"]
-    assert_ok(run(common + ["--stop_after_steps", "2"], tmp_path))
+    assert_ok(run_main(in_process, common + ["--stop_after_steps", "2"]))
     step = out / "step_2"
     assert (step / "ema.safetensors").is_file() and not list(step.glob("custom_checkpoint_*"))
     (step / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(Payload(marker)))
-    result = run(common + ["--resume_from_checkpoint", "latest"], tmp_path)
+    result = run_main(in_process, common + ["--resume_from_checkpoint", "latest"])
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 1 and len(errors) == 1 and "holds pickled objects" in errors[0], result.stderr[-2000:]
     assert not marker.exists()
     (step / "custom_checkpoint_0.pkl").unlink()
     (step / "ema.safetensors").unlink()
-    result = run(common + ["--resume_from_checkpoint", "latest"], tmp_path)
+    result = run_main(in_process, common + ["--resume_from_checkpoint", "latest"])
     assert_ok(result)
     assert "has no ema.safetensors; the EMA restarts" in result.stdout + result.stderr
     assert [row["step"] for row in read_log(out)] == [1, 2, 3, 4]
 
 
-def test_a_reused_output_dir_is_refused_unless_overwritten(micro_folder, tmp_path):
+def test_a_reused_output_dir_is_refused_unless_overwritten(micro_folder, in_process, tmp_path):
     """#16: a fresh run in a folder holding another run's checkpoints would mix the two on the next resume."""
     out = tmp_path / "reused"
-    common = [sys.executable, str(SCRIPT), "--model_name_or_path", str(micro_folder), "--output_dir", str(out),
+    common = ["--model_name_or_path", str(micro_folder), "--output_dir", str(out),
               *data_args(tmp_path), "--per_device_train_batch_size", "4", "--eval_batches", "1",
               "--checkpointing_steps", "2"]
-    assert_ok(run(common + ["--max_train_steps", "4", "--seed", "1"], tmp_path))
-    result = run(common + ["--max_train_steps", "2", "--seed", "2"], tmp_path)
+    assert_ok(run_main(in_process, common + ["--max_train_steps", "4", "--seed", "1"]))
+    result = run_main(in_process, common + ["--max_train_steps", "2", "--seed", "2"])
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 1 and len(errors) == 1 and "holds another run (step_2, step_4)" in errors[0]
     assert sorted(p.name for p in out.glob("step_*")) == ["step_2", "step_4"]  # untouched
-    assert_ok(run(common + ["--max_train_steps", "2", "--seed", "2", "--overwrite_output_dir"], tmp_path))
+    assert_ok(run_main(in_process, common + ["--max_train_steps", "2", "--seed", "2", "--overwrite_output_dir"]))
     assert sorted(p.name for p in out.glob("step_*")) == ["step_2"]
     assert [row["step"] for row in read_log(out)] == [1, 2]
 
 
 @pytest.mark.parametrize("lr", ["1e6", "1e30"])  # (inf and nan are refused with the arguments)
-def test_weights_made_non_finite_by_a_step_end_with_one_error_line(micro_folder, tmp_path, lr):
+def test_weights_made_non_finite_by_a_step_end_with_one_error_line(micro_folder, in_process, tmp_path, lr):
     """#16: a finite gradient times a huge learning rate overflows the weights; the run stops with one line."""
     out = tmp_path / "diverged"
-    result = run([sys.executable, str(SCRIPT), "--model_name_or_path", str(micro_folder), "--output_dir", str(out),
-                  *data_args(tmp_path), "--max_train_steps", "4", "--per_device_train_batch_size", "4",
-                  "--eval_batches", "1", "--learning_rate", lr, "--max_grad_norm", "0", "--seed", "1"], tmp_path)
+    result = run_main(in_process, ["--model_name_or_path", str(micro_folder), "--output_dir", str(out),
+                                   *data_args(tmp_path), "--max_train_steps", "4", "--per_device_train_batch_size",
+                                   "4", "--eval_batches", "1", "--learning_rate", lr, "--max_grad_norm", "0",
+                                   "--seed", "1"])
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert len(errors) == 1 and "non-finite" in errors[0], errors

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from conftest import run_main
 from safetensors.torch import load_file
 from test_hub import fake_snapshot
 from test_training import SCRIPT, assert_ok, read_log, run, write_corpus
@@ -38,36 +39,36 @@ def test_an_unknown_hub_id_is_one_error_line(tmp_path):
     assert len(errors) == 1 and "--model_name_or_path org/does-not-exist: not a local folder" in errors[0]
 
 
-def test_checkpoints_total_limit_keeps_the_newest(micro_folder, tmp_path):
+def test_checkpoints_total_limit_keeps_the_newest(micro_folder, in_process, tmp_path):
     out = tmp_path / "limited"
-    common = [sys.executable, str(SCRIPT), "--model_name_or_path", str(micro_folder), "--output_dir", str(out),
+    common = ["--model_name_or_path", str(micro_folder), "--output_dir", str(out),
               *data_args(tmp_path), "--max_train_steps", "6", "--per_device_train_batch_size", "4",
               "--eval_batches", "1", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2", "--seed", "1"]
-    assert_ok(run(common + ["--stop_after_steps", "4"], tmp_path))
+    assert_ok(run_main(in_process, common + ["--stop_after_steps", "4"]))
     assert sorted(p.name for p in out.glob("step_*")) == ["step_2", "step_4"]
-    result = run(common + ["--resume_from_checkpoint", "latest"], tmp_path)
+    result = run_main(in_process, common + ["--resume_from_checkpoint", "latest"])
     assert_ok(result)
     assert sorted(p.name for p in out.glob("step_*")) == ["step_4", "step_6"]
     assert "removed step_2" in result.stderr + result.stdout
     assert [row["step"] for row in read_log(out)] == [1, 2, 3, 4, 5, 6]
 
 
-def test_streaming_a_dataset_folder_resumes_exactly(micro_folder, tmp_path):
+def test_streaming_a_dataset_folder_resumes_exactly(micro_folder, in_process, tmp_path):
     """--streaming reads a dataset folder lazily (no Arrow cache written), validates on its first articles (which
     training skips), and a run stopped in its first pass and resumed in the second equals the uninterrupted one."""
     train, _, texts = write_corpus(tmp_path / "data")
     (tmp_path / "dataset").mkdir()
     train.rename(tmp_path / "dataset" / "train.jsonl")
-    common = [sys.executable, str(SCRIPT), "--model_name_or_path", str(micro_folder), "--dataset_name",
+    common = ["--model_name_or_path", str(micro_folder), "--dataset_name",
               str(tmp_path / "dataset"), "--streaming", "--streaming_validation_articles", "4",
               "--max_train_steps", "8", "--per_device_train_batch_size", "8", "--checkpointing_steps", "3",
               "--eval_batches", "1", "--seed", "1"]
     a, b = tmp_path / "A", tmp_path / "B"
-    result = run(common + ["--output_dir", str(a)], tmp_path)
+    result = run_main(in_process, common + ["--output_dir", str(a)])
     assert_ok(result)
     assert "train: streamed from" in result.stderr and "validation: 4 articles" in result.stderr
-    assert_ok(run(common + ["--output_dir", str(b), "--stop_after_steps", "3"], tmp_path))
-    resumed = run(common + ["--output_dir", str(b), "--resume_from_checkpoint", "latest"], tmp_path)
+    assert_ok(run_main(in_process, common + ["--output_dir", str(b), "--stop_after_steps", "3"]))
+    resumed = run_main(in_process, common + ["--output_dir", str(b), "--resume_from_checkpoint", "latest"])
     assert_ok(resumed)
     log_a, log_b = read_log(a), read_log(b)
     documents = len(articles_to_documents(texts[4:], 128)["input_ids"])  # 4 of the 32 articles held out
