@@ -5,12 +5,12 @@ which bfloat16 rounds to 1, and atanh(1) = inf made every forward's loss non-fin
 """
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from test_training import SCRIPT, assert_ok, read_log, run, write_corpus
+from conftest import run_main
+from test_training import assert_ok, read_log, write_corpus
 
 from modeling_zonkey import ZonkeyModel, ZonkeyTokenizer
 from modeling_zonkey.sphere import cosine_logits
@@ -51,13 +51,13 @@ def test_shipped_checkpoint_trains_under_bf16_autocast_with_the_fp32_losses():
         optimizer.step()
 
 
-def test_training_script_with_mixed_precision_bf16(tmp_path):
+def test_training_script_with_mixed_precision_bf16(in_process, tmp_path):
     train, validation, _ = write_corpus(tmp_path / "data")
     out = tmp_path / "bf16"
-    result = run([sys.executable, str(SCRIPT), "--model_name_or_path", str(TINY), "--train_file", str(train),
-                  "--validation_file", str(validation), "--output_dir", str(out), "--mixed_precision", "bf16",
-                  "--max_train_steps", "3", "--per_device_train_batch_size", "4", "--eval_batches", "1",
-                  "--seed", "1"], tmp_path)
+    result = run_main(in_process, ["--model_name_or_path", str(TINY), "--train_file", str(train),
+                                   "--validation_file", str(validation), "--output_dir", str(out), "--mixed_precision",
+                                   "bf16", "--max_train_steps", "3", "--per_device_train_batch_size", "4",
+                                   "--eval_batches", "1", "--seed", "1"])
     assert_ok(result)
     losses = [row["loss"] for row in read_log(out)]
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
