@@ -278,6 +278,13 @@ class EMA(nn.Module):
         for i, name in enumerate(self.names):
             getattr(self, f"shadow_{i}").lerp_(params[name].detach().float(), 1.0 - self.decay)
 
+    @torch.no_grad()
+    def restart(self, model: nn.Module) -> None:
+        """Shadow weights equal to `model`'s (a resumed run whose checkpoint has no EMA)."""
+        params = dict(model.named_parameters())
+        for i, name in enumerate(self.names):
+            getattr(self, f"shadow_{i}").copy_(params[name].detach().float())
+
     def load(self, checkpoint: Path) -> bool:
         """Restore the shadow weights from a checkpoint's EMA_FILE; False when it has none (then unchanged)."""
         path = Path(checkpoint) / EMA_FILE

@@ -1,19 +1,23 @@
 """A training run and its folder: who owns an --output_dir, which checkpoint a run resumes and with which arguments,
-and what a checkpoint records (used by examples/train_zonkey.py; the checkpoint files themselves are
+and the checkpoints it writes (used by examples/train_zonkey.py; the checkpoint files themselves are
 checkpointing.py's).
 
 A fresh run claims its folder (claim_output_dir) and writes a run id to run.json; every checkpoint carries the id,
 the RunState and the run's RUN_ARGUMENTS, so `--resume_from_checkpoint latest` resumes only this run
-(locate_resume, which also reads every part of the checkpoint first) and refuses other data-order or schedule
-arguments (check_run_arguments). A problem the user can fix is a TrainingError: one `error:` line.
+(locate_resume, which also reads every part of the checkpoint first, and restore) and refuses other data-order or
+schedule arguments (check_run_arguments). CheckpointWriter writes the checkpoints with the run's training time
+(TrainingClock) and remembers the last one, which error messages name. A problem the user can fix is a TrainingError:
+one `error:` line.
 """
 
 import json
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from accelerate.logging import get_logger
 from transformers import SchedulerType
 
 from .agreement import PeerFailure, stop_together
@@ -26,10 +30,13 @@ from .checkpointing import (
     find_checkpoint,
     foreign_checkpoints,
     pickled_files,
+    prune_checkpoints,
     read_run_id,
     save_checkpoint,
     verify_checkpoint,
 )
+
+logger = get_logger(__name__)
 
 LOG_FILE = "train_log.jsonl"
 
@@ -46,6 +53,17 @@ class TrainingError(Exception):
         super().__init__(message)
         self.synchronized = synchronized
         self.together = synchronized if together is None else together
+
+
+@dataclass
+class RunState:
+    """Where a run stands: what a checkpoint's training_state.json records (with the run's id and arguments)."""
+
+    completed_steps: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    train_bytes: int = 0
+    train_seconds: float | None = 0.0  # training time before this process started (None: an old checkpoint's)
 
 
 def open_train_log(output_dir: Path, resumed_steps: int | None) -> Path:
@@ -114,7 +132,28 @@ def claim_output_dir(args, accelerator) -> Path:
     return output_dir
 
 
-def locate_resume(args, output_dir: Path, accelerator) -> tuple[Path, dict] | None:
+@dataclass
+class Resume:
+    """The checkpoint a run resumes and what its training_state.json holds."""
+
+    path: Path
+    saved: dict  # the RunState's fields, the run's id and its arguments
+
+    @property
+    def run_args(self) -> dict:
+        return self.saved.get("run_args", {})
+
+    @property
+    def run_id(self) -> str | None:
+        return self.saved.get("run_id")
+
+    def run_state(self) -> RunState:
+        saved = self.saved
+        return RunState(saved["completed_steps"], saved["epoch"], saved["batches_in_epoch"], saved["train_bytes"],
+                        saved.get("train_seconds"))
+
+
+def locate_resume(args, output_dir: Path, accelerator) -> Resume | None:
     """The checkpoint --resume_from_checkpoint names ("latest": of the run owning output_dir) and its training state,
     after every part of it was read (verify_checkpoint): a damaged file is named before anything is loaded."""
     if not args.resume_from_checkpoint:
@@ -133,7 +172,7 @@ def locate_resume(args, output_dir: Path, accelerator) -> tuple[Path, dict] | No
                                   "load (unpickling can run code). Checkpoints written before the EMA moved to "
                                   f"{EMA_FILE} kept it that way: remove the file(s) to resume (an EMA then restarts "
                                   "from the resumed weights).")
-        found = path, verify_checkpoint(path, accelerator.process_index)
+        found = Resume(path, verify_checkpoint(path, accelerator.process_index))
     except (FileNotFoundError, CheckpointError) as err:
         error = TrainingError(str(err), together=True)
     stop_together(accelerator, error, "to read the checkpoint to resume")
@@ -152,32 +191,79 @@ def check_run_arguments(args, path: Path, state: dict, current: dict, accelerato
                           "the uninterrupted one")
 
 
+def restore(args, accelerator, model, ema, resume: Resume, this_run: dict) -> RunState:
+    """Load a verified checkpoint into the prepared model, optimizer, scheduler and RNGs (and the EMA, which restarts
+    from the resumed weights when the checkpoint has none); the RunState to continue from."""
+    check_run_arguments(args, resume.path, resume.saved, this_run, accelerator)
+    try:
+        accelerator.load_state(str(resume.path))
+    except RuntimeError as err:  # e.g. size mismatches: a checkpoint of another config
+        lines = str(err).strip().splitlines()
+        more = f" ... ({len(lines) - 3} more)" if len(lines) > 3 else ""
+        detail = " ".join(line.strip() for line in lines[:3]) + more
+        raise TrainingError(f"{resume.path} does not fit this model (written with another config?): {detail}") from err
+    if ema is not None and not ema.load(resume.path):  # ema.safetensors was read by verify_checkpoint
+        ema.restart(accelerator.unwrap_model(model))
+        accelerator.print(f"warning: {resume.path} has no {EMA_FILE}; the EMA restarts from the resumed weights")
+    state = resume.run_state()
+    logger.info(f"resumed from {resume.path}: step {state.completed_steps}, epoch {state.epoch}, "
+                f"{state.batches_in_epoch} batches into it")
+    return state
+
+
 def checkpoint_names(output_dir: Path) -> str:
     return ", ".join(path.name for path in checkpoint_folders(output_dir)) or "none"
 
 
 @dataclass
-class RunState:
-    """Where a run stands: what a checkpoint's training_state.json records (with the run's id and arguments)."""
+class TrainingClock:
+    """The run's training time: when this process started training, and the time before (None: unknown, a checkpoint
+    of an older version did not record it)."""
 
-    completed_steps: int = 0
-    epoch: int = 0
-    batches_in_epoch: int = 0
-    train_bytes: int = 0
-    train_seconds: float | None = 0.0  # training time before this process started (None: an old checkpoint's)
+    started: float
+    seconds_before: float | None
+
+    def train_seconds(self, now: float | None = None) -> float | None:
+        """The whole run's training time until `now` (default: now); None when the time before is unknown."""
+        now = time.time() if now is None else now
+        return None if self.seconds_before is None else self.seconds_before + now - self.started
 
 
-def save_run_state(accelerator, output_dir: Path, name: str, state: RunState, run_id: str, this_run: dict, ema,
-                   progress) -> Path:
-    """A checkpoint of the run (see modeling_zonkey/training/checkpointing.py); a failed write is one error line."""
-    try:
-        return save_checkpoint(accelerator, output_dir, name, {**asdict(state), "run_id": run_id, "run_args": this_run},
-                               tensors={EMA_FILE: ema.state_dict()} if ema is not None else None)
-    except PeerFailure:
-        progress.close()
-        raise
-    except OSError as err:  # e.g. a full disk; the partial folder is gone, the complete ones are intact
-        progress.close()
-        raise TrainingError(f"cannot write the checkpoint {output_dir / name} ({err.strerror or err}): stopped. "
-                            f"The earlier checkpoints are intact ({checkpoint_names(output_dir)}); free space, "
-                            "then --resume_from_checkpoint latest.", together=True) from err
+class CheckpointWriter:
+    """Writes the run's checkpoints step_N / epoch_N (see modeling_zonkey/training/checkpointing.py) with the training
+    time so far, the run's id and arguments and the EMA; keeps the newest --checkpoints_total_limit; remembers the last
+    one written. A failed write is one error line."""
+
+    def __init__(self, args, accelerator, output_dir: Path, run_id: str, this_run: dict, ema, clock: TrainingClock,
+                 progress):
+        self.args, self.accelerator, self.output_dir, self.run_id = args, accelerator, output_dir, run_id
+        self.this_run, self.ema, self.clock, self.progress = this_run, ema, clock, progress
+        self.last: Path | None = None
+
+    @property
+    def last_name(self) -> str:
+        """The last checkpoint this run wrote, for error messages."""
+        return str(self.last) if self.last is not None else "none written by this run"
+
+    def write(self, name: str, state: RunState) -> None:
+        state.train_seconds = self.clock.train_seconds()
+        self.last = self.save(name, state)
+        limit = self.args.checkpoints_total_limit
+        if limit and self.accelerator.is_main_process:
+            for old in prune_checkpoints(self.output_dir, limit):
+                logger.info(f"--checkpoints_total_limit {limit}: removed {old.name}")
+
+    def save(self, name: str, state: RunState) -> Path:
+        output_dir, ema = self.output_dir, self.ema
+        try:
+            return save_checkpoint(self.accelerator, output_dir, name,
+                                   {**asdict(state), "run_id": self.run_id, "run_args": self.this_run},
+                                   tensors={EMA_FILE: ema.state_dict()} if ema is not None else None)
+        except PeerFailure:
+            self.progress.close()
+            raise
+        except OSError as err:  # e.g. a full disk; the partial folder is gone, the complete ones are intact
+            self.progress.close()
+            raise TrainingError(f"cannot write the checkpoint {output_dir / name} ({err.strerror or err}): stopped. "
+                                f"The earlier checkpoints are intact ({checkpoint_names(output_dir)}); free space, "
+                                "then --resume_from_checkpoint latest.", together=True) from err
