@@ -56,11 +56,7 @@ from modeling_zonkey.training.launch import (
     make_accelerator,
     start_threads,
 )
-from modeling_zonkey.training.model_and_data import (
-    TrainingData,
-    build_model,  # noqa: F401 - kept reachable as the script's build_model (tests call it on the imported script)
-    build_model_and_data,
-)
+from modeling_zonkey.training.model_and_data import TrainingData, build_model_and_data
 from modeling_zonkey.training.run_folder import (
     LOG_FILE,
     CheckpointWriter,

@@ -16,6 +16,7 @@ from modeling_zonkey.evaluation.hierarchy import encode, hierarchy_diagnosis, tu
 from modeling_zonkey.level import LevelTargets, SegmentBatch
 from modeling_zonkey.segment_splitter import build_segments
 from modeling_zonkey.sphere import to_sphere
+from modeling_zonkey.training.model_and_data import build_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -92,13 +93,13 @@ def test_training_level1_alone_on_a_frozen_level0_lowers_its_loss(micro_config, 
     assert all(torch.equal(v, model.levels[0].state_dict()[k]) for k, v in level0.items())
 
 
-def test_reinit_levels_keeps_the_other_levels_and_draws_the_named_one_afresh(in_process, micro_folder, tmp_path):
+def test_reinit_levels_keeps_the_other_levels_and_draws_the_named_one_afresh(micro_folder, tmp_path):
     config = json.loads(MICRO.read_text())
     config["num_cls_vectors"][1] = 4  # level 1's CLS vectors: another shape, so level 1 must start afresh
     (tmp_path / "wider.json").write_text(json.dumps(config))
     args = argparse.Namespace(config_name=str(tmp_path / "wider.json"), model_name_or_path=str(micro_folder),
                               tokenizer_name=None, reinit_levels=[1], freeze_levels=[0])
-    model, _ = in_process.build_model(args)
+    model, _ = build_model(args)
     trained = ZonkeyModel.from_pretrained(micro_folder)
     assert model.config.num_cls_vectors == [4, 4] and model.frozen_levels == {0}
     kept = {k: v for k, v in trained.state_dict().items() if not k.startswith("levels.1.")}
@@ -114,7 +115,7 @@ def test_reinit_levels_keeps_the_other_levels_and_draws_the_named_one_afresh(in_
     (tmp_path / "narrow.json").write_text(json.dumps(config))
     args.config_name = str(tmp_path / "narrow.json")
     with pytest.raises(ValueError, match="kept weight .* does not fit the new config"):
-        in_process.build_model(args)
+        build_model(args)
 
 
 # ------------------------------------------------------------------------------- light pass above level 0

@@ -28,6 +28,8 @@ import torch
 from conftest import run_main, script_in_process
 from safetensors.torch import load_file
 
+from modeling_zonkey.training.model_and_data import build_model
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "train_zonkey.py"
 MICRO = ROOT / "configuration" / "zonkey-micro.json"
@@ -398,7 +400,7 @@ def test_checkpoint_of_another_config_is_refused(runs, in_process, tmp_path, cap
     assert "size mismatch for byte_embeddings.weight" in errors[0] and len(errors[0]) < 1000
 
 
-def test_fine_tuning_a_folder_under_a_preset(runs, in_process, tmp_path):
+def test_fine_tuning_a_folder_under_a_preset(runs, tmp_path):
     """--model_name_or_path with --config_name: the folder's weights under the preset's config (a longer level-1
     window, longer documents), as transformers' run_clm reads the two flags."""
     import argparse
@@ -407,7 +409,7 @@ def test_fine_tuning_a_folder_under_a_preset(runs, in_process, tmp_path):
     config["window_length"][1], config["document_length"] = 9, [256, 96]
     (tmp_path / "longer.json").write_text(json.dumps(config))
     folder = runs["A"]
-    model, tokenizer = in_process.build_model(argparse.Namespace(config_name=str(tmp_path / "longer.json"),
+    model, tokenizer = build_model(argparse.Namespace(config_name=str(tmp_path / "longer.json"),
                                                                  model_name_or_path=str(folder), tokenizer_name=None,
                                                                  reinit_levels=None, freeze_levels=None))
     assert model.config.window_length[1] == 9 and model.config.document_length == [256, 96]
@@ -415,7 +417,7 @@ def test_fine_tuning_a_folder_under_a_preset(runs, in_process, tmp_path):
     saved = load_file(folder / "model.safetensors")
     state = model.state_dict()
     assert saved.keys() == state.keys() and all(torch.equal(state[k], v) for k, v in saved.items())
-    alone, _ = in_process.build_model(argparse.Namespace(config_name=None, model_name_or_path=str(folder),
+    alone, _ = build_model(argparse.Namespace(config_name=None, model_name_or_path=str(folder),
                                                          tokenizer_name=None, reinit_levels=None, freeze_levels=None))
     assert alone.config.window_length == json.loads((folder / "config.json").read_text())["window_length"]
 
