@@ -227,14 +227,17 @@ def main(argv=None) -> None:
         train(args)
     except PeerFailure as err:  # another process failed and says why; this one stops with status 1
         logger.warning(str(err), main_process_only=False)
+        leave_together()  # (the two waits of the failing process, below)
         leave_together()
         raise SystemExit(1) from None
     except TrainingError as err:
         state = PartialState()
+        if err.together:  # every process has closed its progress bar, so the error line starts a line of its own
+            leave_together()
         if not err.synchronized or state.is_main_process:
             where = f"process {state.process_index}: " if state.num_processes > 1 and not err.synchronized else ""
             print(f"error: {where}{err}", file=sys.stderr, flush=True)
-        if err.together:
+        if err.together:  # and it is out before any process exits (the launcher then stops the others)
             leave_together()
         raise SystemExit(1) from None
     except RuntimeError as err:

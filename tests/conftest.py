@@ -85,6 +85,8 @@ def script_in_process(tmp_path: Path):
     verbosity = transformers.utils.logging.get_verbosity(), datasets.utils.logging.get_verbosity()
     states = random.getstate(), np.random.get_state(), torch.get_rng_state(), torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
+    AcceleratorState._reset_state(True)  # an Accelerator (or Trainer) of an earlier test must not configure this one
+    GradientState._reset_state()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
         patch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf" / "datasets")

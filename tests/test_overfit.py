@@ -29,7 +29,7 @@ def test_micro_model_overfits_and_reconstructs_exactly():
         optimizer.step()
         losses.append(out.loss.item())
         level1.append(out.loss_terms["level1/reconstruction"].item())
-        if step % 50 == 0 and step >= 300:  # level 1 trains for at least 300 steps
+        if step % 50 == 0 and step >= 200:  # level 1 trains for at least 200 steps (its loss: 0.27x by then)
             model.eval()
             # bytes -> level-0 latents -> bytes, through the level-0 decoder and stitcher
             decoded = tokenizer.batch_decode(model.reconstruct(**batch, from_level=0), skip_special_tokens=True)
