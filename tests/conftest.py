@@ -150,3 +150,20 @@ def run_main(module, args: list[str]) -> Finished:
         AcceleratorState._reset_state(True)  # the next run builds its own Accelerator
         GradientState._reset_state()
     return Finished(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def two_process_run(tmp_path_factory):
+    """One run of examples/train_zonkey.py under `accelerate launch` with 2 CPU processes (gloo,
+    configuration/accelerate-cpu-ddp-2.yaml): the micro preset, 4 optimizer steps of batch 2 per process,
+    checkpoints at steps 2 and 4, --deterministic. Shared by the data-sharing test (test_training.py) and the
+    faults' reference run (test_training_faults.py): each launch costs ~10 s here."""
+    from test_training import train_args, write_corpus
+    from test_training_faults import ARGS, launch
+
+    tmp = tmp_path_factory.mktemp("two-processes")
+    train, validation, _ = write_corpus(tmp / "data")
+    result, _ = launch(SCRIPT, train_args(train, validation, tmp / "A", *ARGS), tmp)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return {"tmp": tmp, "train": train, "validation": validation, "A": tmp / "A", "result": result}
+

@@ -344,21 +344,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_cpu_processes_share_the_data(tmp_path):
+def test_two_cpu_processes_share_the_data(two_process_run):
+    """Two CPU processes (conftest.two_process_run: 4 steps of batch 2 per process, checkpoints at 2 and 4) read
+    different batches, log as run_clm_no_trainer, follow one lr schedule and write each checkpoint once."""
     from transformers import AutoModel
 
     import modeling_zonkey  # noqa: F401  (registers the Auto classes)
 
-    train, validation, _ = write_corpus(tmp_path / "data")
-    out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP2),
-               "--main_process_port", str(free_port()), str(SCRIPT),
-               *train_args(train, validation, out, "--per_device_train_batch_size", "2", "--max_train_steps", "2",
-                           "--checkpointing_steps", "2")]
-    result = run(command, tmp_path)
-    assert_ok(result)
+    out, result = two_process_run["A"], two_process_run["result"]
     output = result.stdout + result.stderr
-    assert "2 optimizer steps, 12 per epoch, 2 process(es)" in output
+    assert "4 optimizer steps, 12 per epoch, 2 process(es)" in output
     assert "process 0/2: 12 training batches per epoch" in output
     assert "process 1/2: 12 training batches per epoch" in output
     # #26: logged as run_clm_no_trainer logs: each process's accelerate state, through the script's logger
@@ -366,20 +361,20 @@ def test_two_cpu_processes_share_the_data(tmp_path):
         assert re.search(rf"INFO - __main__ - \[RANK {rank}\] Distributed environment: .*Backend: gloo", result.stderr)
     assert re.search(r"INFO - __main__ - \[RANK 1\] process 1/2: 12 training batches per epoch", result.stderr)
     log = read_log(out)
-    assert [e["step"] for e in log] == [1, 2]
+    assert [e["step"] for e in log] == [1, 2, 3, 4]
     for entry in log:  # each process trained on its own batch
         assert len(entry["process_bytes"]) == 2 and min(entry["process_bytes"]) > 0
         assert entry["process_checksum"][0] != entry["process_checksum"][1]
-    assert log[1]["train_bytes"] == sum(sum(e["process_bytes"]) for e in log)
-    # the lr schedule counts optimizer steps, not process-steps: linear decay over 2 steps
-    assert [e["lr"] for e in log] == pytest.approx([3e-4, 1.5e-4])
-    # one checkpoint, written once, with each process's RNG state
-    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["step_2"]
+    assert log[-1]["train_bytes"] == sum(sum(e["process_bytes"]) for e in log)
+    # the lr schedule counts optimizer steps, not process-steps: linear decay over 4 steps
+    assert [e["lr"] for e in log] == pytest.approx([3e-4, 2.25e-4, 1.5e-4, 0.75e-4])
+    # each checkpoint written once, with each process's RNG state
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["step_2", "step_4"]
     assert sorted(p.name for p in (out / "step_2").iterdir()) == [
         "model.safetensors", "optimizer.bin", "random_states_0.pkl", "random_states_1.pkl", "scheduler.bin",
         "training_state.json"]
     model = AutoModel.from_pretrained(out)
-    saved = load_file(out / "step_2" / "model.safetensors")
+    saved = load_file(out / "step_4" / "model.safetensors")
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in saved.items())
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_training import DDP2, ROOT, SCRIPT, free_port, read_log, script_env, train_args, write_corpus
+from test_training import DDP2, ROOT, SCRIPT, free_port, read_log, script_env, train_args
 
 FAULTY = ROOT / "tests" / "inject_fault.py"
 ARGS = ("--per_device_train_batch_size", "2", "--max_train_steps", "4", "--checkpointing_steps", "2", "--seed", "1",
@@ -41,15 +41,6 @@ def error_lines(result: subprocess.CompletedProcess) -> list[str]:
     return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("faults")
-    train, validation, _ = write_corpus(tmp / "data")
-    result, _ = launch(SCRIPT, train_args(train, validation, tmp / "A", *ARGS), tmp)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return {"tmp": tmp, "train": train, "validation": validation, "A": tmp / "A"}
-
-
 CASES = {  # fault (KIND:RANK:STEP) -> what the failing process's error line says (None: it cannot say anything)
     "raise:1:3": "error: process 1: step 3 failed (RuntimeError: injected fault in the training step; traceback "
                  "above): stopped before its backward pass",
@@ -62,8 +53,8 @@ CASES = {  # fault (KIND:RANK:STEP) -> what the failing process's error line say
 
 @pytest.mark.parametrize("fault", [pytest.param(f, marks=[] if f.startswith("raise") else pytest.mark.slow)
                                    for f in CASES])
-def test_a_fault_on_one_process_stops_every_process_and_the_run_resumes(uninterrupted, tmp_path, fault):
-    data = uninterrupted
+def test_a_fault_on_one_process_stops_every_process_and_the_run_resumes(two_process_run, tmp_path, fault):
+    data = two_process_run  # the uninterrupted run (conftest)
     out = tmp_path / "run"
     args = train_args(data["train"], data["validation"], out, *ARGS)
     result, ended = launch(FAULTY, args, tmp_path, fault)
@@ -94,10 +85,10 @@ def test_a_fault_on_one_process_stops_every_process_and_the_run_resumes(uninterr
 
 
 @pytest.mark.slow
-def test_a_hung_process_is_given_up_after_ddp_timeout(uninterrupted, tmp_path):
+def test_a_hung_process_is_given_up_after_ddp_timeout(two_process_run, tmp_path):
     """A process that stays alive but never reaches the next collective: the others give up after --ddp_timeout
     with one error line, and the launcher then stops the hung one."""
-    data = uninterrupted
+    data = two_process_run
     out = tmp_path / "run"
     result, ended = launch(FAULTY, train_args(data["train"], data["validation"], out, *ARGS, "--ddp_timeout", "10"),
                            tmp_path, "hang:1:3")
