@@ -1,5 +1,5 @@
-"""Shared fixtures: the micro preset, the byte tokenizer, seeded micro models, a saved micro folder, and the
-training script imported in-process."""
+"""Shared fixtures: the micro preset, the byte tokenizer, seeded micro models, a saved micro folder, a training-mode
+level 0 with its segments and latents, and the training script imported in-process."""
 
 import contextlib
 import importlib.util
@@ -16,6 +16,9 @@ import pytest
 import torch
 
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel, ZonkeyTokenizer
+from modeling_zonkey.level import LevelTargets, SegmentBatch
+from modeling_zonkey.segment_splitter import build_segments
+from modeling_zonkey.sphere import to_sphere
 
 MICRO = Path(__file__).resolve().parents[1] / "configuration" / "zonkey-micro.json"
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train_zonkey.py"
@@ -71,6 +74,26 @@ def micro_folder(tmp_path_factory, make_model, tokenizer):
     make_model().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def training_level(micro_config):
+    """A micro model in training mode (seed 0), its level 0 on three 40-byte rows of random lowercase letters, the
+    SegmentBatch of every segment with byte targets, and the segments' latents (with their graph): the model,
+    level, sub, latents of the level's loss and decoder-pass tests."""
+    torch.manual_seed(0)
+    model = ZonkeyModel(micro_config).train()
+    ids = torch.randint(97, 123, (3, 40))
+    valid = torch.ones(3, 40, dtype=torch.bool)
+    x = model.embed_bytes(ids)
+    level = model.levels[0]
+    split = level.splitter(x, valid)
+    segments = build_segments(split.bos_probs, split.boundaries, valid, level.window_length, split.log_not_bos)
+    windows = segments.gather(x)
+    latents = level.compressor(windows, segments.existence).latents
+    targets = LevelTargets(x, ids, to_sphere(model.byte_embeddings.weight[:256]))
+    sub = SegmentBatch.take(segments, windows, torch.arange(len(latents)), targets, valid)
+    return model, level, sub, latents
 
 
 @contextlib.contextmanager
