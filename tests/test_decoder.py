@@ -1,6 +1,6 @@
 """Decoder: time embedding, decompressor (causal, with a key/value cache), PA denoiser and existence head.
 
-The diffusion losses that train it at every noise level are ZonkeyLevel's (tests/test_level.py)."""
+The diffusion losses that train it at every noise level are X."""
 
 import math
 

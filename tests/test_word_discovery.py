@@ -65,6 +65,7 @@ def test_a_zero_splitter_head_starts_every_position_at_the_prior(script):
 
 @pytest.mark.parametrize("argv, named", [(["--set", "density_offsett=0.5"], "density_offsett"),
                                          (["--set", "density_offset"], "NAME=VALUE"),
+                                         (["--set", "hidden_size=[128, 128]"], "hidden_size[1] must equal"),
                                          (["--init_from", "levels.0.splitter"], "MODULE=SEED")])
 def test_a_bad_arm_is_refused_by_name(script, argv, named, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["word_discovery.py"])

@@ -75,13 +75,18 @@ def parse_args(argv=None):
 
 
 def build_config(args):
+    """The preset with the `--set` fields, validated as `ZonkeyConfig` validates its arguments."""
     config = read_preset(args.config_name)
+    values = config.to_dict()
     for item in args.set:
         name, value = item.split("=", 1)
         if not hasattr(config, name):
             raise SystemExit(f"--set {name}: ZonkeyConfig has no field {name!r}.")
-        setattr(config, name, json.loads(value))
-    return config
+        values[name] = json.loads(value)
+    try:
+        return type(config)(**values)
+    except ValueError as err:
+        raise SystemExit(f"--set: {err}") from err
 
 
 def validation_scores(model, batches) -> dict[str, float]:
