@@ -30,7 +30,8 @@ def test_it_records_boundary_scores_and_the_splitters_gradients(script, tmp_path
     records = json.loads(output.read_text())["records"]
     assert [r["step"] for r in records] == [0, 1, 2]
     for record in records:
-        assert 0.0 <= record["f1"] <= 1.0 and 0.0 < record["mean_p_bos"] < 1.0 and 0.0 <= record["soft_p_bos"] <= 1.0
+        assert 0.0 <= record["f1"] <= record["f1_within_1"] <= 1.0
+        assert 0.0 < record["mean_p_bos"] < 1.0 and 0.0 <= record["soft_p_bos"] <= 1.0
     # the splitter learns through the reconstruction (existence, ownership, density), its priors and the level above
     for record in records[:2]:
         assert record["grad_reconstruction"] > 0 and record["grad_regularizers"] > 0 and record["grad_level1+"] > 0
