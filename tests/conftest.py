@@ -76,13 +76,10 @@ def micro_folder(tmp_path_factory, make_model, tokenizer):
     return folder
 
 
-@pytest.fixture(scope="module")
-def training_level(micro_config):
-    """A micro model in training mode (seed 0), its level 0 on three 40-byte rows of random lowercase letters, the
-    SegmentBatch of every segment with byte targets, and the segments' latents (with their graph): the model,
-    level, sub, latents of the level's loss and decoder-pass tests."""
-    torch.manual_seed(0)
-    model = ZonkeyModel(micro_config).train()
+def level0_segments(model: ZonkeyModel, detach: bool = False):
+    """Level 0 of `model` on three 40-byte rows of random lowercase letters (drawn from the global RNG): the
+    SegmentBatch of every segment with byte targets, the segments' latents and the byte vocabulary on the sphere;
+    with `detach`, latents, windows, targets and vocabulary without their graph. -> (level, sub, latents, vocabulary)"""
     ids = torch.randint(97, 123, (3, 40))
     valid = torch.ones(3, 40, dtype=torch.bool)
     x = model.embed_bytes(ids)
@@ -91,8 +88,21 @@ def training_level(micro_config):
     segments = build_segments(split.bos_probs, split.boundaries, valid, level.window_length, split.log_not_bos)
     windows = segments.gather(x)
     latents = level.compressor(windows, segments.existence).latents
-    targets = LevelTargets(x, ids, to_sphere(model.byte_embeddings.weight[:256]))
-    sub = SegmentBatch.take(segments, windows, torch.arange(len(latents)), targets, valid)
+    vocabulary = to_sphere(model.byte_embeddings.weight[:256])
+    if detach:
+        latents, windows, x, vocabulary = latents.detach(), windows.detach(), x.detach(), vocabulary.detach()
+    sub = SegmentBatch.take(segments, windows, torch.arange(len(latents)), LevelTargets(x, ids, vocabulary), valid)
+    return level, sub, latents, vocabulary
+
+
+@pytest.fixture(scope="module")
+def training_level(micro_config):
+    """A micro model in training mode (seed 0), its level 0 on three 40-byte rows of random lowercase letters, the
+    SegmentBatch of every segment with byte targets, and the segments' latents (with their graph): the model,
+    level, sub, latents of the level's loss and decoder-pass tests."""
+    torch.manual_seed(0)
+    model = ZonkeyModel(micro_config).train()
+    level, sub, latents, _ = level0_segments(model)
     return model, level, sub, latents
 
 

@@ -7,12 +7,11 @@ step; the sampler hands each step's estimate to the next decoder call; gradients
 
 import pytest
 import torch
+from conftest import level0_segments
 
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel
 from modeling_zonkey.ddmm import add_noise, deterministic_step
-from modeling_zonkey.level import LevelTargets, SegmentBatch
 from modeling_zonkey.sampling import denoise, noise_schedule
-from modeling_zonkey.segment_splitter import build_segments
 from modeling_zonkey.sphere import to_sphere
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -32,17 +31,7 @@ def sc_level(sc_config):
     with torch.no_grad():
         for level in model.levels:
             level.decoder.self_condition.weight.normal_(0.0, 0.1)
-    ids = torch.randint(97, 123, (3, 40))
-    valid = torch.ones(3, 40, dtype=torch.bool)
-    x = model.embed_bytes(ids)
-    level = model.levels[0]
-    split = level.splitter(x, valid)
-    segments = build_segments(split.bos_probs, split.boundaries, valid, level.window_length, split.log_not_bos)
-    windows = segments.gather(x)
-    latents = level.compressor(windows, segments.existence).latents.detach()
-    vocabulary = to_sphere(model.byte_embeddings.weight[:256]).detach()
-    targets = LevelTargets(x.detach(), ids, vocabulary)
-    sub = SegmentBatch.take(segments, windows.detach(), torch.arange(len(latents)), targets, valid)
+    level, sub, latents, vocabulary = level0_segments(model, detach=True)
     return model, level, sub, latents, vocabulary
 
 
