@@ -106,6 +106,14 @@ def training_level(micro_config):
     return model, level, sub, latents
 
 
+def import_script(path: Path, name: str):
+    """The Python file at `path` (an example script, not a package module) imported as module `name`."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @contextlib.contextmanager
 def script_in_process(tmp_path: Path):
     """examples/train_zonkey.py imported as a module, for running its main() in this process (no interpreter start
@@ -127,9 +135,7 @@ def script_in_process(tmp_path: Path):
             patch.delenv(key)
         patch.setenv("OMP_NUM_THREADS", "1")  # --threads auto then keeps one thread, as the subprocess runs do
         torch.set_num_threads(1)
-        spec = importlib.util.spec_from_file_location("train_zonkey_under_test", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = import_script(SCRIPT, "train_zonkey_under_test")
         try:
             yield module
         finally:

@@ -1,12 +1,12 @@
 """examples/experiments/sampler_steps.py (the DDMM check) on a micro folder: one row per (sampler, level, t), a
 score per step count; and latent_identification.py's lookup."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import import_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "experiments" / "sampler_steps.py"
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -14,10 +14,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("sampler_steps", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_script(SCRIPT, "sampler_steps")
 
 
 def test_it_writes_one_row_per_sampler_level_and_noise_level(script, micro_folder, tmp_path, monkeypatch, capsys):
@@ -53,9 +50,7 @@ def test_an_unknown_option_is_refused_by_name(script, micro_folder, monkeypatch,
 
 
 def test_latent_identification_finds_every_clean_latent_at_t_0_and_fewer_in_noise(make_model):
-    spec = importlib.util.spec_from_file_location("latent_identification", SCRIPT.with_name("latent_identification.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = import_script(SCRIPT.with_name("latent_identification.py"), "latent_identification")
     documents = [b"The cat sat on the mat. " * 4, b"A dog ran in the park, and then home. " * 3]
     results = module.identification(make_model(perturb=False), documents, [0.0, 0.999])
     assert set(results) == {0, 1}

@@ -1,12 +1,12 @@
 """examples/experiments/word_discovery.py: the splitter's early training, seed by seed, on the micro preset."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import import_script
 from transformers import set_seed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -17,10 +17,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("word_discovery", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_script(SCRIPT, "word_discovery")
 
 
 def test_it_records_boundary_scores_and_the_splitters_gradients(script, tmp_path, capsys):
