@@ -11,7 +11,8 @@ same seed, data order, optimizer and schedule in every arm; level 1 is frozen. A
     PATH       the cuts of a trained model's splitter (eval mode), e.g. a run that did not find words
 
 At the end (and every `--eval_every` steps) each arm reports, on held-out documents cut its own way, the level-0
-reconstruction loss (nats per byte, ownership-weighted, at the clean pass's small t) and the share of bytes given
+reconstruction loss (byte cross-entropy in nats, ownership-weighted, at the clean pass's small t, without the density
+factor that scales it in training) and the share of bytes given
 back from level 0 at t = 0.
 
     python examples/experiments/fixed_segmentation.py --arms words shifted random runs/r25s1-a --steps 300
@@ -29,7 +30,13 @@ from transformers import get_scheduler, set_seed
 from modeling_zonkey import ZonkeyModel
 from modeling_zonkey.evaluation.inspection import level_starts
 from modeling_zonkey.evaluation.metrics import byte_accuracy, word_starts
-from modeling_zonkey.segment_splitter import LOG_CERTAIN_BOS, SplitterOutput, force_boundaries
+from modeling_zonkey.segment_splitter import (
+    LOG_CERTAIN_BOS,
+    SplitterOutput,
+    density_factor,
+    force_boundaries,
+    mean_bos_probability,
+)
 from modeling_zonkey.training.data import ZonkeyDataCollator, build_level0_documents, load_text_datasets
 from modeling_zonkey.training.model_and_data import read_preset
 
@@ -83,7 +90,10 @@ def validation(model, batches, cuts) -> dict[str, float]:
         for batch, batch_cuts in zip(batches, cuts):
             splitter.cuts = batch_cuts
             out = model(**batch, return_loss=True)
-            loss += float(out.loss_terms["level0/reconstruction"])
+            level0 = out.levels[0]
+            density = density_factor(mean_bos_probability(level0.bos_probs, level0.valid), splitter.window_length,
+                                     model.config.density_offset)
+            loss += float(out.loss_terms["level0/reconstruction"] / density)  # the term is scaled by the density
             rows = model.reconstruct(**batch, from_level=0)
             c, t = byte_accuracy(rows, batch["input_ids"], batch["attention_mask"])
             right, total = right + c, total + t
