@@ -11,9 +11,8 @@ same seed, data order, optimizer and schedule in every arm; level 1 is frozen. A
     PATH       the cuts of a trained model's splitter (eval mode), e.g. a run that did not find words
 
 At the end (and every `--eval_every` steps) each arm reports, on held-out documents cut its own way, the level-0
-reconstruction loss (byte cross-entropy in nats, ownership-weighted, at the clean pass's small t, without the density
-factor that scales it in training) and the share of bytes given
-back from level 0 at t = 0.
+reconstruction loss (byte cross-entropy in nats, ownership-weighted, at the clean pass's small t, without the
+density factor that scales it in training) and the share of bytes given back from level 0 at t = 0.
 
     python examples/experiments/fixed_segmentation.py --arms words shifted random runs/r25s1-a --steps 300
 """
