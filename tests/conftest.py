@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,10 +108,15 @@ def training_level(micro_config):
 
 
 def import_script(path: Path, name: str):
-    """The Python file at `path` (an example script, not a package module) imported as module `name`."""
+    """The Python file at `path` (an example script, not a package module) imported as module `name`, with its folder
+    first on sys.path while it loads, as when Python runs it (so it finds its sibling modules, e.g. common.py)."""
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(Path(path).parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(Path(path).parent))
     return module
 
 

@@ -1,12 +1,14 @@
-"""Shared by the experiments: a one-level model config, a plain training loop, boundary scores on documents."""
+"""Shared by the experiments: a one-level model config, a plain training loop, boundary scores on documents, and the
+default corpus cut into training documents and held-out batches."""
 
 import time
 
 import torch
+from torch.utils.data import DataLoader
 
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel
 from modeling_zonkey.evaluation.metrics import boundary_scores
-from modeling_zonkey.training.data import ZonkeyDataCollator
+from modeling_zonkey.training.data import ZonkeyDataCollator, build_level0_documents, load_text_datasets
 
 
 def one_level_config(width: int = 64, window: int = 12, document: int = 256, **overrides) -> ZonkeyConfig:
@@ -55,3 +57,14 @@ def level0_boundaries(model: ZonkeyModel, documents: list[bytes], gold: list[lis
         for row, data in enumerate(chunk):
             predicted.append(out.boundaries[row, : len(data)].nonzero().flatten().tolist())
     return boundary_scores(predicted, gold, tolerance)
+
+
+def default_corpus(document_length: int, validation_documents: int, batch_size: int = 8):
+    """The default Wikipedia corpus cut into documents of at most `document_length` bytes: (the training documents,
+    the first `validation_documents` held-out documents in batches of `batch_size`), split as the training script
+    splits it (5% of the articles, seed 0)."""
+    raw = load_text_datasets(None, None, None, None, "text", 0.05, 0)
+    documents, _ = build_level0_documents(raw, document_length)
+    train_set = documents["train"].remove_columns(["article"])
+    held_out = documents["validation"].remove_columns(["article"]).select(range(validation_documents))
+    return train_set, list(DataLoader(held_out, batch_size=batch_size, collate_fn=ZonkeyDataCollator()))

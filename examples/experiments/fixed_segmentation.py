@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 import torch
+from common import default_corpus  # examples/experiments/common.py
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import get_scheduler, set_seed
@@ -36,7 +37,7 @@ from modeling_zonkey.segment_splitter import (
     force_boundaries,
     mean_bos_probability,
 )
-from modeling_zonkey.training.data import ZonkeyDataCollator, build_level0_documents, load_text_datasets
+from modeling_zonkey.training.data import ZonkeyDataCollator
 from modeling_zonkey.training.model_and_data import read_preset
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -167,12 +168,7 @@ def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     config = read_preset(args.config_name)
-    raw = load_text_datasets(None, None, None, None, "text", 0.05, 0)
-    documents, _ = build_level0_documents(raw, config.document_length[0])
-    train_set = documents["train"].remove_columns(["article"])
-    val_set = documents["validation"].remove_columns(["article"]).select(range(args.validation_documents))
-    collator = ZonkeyDataCollator(pad_token_id=config.pad_token_id)
-    val_batches = list(DataLoader(val_set, batch_size=8, collate_fn=collator))
+    train_set, val_batches = default_corpus(config.document_length[0], args.validation_documents)
     records = []
     for arm in args.arms:
         records += run_arm(args, config, train_set, val_batches, arm)
