@@ -378,8 +378,9 @@ def train(args) -> None:
                "train_bytes_per_second": (state.train_bytes - bytes_at_start) / max(now - clock.started, 1e-9),
                **run_summary(args, data)}
     save_final(args, accelerator, model, tokenizer, output_dir, history)
-    if args.with_tracking:
-        accelerator.end_training()
+    # ends the trackers and destroys the process group: a process leaving with gloo's threads still up can abort at
+    # exit ("terminate called without an active exception", seen once on a loaded machine in a resumed 2-process run)
+    accelerator.end_training()
     logger.info(f"saved to {output_dir}: " + json.dumps(last_eval))
 
 
