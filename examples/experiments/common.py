@@ -1,10 +1,12 @@
 """Shared by the experiments: a one-level model config, a plain training loop, boundary scores on documents, and the
 default corpus cut into training documents and held-out batches."""
 
+import json
 import time
 
 import torch
 from torch.utils.data import DataLoader
+from transformers import get_scheduler
 
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel
 from modeling_zonkey.evaluation.metrics import boundary_scores
@@ -68,3 +70,31 @@ def default_corpus(document_length: int, validation_documents: int, batch_size: 
     train_set = documents["train"].remove_columns(["article"])
     held_out = documents["validation"].remove_columns(["article"]).select(range(validation_documents))
     return train_set, list(DataLoader(held_out, batch_size=batch_size, collate_fn=ZonkeyDataCollator()))
+
+
+def readme_optimizer(params, learning_rate: float, warmup_steps: int, planned_steps: int):
+    """AdamW and the cosine schedule with warmup as the README's training command sets them (eps 1e-7, no weight
+    decay). params: parameters or parameter groups. -> (optimizer, scheduler)"""
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0, eps=1e-7)
+    return optimizer, get_scheduler("cosine", optimizer, num_warmup_steps=warmup_steps,
+                                    num_training_steps=planned_steps)
+
+
+def shuffled(documents, batch_size: int, seed: int) -> DataLoader:
+    """The documents in batches, shuffled by a generator of its own seeded with `seed`."""
+    return DataLoader(documents, batch_size=batch_size, shuffle=True, collate_fn=ZonkeyDataCollator(),
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def optimizer_step(model, loss: torch.Tensor, optimizer, scheduler) -> None:
+    """Backward, gradients clipped at norm 1, optimizer and schedule step."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def print_record(record: dict) -> None:
+    """One JSON line, floats to 4 decimals."""
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}), flush=True)

@@ -22,10 +22,9 @@ import json
 from pathlib import Path
 
 import torch
-from common import default_corpus  # examples/experiments/common.py
+from common import default_corpus, optimizer_step, print_record, readme_optimizer, shuffled  # experiments/common.py
 from torch import nn
-from torch.utils.data import DataLoader
-from transformers import get_scheduler, set_seed
+from transformers import set_seed
 
 from modeling_zonkey import ZonkeyModel
 from modeling_zonkey.evaluation.inspection import level_starts
@@ -37,7 +36,6 @@ from modeling_zonkey.segment_splitter import (
     force_boundaries,
     mean_bos_probability,
 )
-from modeling_zonkey.training.data import ZonkeyDataCollator
 from modeling_zonkey.training.model_and_data import read_preset
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -112,31 +110,21 @@ def run_arm(args, config, train_set, val_batches, arm: str) -> list[dict]:
     model.train()
     generator = torch.Generator().manual_seed(args.seed)
     val_cuts = [arm_cuts(arm, batch, generator, reference) for batch in val_batches]
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate,
-                                  weight_decay=0.0, eps=1e-7)
-    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=args.warmup_steps,
-                              num_training_steps=args.planned_steps)
-    loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
-                        collate_fn=ZonkeyDataCollator(pad_token_id=config.pad_token_id),
-                        generator=torch.Generator().manual_seed(args.seed))
+    optimizer, scheduler = readme_optimizer([p for p in model.parameters() if p.requires_grad], args.learning_rate,
+                                            args.warmup_steps, args.planned_steps)
+    loader = shuffled(train_set, args.batch_size, args.seed)
     records, step = [], 0
     while step < args.steps:
         for batch in loader:
             model.levels[0].splitter.cuts = arm_cuts(arm, batch, generator, reference)
-            out = model(**batch, return_loss=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(model, model(**batch, return_loss=True).loss, optimizer, scheduler)
             step += 1
             if step % args.eval_every == 0 or step == args.steps:
                 segments = sum(int(c.sum()) for c in val_cuts) / sum(len(b["input_ids"]) for b in val_batches)
                 record = {"arm": arm, "step": step, "cuts_per_document": segments,
                           **validation(model, val_batches, val_cuts)}
                 records.append(record)
-                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}),
-                      flush=True)
+                print_record(record)
             if step >= args.steps:
                 break
     return records

@@ -24,14 +24,12 @@ import math
 from pathlib import Path
 
 import torch
-from common import default_corpus  # examples/experiments/common.py
-from torch.utils.data import DataLoader
-from transformers import get_scheduler, set_seed
+from common import default_corpus, optimizer_step, print_record, readme_optimizer, shuffled  # experiments/common.py
+from transformers import set_seed
 
 from modeling_zonkey import ZonkeyModel
 from modeling_zonkey.evaluation.inspection import level_starts
 from modeling_zonkey.evaluation.metrics import boundary_scores, word_starts
-from modeling_zonkey.training.data import ZonkeyDataCollator
 from modeling_zonkey.training.model_and_data import read_preset
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -165,15 +163,11 @@ def initial_model(args, config, seed: int) -> ZonkeyModel:
 def run_seed(args, config, train_set, val_batches, seed: int) -> list[dict]:
     model = initial_model(args, config, seed)
     model.train()
-    splitter_ids = {id(p) for p in model.levels[0].splitter.parameters()}
-    others = [p for p in model.parameters() if id(p) not in splitter_ids]
-    optimizer = torch.optim.AdamW([{"params": others}, {"params": list(model.levels[0].splitter.parameters())}],
-                                  lr=args.learning_rate, weight_decay=0.0, eps=1e-7)
-    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=args.warmup_steps,
-                              num_training_steps=args.planned_steps)
-    loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
-                        collate_fn=ZonkeyDataCollator(pad_token_id=config.pad_token_id),
-                        generator=torch.Generator().manual_seed(seed if args.data_seed is None else args.data_seed))
+    splitter = list(model.levels[0].splitter.parameters())
+    others = [p for p in model.parameters() if all(p is not q for q in splitter)]
+    optimizer, scheduler = readme_optimizer([{"params": others}, {"params": splitter}], args.learning_rate,
+                                            args.warmup_steps, args.planned_steps)
+    loader = shuffled(train_set, args.batch_size, seed if args.data_seed is None else args.data_seed)
     records, step = [], 0
     while step < args.steps:
         for batch in loader:
@@ -181,24 +175,18 @@ def run_seed(args, config, train_set, val_batches, seed: int) -> list[dict]:
                 record = {"seed": seed, "step": step, **validation_scores(model, val_batches)}
                 record.update({f"grad_{k}": v for k, v in splitter_gradient_norms(model, batch).items()})
                 records.append(record)
-                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}),
-                      flush=True)
+                print_record(record)
             scale = args.splitter_lr_scale
             if args.splitter_lr_ramp:
                 scale += (1.0 - scale) * min(1.0, step / args.splitter_lr_ramp)
             optimizer.param_groups[1]["lr"] = optimizer.param_groups[0]["lr"] * scale
-            out = model(**batch, return_loss=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(model, model(**batch, return_loss=True).loss, optimizer, scheduler)
             step += 1
             if step >= args.steps:
                 break
     final = {"seed": seed, "step": step, **validation_scores(model, val_batches)}
     records.append(final)
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in final.items()}), flush=True)
+    print_record(final)
     return records
 
 
