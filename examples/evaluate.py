@@ -47,12 +47,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--samples_per_seed", type=int, default=16)
     parser.add_argument("--num_steps", type=int, default=50)
+    parser.add_argument("--max_new_tokens", "--max_new_bytes", type=int, default=None,
+                        help="samples of this many new bytes each (default: one window each); the baseline's as long")
     parser.add_argument("--no_generation", action="store_true", help="skip the generation metrics (no judge)")
     parser.add_argument("--judge_model", default=None, help="any causal LM (folder or Hub id)")
     parser.add_argument("--judge_gguf_file", default=None)
     parser.add_argument("--baseline_model", default=None,
                         help="a byte-level causal LM folder (examples/train_baseline.py) whose samples are judged too")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        parser.error(f"--max_new_tokens must be a positive number of bytes, e.g. 300; got {args.max_new_tokens}")
+    return args
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -69,7 +74,8 @@ def run(args: argparse.Namespace) -> Path:
         corpus = load_text_datasets(dataset_name=args.dataset_name, train_file=args.train_file)
     texts = load_text_file(args.text_file)["text"] if args.text_file else corpus["validation"]["text"]
     documents = held_out_documents(texts, model.config.document_length[0], args.max_documents)
-    settings = EvaluationSettings(tuple(args.noise_levels), tuple(args.seeds), args.samples_per_seed, args.num_steps)
+    settings = EvaluationSettings(tuple(args.noise_levels), tuple(args.seeds), args.samples_per_seed, args.num_steps,
+                                  max_new_tokens=args.max_new_tokens)
     judge = judge_tokenizer = None
     if not args.no_generation:
         judge, judge_tokenizer = load_judge(args.judge_model, args.judge_gguf_file)

@@ -61,6 +61,7 @@ class EvaluationSettings:
     samples_per_seed: int = 16
     num_steps: int = 50
     batch_size: int = 8
+    max_new_tokens: int | None = None  # samples of this many new bytes each; None: one window each
 
 
 def held_out_documents(texts: list[str], document_length: int, max_documents: int) -> list[bytes]:
@@ -271,10 +272,13 @@ def _same_lengths(real: list[bytes], lengths: list[int]) -> list[str]:
 
 
 def zonkey_sampler(model, tokenizer, settings: EvaluationSettings):
-    """seed -> Zonkey samples from noise (settings.samples_per_seed of them, settings.num_steps steps)."""
+    """seed -> Zonkey samples from noise (settings.samples_per_seed of them, settings.num_steps steps; one window
+    each, or settings.max_new_tokens new bytes each)."""
+    length = {} if settings.max_new_tokens is None else {"max_new_tokens": settings.max_new_tokens}
+
     def sample(seed: int) -> list[str]:
         ids = model.generate(num_return_sequences=settings.samples_per_seed, num_steps=settings.num_steps,
-                             seed=seed * 100_003)
+                             seed=seed * 100_003, **length)
         return tokenizer.batch_decode(ids, skip_special_tokens=True)
     return sample
 
@@ -316,7 +320,7 @@ def generation_metrics(sample, judge, judge_tokenizer, real: list[bytes], vocabu
             mean, std = mean_std([run[side][key] for run in runs])
             summary[side][key] = {"mean": mean, "std": std}
     return {**summary, "seeds": list(settings.seeds), "samples_per_seed": len(samples),
-            "num_steps": settings.num_steps, "examples": examples}
+            "num_steps": settings.num_steps, "max_new_tokens": settings.max_new_tokens, "examples": examples}
 
 
 def evaluate_model(model, tokenizer, documents: list[bytes], settings: EvaluationSettings, judge=None,

@@ -55,21 +55,28 @@ def results_markdown(results: dict) -> str:
     for name, m in results["stitcher"].get("inferred_offsets", {}).items():
         lines.append(f"Reconstruction at t = 0 from level {name[5:]} with the stitcher's inferred offsets: "
                      f"byte accuracy {m['byte_accuracy']:.1%}, CER {m['cer']:.3f}.")
-    generation, baseline = results.get("generation"), results.get("baseline_generation")
-    if generation:
-        lines += ["", f"**Generation** ({generation['samples_per_seed']} samples x {len(generation['seeds'])} seeds, "
-                  f"{generation['num_steps']} steps; real = held-out text cut to the same byte lengths; mean +- std "
-                  "over seeds" + ("; baseline = the byte-level GPT-2, samples as long as Zonkey's" if baseline else "")
-                  + ")", "", "| metric | Zonkey samples | real text |" + (" baseline samples |" if baseline else ""),
-                  "|---|---:|---:|" + ("---:|" if baseline else "")]
-        for key in generation["samples"]:
-            cells = ([generation["samples"][key], generation["real"][key]]
-                     + ([baseline["samples"][key]] if baseline else []))
-            lines.append(f"| {key} | " + " | ".join(f"{c['mean']:.3f} +- {c['std']:.3f}" for c in cells) + " |")
-        lines += ["", "Zonkey samples:", ""] + [f"- `{e!r}`" for e in generation["examples"]]
-        if baseline:
-            lines += ["", "Baseline samples:", ""] + [f"- `{e!r}`" for e in baseline["examples"]]
+    if results.get("generation"):
+        lines += [""] + generation_markdown(results["generation"], results.get("baseline_generation"))
     return "\n".join(lines) + "\n"
+
+
+def generation_markdown(generation: dict, baseline: dict | None = None) -> list[str]:
+    """The `generation` section (suite.generation_metrics), with the baseline's column when there is one, as
+    Markdown lines."""
+    length = generation.get("max_new_tokens")
+    lines = [f"**Generation** ({generation['samples_per_seed']} samples x {len(generation['seeds'])} seeds, "
+             + (f"{length} new bytes each, " if length else "")
+             + f"{generation['num_steps']} steps; real = held-out text cut to the same byte lengths; mean +- std "
+             "over seeds" + ("; baseline = the byte-level GPT-2, samples as long as Zonkey's" if baseline else "")
+             + ")", "", "| metric | Zonkey samples | real text |" + (" baseline samples |" if baseline else ""),
+             "|---|---:|---:|" + ("---:|" if baseline else "")]
+    for key in generation["samples"]:
+        cells = [generation["samples"][key], generation["real"][key]] + ([baseline["samples"][key]] if baseline else [])
+        lines.append(f"| {key} | " + " | ".join(f"{c['mean']:.3f} +- {c['std']:.3f}" for c in cells) + " |")
+    lines += ["", "Zonkey samples:", ""] + [f"- `{e!r}`" for e in generation["examples"]]
+    if baseline:
+        lines += ["", "Baseline samples:", ""] + [f"- `{e!r}`" for e in baseline["examples"]]
+    return lines
 
 
 def hierarchy_markdown(hierarchy: dict) -> list[str]:

@@ -1,0 +1,53 @@
+"""examples/evaluate.py's samples of a given number of new bytes (--max_new_tokens), and the baseline's as long."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import import_script
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from modeling_zonkey.evaluation.suite import EvaluationSettings, baseline_sampler, generation_metrics, zonkey_sampler
+from modeling_zonkey.evaluation.tables import generation_markdown
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def uniform_judge() -> GPT2LMHeadModel:
+    """A byte-level judge LM whose next-byte distribution is uniform: perplexity 257 on any text."""
+    judge = GPT2LMHeadModel(GPT2Config(vocab_size=257, n_positions=256, n_embd=32, n_layer=1, n_head=2)).eval()
+    with torch.no_grad():
+        judge.transformer.wte.weight.zero_()  # tied head: every logit 0
+    return judge
+
+
+def test_samples_have_the_new_bytes_asked_for_and_the_table_says_so(make_model, tokenizer):
+    model = make_model(seed=2)
+    settings = EvaluationSettings(seeds=(0, 1), samples_per_seed=2, num_steps=2, max_new_tokens=100)
+    texts = zonkey_sampler(model, tokenizer, settings)(0)
+    window = zonkey_sampler(model, tokenizer, EvaluationSettings(samples_per_seed=2, num_steps=2))(0)
+    assert len(texts) == 2
+    # 100 new bytes are more than one micro window holds (an invalid byte decodes to one character)
+    assert all(max(len(w) for w in window) < len(t) <= 100 for t in texts), (texts, window)
+    real = [b"The cat sat on the mat and the dog ran to the cat and back. " * 3] * 4
+    result = generation_metrics(zonkey_sampler(model, tokenizer, settings), uniform_judge(), tokenizer, real,
+                                {"the", "cat"}, set(), settings)
+    assert result["max_new_tokens"] == 100 and result["seeds"] == [0, 1]
+    assert result["samples"]["judge_perplexity"]["mean"] == pytest.approx(257, rel=1e-4)
+    # the real column is cut to the samples' lengths
+    assert result["real"]["mean_bytes"]["mean"] == pytest.approx(result["samples"]["mean_bytes"]["mean"])
+    torch.manual_seed(1)
+    baseline = GPT2LMHeadModel(GPT2Config(vocab_size=257, n_positions=256, n_embd=32, n_layer=1, n_head=2)).eval()
+    length = round(result["samples"]["mean_bytes"]["mean"])
+    assert all(0 < len(t) <= length for t in baseline_sampler(baseline, 2, length)(0))
+
+    table = generation_markdown(result)
+    assert "100 new bytes each" in table[0] and "baseline samples" not in table[2], table[:3]
+
+
+def test_evaluate_script_refuses_a_length_that_is_not_positive(capsys):
+    script = import_script(Path(__file__).resolve().parents[1] / "examples" / "evaluate.py", "evaluate_script")
+    with pytest.raises(SystemExit):
+        script.parse_args(["some/folder", "--max_new_tokens", "0"])
+    assert "--max_new_tokens must be a positive number of bytes" in capsys.readouterr().err
+    assert script.parse_args(["some/folder", "--max_new_bytes", "300"]).max_new_tokens == 300
