@@ -10,6 +10,8 @@ Reports validation bits per byte (the mean next-byte negative log-likelihood in 
 documents: bytes, not characters, so UTF-8 text outside ASCII counts per byte), training bytes/s and peak
 memory in train_results.json, and saves the model with save_pretrained. Its samples are judged by
 `examples/evaluate.py ZONKEY_FOLDER --baseline_model runs/baseline-tiny`. No checkpointing: it is a baseline.
+`--model_name_or_path` continues a baseline saved by this script with a fresh optimiser and schedule (a staged
+run, as Zonkey checkpoints continue each other); train_results.json adds up the minutes of every stage.
 """
 
 import argparse
@@ -37,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--zonkey_config", default="configuration/zonkey-tiny.json",
                         help="the Zonkey preset whose parameter count and document length the baseline matches")
     parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--model_name_or_path", default=None,
+                        help="a baseline folder written by this script to continue (default: a fresh one)")
     parser.add_argument("--dataset_name", default=None)
     parser.add_argument("--train_file", default=None)
     parser.add_argument("--validation_file", default=None)
@@ -53,6 +57,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval_batches", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
+
+
+def continued_baseline(folder: Path, document_length: int):
+    """The saved baseline in `folder` and the training minutes it already had (its stages added up)."""
+    from transformers import AutoModelForCausalLM
+
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"--model_name_or_path {folder}: no saved baseline there (config.json missing); give a "
+                         "folder written by examples/train_baseline.py.")
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    if model.config.n_positions < document_length:
+        raise ValueError(f"--model_name_or_path {folder}: it reads {model.config.n_positions} bytes, the preset's "
+                         f"documents have {document_length}; continue it with the preset it was trained for.")
+    record = folder / "train_results.json"
+    earlier = json.loads(record.read_text()) if record.is_file() else {}
+    return model, float(earlier.get("total_train_minutes", earlier.get("train_minutes", 0.0)))
 
 
 def next_byte_loss(model, batch) -> tuple[torch.Tensor, int]:
@@ -86,7 +106,9 @@ def train(args) -> dict:
     with torch.device("meta"):
         zonkey_parameters = sum(p.numel() for p in ZonkeyModel(config).parameters())
     length = config.document_length[0]
-    model = char_baseline(zonkey_parameters, context=length)
+    model, earlier_minutes = char_baseline(zonkey_parameters, context=length), 0.0
+    if args.model_name_or_path:
+        model, earlier_minutes = continued_baseline(Path(args.model_name_or_path), length)
     num_parameters = sum(p.numel() for p in model.parameters())
     raw = load_text_datasets(args.dataset_name, None, args.train_file, args.validation_file, "text",
                              args.validation_split_percentage / 100.0, args.seed)
@@ -136,6 +158,7 @@ def train(args) -> dict:
     progress.close()
     minutes = (time.time() - started) / 60
     results = {"completed_steps": step, "train_bytes": train_bytes, "train_minutes": minutes,
+               "total_train_minutes": earlier_minutes + minutes, "continued_from": args.model_name_or_path,
                "train_bytes_per_second": train_bytes / max(minutes * 60, 1e-9), "num_parameters": num_parameters,
                "zonkey_parameters": zonkey_parameters, "validation_bits_per_byte": curve[-1][1] if curve else None,
                "curve": curve, "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

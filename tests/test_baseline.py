@@ -1,5 +1,7 @@
 """The flat byte-level baseline is sized to a target parameter count and generates with its KV cache."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -63,3 +65,38 @@ def test_train_baseline_script_learns_and_saves(tmp_path, monkeypatch):
     assert results["train_bytes_per_second"] > 0 and results["validation_bits_per_byte"] == curve[-1]
     loaded = AutoModelForCausalLM.from_pretrained(out)
     assert loaded.config.vocab_size == 257
+
+
+def test_train_baseline_script_continues_a_saved_baseline(tmp_path, monkeypatch, capsys):
+    import json
+
+    import datasets
+    from conftest import import_script
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    script = import_script(Path(__file__).resolve().parents[1] / "examples" / "train_baseline.py", "train_baseline")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"The {w} sat on the mat. A dog ran to the {w} and back, {i} times."
+                                  for i, w in enumerate(["cat", "bird", "fox", "cow", "hen"] * 8)))
+    common = ["--zonkey_config", "configuration/zonkey-micro.json", "--train_file", str(corpus), "--eval_steps", "8",
+              "--validation_split_percentage", "20", "--num_warmup_steps", "2", "--max_train_steps", "8"]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert script.main(common + ["--output_dir", str(tmp_path / "first")]) == 0
+        assert script.main(common + ["--output_dir", str(tmp_path / "second"),
+                                     "--model_name_or_path", str(tmp_path / "first")]) == 0
+        assert script.main(common + ["--output_dir", str(tmp_path / "third"),
+                                     "--model_name_or_path", str(tmp_path / "nothing")]) == 1
+        assert "no saved baseline there" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(previous)
+    first, second = (json.loads((tmp_path / name / "train_results.json").read_text()) for name in ("first", "second"))
+    assert second["continued_from"] == str(tmp_path / "first") and first["continued_from"] is None
+    assert second["total_train_minutes"] == pytest.approx(first["train_minutes"] + second["train_minutes"])
+    # same seed and data: a fresh start would repeat the first stage exactly; the continued one goes further
+    assert second["validation_bits_per_byte"] < first["validation_bits_per_byte"]
+    weights = [AutoModelForCausalLM.from_pretrained(tmp_path / name).transformer.wte.weight for name in
+               ("first", "second")]
+    assert not torch.equal(*weights)
