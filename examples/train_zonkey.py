@@ -56,6 +56,7 @@ from modeling_zonkey.training.launch import (
     make_accelerator,
     start_threads,
 )
+from modeling_zonkey.training.lineage import training_stages
 from modeling_zonkey.training.model_and_data import TrainingData, build_model_and_data
 from modeling_zonkey.training.run_folder import (
     LOG_FILE,
@@ -376,7 +377,9 @@ def train(args) -> None:
                "train_minutes_this_run": (now - clock.started) / 60, "resumed_from_step": resumed_from,
                "num_processes": accelerator.num_processes, "num_parameters": num_parameters,
                "train_bytes_per_second": (state.train_bytes - bytes_at_start) / max(now - clock.started, 1e-9),
-               **run_summary(args, data)}
+               **run_summary(args, data),
+               # the stages behind the starting weights, so that the card states the whole training time
+               "earlier_stages": training_stages(args.model_name_or_path) if args.model_name_or_path else []}
     save_final(args, accelerator, model, tokenizer, output_dir, history)
     # ends the trackers and destroys the process group: a process leaving with gloo's threads still up can abort at
     # exit ("terminate called without an active exception", seen once on a loaded machine in a resumed 2-process run)

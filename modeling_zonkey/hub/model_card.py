@@ -13,6 +13,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from ..configuration_zonkey import ZonkeyConfig
 from ..evaluation.tables import results_markdown
+from ..training.lineage import stages_sentence
 
 # The template is the repository's model_card.md; a built wheel carries a copy inside the package (setup.py).
 TEMPLATES = (Path(__file__).resolve().parents[2] / "model_card.md", Path(__file__).resolve().parent / "model_card.md")
@@ -54,7 +55,10 @@ def training_summary(history: dict) -> str:
                  else f", {this_run:.1f} minutes after the resume (the time before it was not recorded).")
     else:
         text += f", {minutes if minutes is not None else this_run or 0:.1f} minutes."
-    if args.get("model_name_or_path"):
+    if history.get("earlier_stages"):
+        text += " " + stages_sentence(history["earlier_stages"])
+        text += f" Preset of this run: `{Path(args['config_name']).name}`." if args.get("config_name") else ""
+    elif args.get("model_name_or_path"):
         text += (f" It continues the weights of `{Path(args['model_name_or_path']).name}`, whose own training is not "
                  "counted above")
         text += f", under the preset `{Path(args['config_name']).name}`." if args.get("config_name") else "."
