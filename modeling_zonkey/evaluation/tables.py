@@ -60,6 +60,17 @@ def results_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _training(baseline: dict) -> str:
+    """How long the baseline was trained, when its evaluation recorded it (examples/evaluate.py reads its folder's
+    train_results.json)."""
+    record = baseline.get("training")
+    if not record or record.get("minutes") is None:
+        return ""
+    bits = record.get("bits_per_byte")
+    return (f" ({record['minutes']:.1f} minutes of training, {record['steps']:,} steps"
+            + (f", {bits:.2f} bits per byte on validation" if bits is not None else "") + ")")
+
+
 def generation_markdown(generation: dict, baseline: dict | None = None) -> list[str]:
     """The `generation` section (suite.generation_metrics), with the baseline's column when there is one, as
     Markdown lines."""
@@ -67,7 +78,8 @@ def generation_markdown(generation: dict, baseline: dict | None = None) -> list[
     lines = [f"**Generation** ({generation['samples_per_seed']} samples x {len(generation['seeds'])} seeds, "
              + (f"{length} new bytes each, " if length else "")
              + f"{generation['num_steps']} steps; real = held-out text cut to the same byte lengths; mean +- std "
-             "over seeds" + ("; baseline = the byte-level GPT-2, samples as long as Zonkey's" if baseline else "")
+             "over seeds" + (f"; baseline = the byte-level GPT-2{_training(baseline)}, samples as long as Zonkey's"
+                             if baseline else "")
              + ")", "", "| metric | Zonkey samples | real text |" + (" baseline samples |" if baseline else ""),
              "|---|---:|---:|" + ("---:|" if baseline else "")]
     for key in generation["samples"]:
