@@ -15,12 +15,14 @@ from modeling_zonkey.hub.push import files_to_push
 from modeling_zonkey.training.data import load_text_datasets
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = [ROOT / "pretrained" / name for name in ("zonkey-tiny", "zonkey-tiny-sentences")]
-README_TEXTS = {  # the held-out text each checkpoint's README example segments
-    "zonkey-tiny": "The river flows through the old town and into the sea.",
-    "zonkey-tiny-sentences": ("The river flows through the old town and into the sea. The town was founded in 1850 by "
-                              "farmers from the north. Today it is known for its bridges, its market and a small "
-                              "museum of local history. It has a population of about 12,000."),
+SHIPPED = [ROOT / "pretrained" / name for name in ("zonkey-tiny", "zonkey-tiny-sentences", "zonkey-tiny-phrases")]
+PARAGRAPH = ("The river flows through the old town and into the sea. The town was founded in 1850 by farmers from the "
+             "north. Today it is known for its bridges, its market and a small museum of local history. It has a "
+             "population of about 12,000.")
+EXAMPLES = {  # the held-out text each checkpoint's example segments, and the page that shows what it prints
+    "zonkey-tiny": ("The river flows through the old town and into the sea.", ROOT / "README.md"),
+    "zonkey-tiny-sentences": (PARAGRAPH, ROOT / "docs" / "research" / "results.md"),
+    "zonkey-tiny-phrases": (PARAGRAPH, ROOT / "README.md"),
 }
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -57,17 +59,18 @@ def test_it_loads_segments_and_generates(pretrained, folder):
     model, tokenizer = pretrained
     assert type(model) is ZonkeyModel and not model.training
     assert type(model.generation_config) is ZonkeyGenerationConfig
-    segmentation = segment_text(model, tokenizer, README_TEXTS[folder.name])
+    segmentation = segment_text(model, tokenizer, EXAMPLES[folder.name][0])
     assert len(segmentation.starts[0]) >= 6  # it splits a sentence into word-like pieces
     ids = model.generate(num_return_sequences=2, seed=0)
     assert (ids != 256).sum() > 10
 
 
-def test_the_readme_example_is_what_the_model_prints(pretrained, folder):
+def test_the_documented_example_is_what_the_model_prints(pretrained, folder):
     model, tokenizer = pretrained
-    segmentation = segment_text(model, tokenizer, README_TEXTS[folder.name])
+    text, page = EXAMPLES[folder.name]
+    segmentation = segment_text(model, tokenizer, text)
     marked = mark_boundaries(segmentation.data, segmentation.starts)
-    assert marked in (ROOT / "README.md").read_text(), marked
+    assert marked in page.read_text(), (page, marked)
 
 
 def card_number(card: str, pattern: str) -> list[float]:
