@@ -23,21 +23,22 @@ def stage_summary(name: str, history: dict) -> dict:
             "freeze_levels": args.get("freeze_levels")}
 
 
-def training_stages(folder: str | Path) -> list[dict]:
+def training_stages(folder: str | Path, _seen: frozenset = frozenset()) -> list[dict]:
     """Every training stage behind the weights in `folder`, oldest first, ending with the folder's own run; [] when
     the folder has no train_results.json (e.g. a Hub id, or a model not trained by train_zonkey.py).
 
     A record written before `earlier_stages` existed is followed through its own `--model_name_or_path` while that
-    folder is on this machine (a relative path is read from the current directory, as the training script did)."""
+    folder is on this machine (a relative path is read from the current directory, as the training script did), and
+    not into a folder already followed (a run that continued its own folder)."""
     record = Path(folder) / "train_results.json"
-    if not record.is_file():
+    if not record.is_file() or record.resolve() in _seen:
         return []
     history = json.loads(record.read_text())
     if "earlier_stages" in history:
         before = history["earlier_stages"]
     else:
         parent = history.get("args", {}).get("model_name_or_path")
-        before = training_stages(parent) if parent else []
+        before = training_stages(parent, _seen | {record.resolve()}) if parent else []
     return before + [stage_summary(Path(folder).name, history)]
 
 
