@@ -268,6 +268,8 @@ def train(args) -> None:
 
     model, tokenizer, data = build_model_and_data(args, accelerator)
     num_parameters = sum(p.numel() for p in model.parameters())
+    # the stages behind the starting weights, read now (the card states the whole training time)
+    earlier_stages = training_stages(args.model_name_or_path) if args.model_name_or_path else []
     optimizer = torch.optim.AdamW(model.optimizer_groups(args.weight_decay), lr=args.learning_rate,
                                   eps=args.adam_epsilon)
     per_epoch, max_steps, epochs = plan_steps(args, data.train_loader, accelerator)
@@ -377,9 +379,7 @@ def train(args) -> None:
                "train_minutes_this_run": (now - clock.started) / 60, "resumed_from_step": resumed_from,
                "num_processes": accelerator.num_processes, "num_parameters": num_parameters,
                "train_bytes_per_second": (state.train_bytes - bytes_at_start) / max(now - clock.started, 1e-9),
-               **run_summary(args, data),
-               # the stages behind the starting weights, so that the card states the whole training time
-               "earlier_stages": training_stages(args.model_name_or_path) if args.model_name_or_path else []}
+               **run_summary(args, data), "earlier_stages": earlier_stages}
     save_final(args, accelerator, model, tokenizer, output_dir, history)
     # ends the trackers and destroys the process group: a process leaving with gloo's threads still up can abort at
     # exit ("terminate called without an active exception", seen once on a loaded machine in a resumed 2-process run)

@@ -491,3 +491,5 @@ def test_stages_of_older_records_are_followed_through_their_starting_folders(tmp
     assert training_stages(tmp_path / "not-a-run") == [] and training_stages("org/a-hub-id") == []
     record("in-place", str(tmp_path / "in-place"), 2.0)  # an older run that continued its own folder
     assert [s["name"] for s in training_stages(tmp_path / "in-place")] == ["in-place"]
+    (tmp_path / "in-place" / "train_results.json").write_text("{not json")
+    assert training_stages(tmp_path / "in-place") == []

@@ -29,11 +29,14 @@ def training_stages(folder: str | Path, _seen: frozenset = frozenset()) -> list[
 
     A record written before `earlier_stages` existed is followed through its own `--model_name_or_path` while that
     folder is on this machine (a relative path is read from the current directory, as the training script did), and
-    not into a folder already followed (a run that continued its own folder)."""
+    not into a folder already followed (a run that continued its own folder). An unreadable record counts as none."""
     record = Path(folder) / "train_results.json"
     if not record.is_file() or record.resolve() in _seen:
         return []
-    history = json.loads(record.read_text())
+    try:
+        history = json.loads(record.read_text())
+    except (OSError, ValueError):  # an unreadable record tells nothing; it must not stop a training run
+        return []
     if "earlier_stages" in history:
         before = history["earlier_stages"]
     else:
