@@ -21,6 +21,7 @@ from pathlib import Path
 from transformers import AutoModel, AutoTokenizer
 
 import modeling_zonkey  # noqa: F401  (registers the Auto classes)
+from modeling_zonkey.evaluation.baseline import baseline_training
 from modeling_zonkey.evaluation.inspection import segment_text
 from modeling_zonkey.evaluation.pictures import (
     plot_noise_curves,
@@ -58,17 +59,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         parser.error(f"--max_new_tokens must be a positive number of bytes, e.g. 300; got {args.max_new_tokens}")
     return args
-
-
-def baseline_training(folder: Path) -> dict | None:
-    """The baseline's training time, steps and validation bits per byte from its train_results.json (written by
-    examples/train_baseline.py; all its stages' minutes when it continued another baseline), for the tables."""
-    record = folder / "train_results.json"
-    if not record.is_file():
-        return None
-    history = json.loads(record.read_text())
-    return {"minutes": history.get("total_train_minutes", history.get("train_minutes")),
-            "steps": history.get("completed_steps"), "bits_per_byte": history.get("validation_bits_per_byte")}
 
 
 def run(args: argparse.Namespace) -> Path:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel
-from modeling_zonkey.evaluation.baseline import char_baseline
+from modeling_zonkey.evaluation.baseline import baseline_training, char_baseline
 from modeling_zonkey.training.data import ZonkeyDataCollator, build_level0_documents, load_text_datasets
 
 
@@ -70,9 +70,7 @@ def continued_baseline(folder: Path, document_length: int):
     if model.config.n_positions < document_length:
         raise ValueError(f"--model_name_or_path {folder}: it reads {model.config.n_positions} bytes, the preset's "
                          f"documents have {document_length}; continue it with the preset it was trained for.")
-    record = folder / "train_results.json"
-    earlier = json.loads(record.read_text()) if record.is_file() else {}
-    return model, float(earlier.get("total_train_minutes", earlier.get("train_minutes", 0.0)))
+    return model, float((baseline_training(folder) or {}).get("minutes") or 0.0)
 
 
 def next_byte_loss(model, batch) -> tuple[torch.Tensor, int]:

@@ -5,6 +5,9 @@ so that speed, memory and quality are compared at equal size. It is a plain tran
 `GPT2LMHeadModel`: its `generate()` uses the library's key/value cache.
 """
 
+import json
+from pathlib import Path
+
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from ..tokenization_zonkey import PAD_TOKEN_ID, VOCAB_SIZE
@@ -34,3 +37,15 @@ def baseline_config(num_parameters: int, context: int = 1024, vocab_size: int = 
 def char_baseline(num_parameters: int, context: int = 1024) -> GPT2LMHeadModel:
     """A freshly initialised byte-level GPT-2 of about `num_parameters` parameters."""
     return GPT2LMHeadModel(baseline_config(num_parameters, context))
+
+
+def baseline_training(folder: str | Path) -> dict | None:
+    """How long the baseline saved in `folder` was trained, from the train_results.json of examples/train_baseline.py:
+    {"minutes" (every stage's when it continued another baseline), "steps", "bits_per_byte" (validation)}; None
+    without that record."""
+    record = Path(folder) / "train_results.json"
+    if not record.is_file():
+        return None
+    history = json.loads(record.read_text())
+    return {"minutes": history.get("total_train_minutes", history.get("train_minutes")),
+            "steps": history.get("completed_steps"), "bits_per_byte": history.get("validation_bits_per_byte")}
