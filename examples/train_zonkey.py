@@ -51,6 +51,7 @@ from modeling_zonkey.training.agreement import PeerFailure, stop_together
 from modeling_zonkey.training.checkpointing import EMA, read_run_id, write_run_id
 from modeling_zonkey.training.launch import (
     check_launch,
+    end_processes,
     leave_together,
     lost_another_process,
     make_accelerator,
@@ -383,7 +384,7 @@ def train(args) -> None:
     save_final(args, accelerator, model, tokenizer, output_dir, history)
     # ends the trackers and destroys the process group: a process leaving with gloo's threads still up can abort at
     # exit ("terminate called without an active exception", seen once on a loaded machine in a resumed 2-process run)
-    accelerator.end_training()
+    end_processes(accelerator)
     logger.info(f"saved to {output_dir}: " + json.dumps(last_eval))
 
 

@@ -179,3 +179,23 @@ def test_logging_verbosity_per_process(in_process, caplog, local_main):
     assert transformers.utils.logging.get_verbosity() == (logging.INFO if local_main else logging.ERROR)
     assert datasets.utils.logging.get_verbosity() == (logging.WARNING if local_main else logging.ERROR)
     assert "Distributed environment: TEST" in caplog.text
+
+
+def test_a_finished_run_waits_at_a_barrier_before_its_process_group_ends():
+    """launch.end_processes: the barrier comes first. Without it a gloo worker thread could still hold the last
+    all-gather's tensors when the process group is destroyed, and the process hung at exit (1 run in 2 of the
+    2-process launch on a loaded 2-core machine, and one CI run)."""
+    from modeling_zonkey.training.launch import end_processes
+
+    class Recorder:
+        calls: list[str] = []
+
+        def wait_for_everyone(self):
+            self.calls.append("barrier")
+
+        def end_training(self):
+            self.calls.append("end_training")
+
+    recorder = Recorder()
+    end_processes(recorder)
+    assert recorder.calls == ["barrier", "end_training"]
