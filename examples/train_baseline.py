@@ -11,7 +11,7 @@ documents: bytes, not characters, so UTF-8 text outside ASCII counts per byte), 
 memory in train_results.json, and saves the model with save_pretrained. Its samples are judged by
 `examples/evaluate.py ZONKEY_FOLDER --baseline_model runs/baseline-tiny`. No checkpointing: it is a baseline.
 `--model_name_or_path` continues a baseline saved by this script with a fresh optimiser and schedule (a staged
-run, as Zonkey checkpoints continue each other); train_results.json adds up the minutes of every stage.
+run, as Zonkey checkpoints continue each other); train_results.json adds up the minutes and steps of every stage.
 """
 
 import argparse
@@ -60,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def continued_baseline(folder: Path, document_length: int):
-    """The saved baseline in `folder` and the training minutes it already had (its stages added up)."""
+    """The saved baseline in `folder` and the training it already had: {"minutes", "steps"} (its stages added up)."""
     from transformers import AutoModelForCausalLM
 
     if not (folder / "config.json").is_file():
@@ -70,7 +70,8 @@ def continued_baseline(folder: Path, document_length: int):
     if model.config.n_positions < document_length:
         raise ValueError(f"--model_name_or_path {folder}: it reads {model.config.n_positions} bytes, the preset's "
                          f"documents have {document_length}; continue it with the preset it was trained for.")
-    return model, float((baseline_training(folder) or {}).get("minutes") or 0.0)
+    earlier = baseline_training(folder) or {}
+    return model, {"minutes": float(earlier.get("minutes") or 0.0), "steps": int(earlier.get("steps") or 0)}
 
 
 def next_byte_loss(model, batch) -> tuple[torch.Tensor, int]:
@@ -104,9 +105,9 @@ def train(args) -> dict:
     with torch.device("meta"):
         zonkey_parameters = sum(p.numel() for p in ZonkeyModel(config).parameters())
     length = config.document_length[0]
-    model, earlier_minutes = char_baseline(zonkey_parameters, context=length), 0.0
+    model, earlier = char_baseline(zonkey_parameters, context=length), {"minutes": 0.0, "steps": 0}
     if args.model_name_or_path:
-        model, earlier_minutes = continued_baseline(Path(args.model_name_or_path), length)
+        model, earlier = continued_baseline(Path(args.model_name_or_path), length)
     num_parameters = sum(p.numel() for p in model.parameters())
     raw = load_text_datasets(args.dataset_name, None, args.train_file, args.validation_file, "text",
                              args.validation_split_percentage / 100.0, args.seed)
@@ -156,7 +157,8 @@ def train(args) -> dict:
     progress.close()
     minutes = (time.time() - started) / 60
     results = {"completed_steps": step, "train_bytes": train_bytes, "train_minutes": minutes,
-               "total_train_minutes": earlier_minutes + minutes, "continued_from": args.model_name_or_path,
+               "total_train_minutes": earlier["minutes"] + minutes, "total_completed_steps": earlier["steps"] + step,
+               "continued_from": args.model_name_or_path,
                "train_bytes_per_second": train_bytes / max(minutes * 60, 1e-9), "num_parameters": num_parameters,
                "zonkey_parameters": zonkey_parameters, "validation_bits_per_byte": curve[-1][1] if curve else None,
                "curve": curve, "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -95,6 +95,7 @@ def test_train_baseline_script_continues_a_saved_baseline(tmp_path, monkeypatch,
     first, second = (json.loads((tmp_path / name / "train_results.json").read_text()) for name in ("first", "second"))
     assert second["continued_from"] == str(tmp_path / "first") and first["continued_from"] is None
     assert second["total_train_minutes"] == pytest.approx(first["train_minutes"] + second["train_minutes"])
+    assert (first["total_completed_steps"], second["total_completed_steps"]) == (8, 16)  # every stage's steps
     # same seed and data: a fresh start would repeat the first stage exactly; the continued one goes further
     assert second["validation_bits_per_byte"] < first["validation_bits_per_byte"]
     weights = [AutoModelForCausalLM.from_pretrained(tmp_path / name).transformer.wte.weight for name in

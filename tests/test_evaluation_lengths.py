@@ -63,6 +63,8 @@ def test_the_table_says_how_long_the_baseline_trained(tmp_path):
     (tmp_path / "train_results.json").write_text(json.dumps(record))
     training = script.baseline_training(tmp_path)
     assert training == {"minutes": 82.84, "steps": 950, "bits_per_byte": 3.5367}  # every stage's minutes
+    (tmp_path / "train_results.json").write_text(json.dumps({**record, "total_completed_steps": 3550}))
+    assert script.baseline_training(tmp_path)["steps"] == 3550  # and every stage's steps, where recorded
     cell = {"mean": 1.0, "std": 0.0}
     generation = {"samples_per_seed": 2, "seeds": [0], "num_steps": 5, "samples": {"div": cell}, "real": {"div": cell},
                   "examples": []}

@@ -41,11 +41,12 @@ def char_baseline(num_parameters: int, context: int = 1024) -> GPT2LMHeadModel:
 
 def baseline_training(folder: str | Path) -> dict | None:
     """How long the baseline saved in `folder` was trained, from the train_results.json of examples/train_baseline.py:
-    {"minutes" (every stage's when it continued another baseline), "steps", "bits_per_byte" (validation)}; None
-    without that record."""
+    {"minutes", "steps" (both every stage's when it continued another baseline), "bits_per_byte" (validation)};
+    None without that record."""
     record = Path(folder) / "train_results.json"
     if not record.is_file():
         return None
     history = json.loads(record.read_text())
     return {"minutes": history.get("total_train_minutes", history.get("train_minutes")),
-            "steps": history.get("completed_steps"), "bits_per_byte": history.get("validation_bits_per_byte")}
+            "steps": history.get("total_completed_steps", history.get("completed_steps")),
+            "bits_per_byte": history.get("validation_bits_per_byte")}
