@@ -58,7 +58,7 @@ from modeling_zonkey.training.launch import (
     start_threads,
 )
 from modeling_zonkey.training.lineage import training_stages
-from modeling_zonkey.training.model_and_data import TrainingData, build_model_and_data
+from modeling_zonkey.training.model_and_data import TrainingData, build_model_and_data, unfreeze
 from modeling_zonkey.training.run_folder import (
     LOG_FILE,
     CheckpointWriter,
@@ -117,6 +117,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--freeze_levels", type=int, nargs="+", default=None, metavar="LEVEL",
                        help="train only the other levels (e.g. --freeze_levels 0: level 1 on a trained level 0; the "
                             "frozen levels compute no loss, so a step costs about what the trained levels cost)")
+    model.add_argument("--unfreeze_at_step", type=int, default=None, metavar="STEP",
+                       help="with --freeze_levels: the frozen levels join training after this many optimizer steps "
+                            "(one run that brings level 1 in later: level 0 first gets every step, and faster ones)")
     train = p.add_argument_group("training")
     train.add_argument("--per_device_train_batch_size", type=int, default=8)
     train.add_argument("--per_device_eval_batch_size", type=int, default=8)
@@ -201,6 +204,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         fixed_threads(args.threads)
     except ValueError as err:
         p.error(str(err))
+    if args.unfreeze_at_step is not None and (not args.freeze_levels or args.unfreeze_at_step < 1):
+        p.error("--unfreeze_at_step N (N >= 1) ends a freeze: give it with --freeze_levels (e.g. --freeze_levels 1 "
+                f"--unfreeze_at_step 1400), got --unfreeze_at_step {args.unfreeze_at_step}")
     for name in ("learning_rate", "adam_epsilon", "weight_decay", "max_grad_norm", "max_train_minutes",
                  "validation_split_percentage", "ema_decay"):
         value = getattr(args, name)
@@ -297,6 +303,8 @@ def train(args) -> None:
 
     state = restore(args, accelerator, model, ema, resume, this_run) if resume else RunState()
     resumed_from = state.completed_steps if resume else None
+    if args.unfreeze_at_step is not None and state.completed_steps >= args.unfreeze_at_step:
+        unfreeze(args, accelerator, model, state.completed_steps)  # resumed after the freeze ended
     start_epoch, resume_batches, bytes_at_start = state.epoch, state.batches_in_epoch, state.train_bytes
     log_path = output_dir / LOG_FILE
     if accelerator.is_main_process:
@@ -328,6 +336,8 @@ def train(args) -> None:
                 continue
             state.completed_steps += 1
             state.train_bytes += int(step.totals.bytes.sum())
+            if state.completed_steps == args.unfreeze_at_step:
+                unfreeze(args, accelerator, model, state.completed_steps)
             if ema is not None:
                 ema.update(accelerator.unwrap_model(model))
             progress.update(1)
@@ -437,8 +447,13 @@ def run_summary(args, data: TrainingData) -> dict:
     """The parts of train_results.json that describe the data, the machine and the arguments."""
     return {"peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
             "train_stats": data.train_stats and vars(data.train_stats), "validation_stats": vars(data.val_stats),
-            "args": {k: v for k, v in vars(args).items()
-                     if k != "hub_token" and isinstance(v, (int, float, str, bool, type(None)))}}
+            "args": {k: v for k, v in vars(args).items() if k != "hub_token" and json_value(v)}}
+
+
+def json_value(value) -> bool:
+    """A number, string, bool, None, or a list of them (--freeze_levels 1): what train_results.json records."""
+    scalar = (int, float, str, bool, type(None))
+    return isinstance(value, scalar) or (isinstance(value, list) and all(isinstance(v, scalar) for v in value))
 
 
 if __name__ == "__main__":

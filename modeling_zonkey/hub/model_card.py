@@ -48,6 +48,9 @@ def training_summary(history: dict) -> str:
                  f"{args.get('gradient_accumulation_steps')} accumulation, lr {args.get('learning_rate')} "
                  f"({args.get('lr_scheduler_type')}, {args.get('num_warmup_steps')} warm-up steps), "
                  f"seed {args.get('seed')}")
+    if args.get("freeze_levels"):
+        until = args.get("unfreeze_at_step")
+        text += f", level(s) {args['freeze_levels']} frozen" + (f" for the first {until:,} steps" if until else "")
     minutes, this_run = history.get("train_minutes"), history.get("train_minutes_this_run")
     if history.get("resumed_from_step") is not None:
         text += f", resumed from its step-{history['resumed_from_step']} checkpoint"

@@ -49,6 +49,10 @@ def check_launch(args, accelerator) -> None:
               "expects mpirun): this run is single-process. For N processes on CPUs use `accelerate launch "
               "--config_file configuration/accelerate-cpu-ddp-2.yaml ...` (or `--multi_gpu --num_processes N`).",
               file=sys.stderr, flush=True)
+    if getattr(args, "unfreeze_at_step", None) is not None and accelerator.num_processes > 1:
+        raise TrainingError("--unfreeze_at_step needs one process: several processes synchronise only the parameters "
+                            "that trained when the run began. Run two stages instead: --freeze_levels ... "
+                            "--max_train_steps N, then --model_name_or_path that folder without --freeze_levels.")
     fsdp = accelerator.distributed_type == DistributedType.FSDP
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not fsdp:
         accelerator.print(f"warning: FSDP was requested but needs GPUs; running {accelerator.distributed_type.value} "

@@ -102,6 +102,14 @@ def build_model(args) -> tuple[ZonkeyModel, ZonkeyTokenizer]:
     return model, tokenizer
 
 
+def unfreeze(args, accelerator, model, step: int) -> None:
+    """--unfreeze_at_step: every level trains from `step` on. The optimizer already holds the frozen levels'
+    parameters (AdamW skips a parameter without a gradient), so their first update comes at the next step."""
+    accelerator.unwrap_model(model).freeze_levels(())
+    logger.info(f"step {step}: level(s) {args.freeze_levels} join training "
+                f"(--unfreeze_at_step {args.unfreeze_at_step})")
+
+
 def reinitialized(trained: ZonkeyModel, config: ZonkeyConfig, levels: list[int]) -> ZonkeyModel:
     """A fresh model under `config` holding `trained`'s weights everywhere but in `levels` (and, with level 0, the byte
     embeddings). A kept weight whose shape differs under `config` is a ValueError naming it."""

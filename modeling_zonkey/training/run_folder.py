@@ -87,7 +87,8 @@ def open_train_log(output_dir: Path, resumed_steps: int | None) -> Path:
 RUN_ARGUMENTS = ("per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type",
                  "num_warmup_steps", "weight_decay", "adam_epsilon", "max_grad_norm", "seed", "ema_decay",
                  "mixed_precision", "deterministic", "dataset_name", "dataset_config_name", "text_column",
-                 "validation_split_percentage", "streaming", "streaming_validation_articles", "freeze_levels")
+                 "validation_split_percentage", "streaming", "streaming_validation_articles", "freeze_levels",
+                 "unfreeze_at_step")
 
 
 def run_arguments(args, **measured) -> dict:
