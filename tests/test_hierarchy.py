@@ -294,3 +294,17 @@ def test_the_phrases_preset_is_tiny_sentences_with_the_level1_recipe_and_trains_
     output.loss.backward()
     level1 = [p.grad.norm().item() for p in model.levels[1].decoder.parameters() if p.grad is not None]
     assert level1 and max(level1) > 0
+
+
+def test_the_ten_minute_preset_is_the_phrases_preset_at_256_byte_documents():
+    """configuration/zonkey-tiny-phrases-256.json (the README's main command) is zonkey-tiny-phrases with the document
+    length of zonkey-tiny (the decoder caps are already the same): docs/research/ten-minute-demo.md, nothing else."""
+    folder = MICRO.parent
+    phrases = json.loads((folder / "zonkey-tiny-phrases.json").read_text())
+    short = json.loads((folder / "zonkey-tiny-phrases-256.json").read_text())
+    tiny = json.loads((folder / "zonkey-tiny.json").read_text())
+    changed = {key for key in phrases.keys() | short.keys() if phrases.get(key) != short.get(key)}
+    assert changed == {"document_length"}
+    assert short["document_length"] == tiny["document_length"] == [256, 64]
+    assert short["max_decoded_segments"] == tiny["max_decoded_segments"] == phrases["max_decoded_segments"]
+    assert ZonkeyConfig.from_json_file(folder / "zonkey-tiny-phrases-256.json").document_length == [256, 64]
