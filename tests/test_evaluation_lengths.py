@@ -72,3 +72,12 @@ def test_the_table_says_how_long_the_baseline_trained(tmp_path):
     assert "baseline = the byte-level GPT-2 (82.8 minutes of training, 950 steps, 3.54 bits per byte on validation)" \
         in header, header
     assert "minutes of training" not in generation_markdown(generation, {"samples": {"div": cell}, "examples": []})[0]
+
+
+def test_a_baseline_asked_for_more_bytes_than_its_context_says_so():
+    """A baseline of 256 positions cannot write 300 bytes after its prompt: a ValueError naming both numbers and the
+    fix, not the IndexError of GPT-2's position embedding."""
+    baseline = GPT2LMHeadModel(GPT2Config(vocab_size=257, n_positions=256, n_embd=32, n_layer=1, n_head=2)).eval()
+    with pytest.raises(ValueError, match=r"reads at most 256 bytes.*samples of 300 bytes.*at most 255"):
+        baseline_sampler(baseline, 2, 300)
+    assert len(baseline_sampler(baseline, 1, 255)(0)) == 1  # the longest that fits still samples

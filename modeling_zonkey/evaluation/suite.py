@@ -284,7 +284,14 @@ def zonkey_sampler(model, tokenizer, settings: EvaluationSettings):
 
 
 def baseline_sampler(baseline, count: int, length: int):
-    """seed -> `count` samples of `length` bytes from a byte-level causal LM (ancestral sampling from a space)."""
+    """seed -> `count` samples of `length` bytes from a byte-level causal LM (ancestral sampling from a space). A
+    length beyond the baseline's positions (its context, less the one-byte prompt) is a ValueError that says so."""
+    positions = getattr(baseline.config, "n_positions", None)
+    if positions is not None and length + 1 > positions:
+        raise ValueError(f"the baseline reads at most {positions} bytes, so it cannot write samples of {length} bytes "
+                         f"after its one-byte prompt: give a smaller --max_new_tokens (at most {positions - 1}), or "
+                         "train the baseline with a preset of longer documents (train_baseline.py --zonkey_config).")
+
     def sample(seed: int) -> list[str]:
         prompt = torch.full((count, 1), ord(" "), dtype=torch.long, device=baseline.device)
         devices = [baseline.device.index or 0] if baseline.device.type == "cuda" else []
