@@ -103,19 +103,24 @@ def segmentation_html(segmentation: TextSegmentation, title: str = "") -> str:
             f"bar: level-1 segment start. Hover a character for its p_bos.</p><p>{''.join(spans)}</p></body></html>\n")
 
 
-def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar logged to TensorBoard under run_dir: tag -> [(step, value)], steps ascending."""
+def read_scalar_events(run_dir: str | Path) -> dict[str, list[tuple[int, float, float]]]:
+    """Every scalar logged to TensorBoard under run_dir: tag -> [(step, wall time in s, value)], steps ascending."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    scalars: dict[str, dict[int, float]] = {}
+    scalars: dict[str, dict[int, tuple[float, float]]] = {}
     for events in sorted(Path(run_dir).rglob("events.out.tfevents.*")):
         accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
         accumulator.Reload()
         for tag in accumulator.Tags()["scalars"]:
-            scalars.setdefault(tag, {}).update({e.step: e.value for e in accumulator.Scalars(tag)})
+            scalars.setdefault(tag, {}).update({e.step: (e.wall_time, e.value) for e in accumulator.Scalars(tag)})
     if not scalars:
         raise ValueError(f"no TensorBoard logs under {run_dir}: train with --with_tracking to record the curves.")
-    return {tag: sorted(values.items()) for tag, values in scalars.items()}
+    return {tag: [(step, *values[step]) for step in sorted(values)] for tag, values in scalars.items()}
+
+
+def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar logged to TensorBoard under run_dir: tag -> [(step, value)], steps ascending."""
+    return {tag: [(step, value) for step, _, value in events] for tag, events in read_scalar_events(run_dir).items()}
 
 
 def plot_training_curves(scalars: dict[str, list[tuple[int, float]]], path: str | Path, smooth: int = 25) -> Path:
