@@ -308,3 +308,16 @@ def test_the_ten_minute_preset_is_the_phrases_preset_at_256_byte_documents():
     assert short["document_length"] == tiny["document_length"] == [256, 64]
     assert short["max_decoded_segments"] == tiny["max_decoded_segments"] == phrases["max_decoded_segments"]
     assert ZonkeyConfig.from_json_file(folder / "zonkey-tiny-phrases-256.json").document_length == [256, 64]
+
+
+def test_the_small_preset_is_the_ten_minute_preset_one_and_a_half_times_as_wide():
+    """configuration/zonkey-small.json (the size the scaling check of docs/research/model-size.md chose for the long
+    run) is zonkey-tiny-phrases-256 with hidden sizes [96, 192] instead of [64, 128], and nothing else."""
+    folder = MICRO.parent
+    short = json.loads((folder / "zonkey-tiny-phrases-256.json").read_text())
+    small = json.loads((folder / "zonkey-small.json").read_text())
+    assert {key for key in short.keys() | small.keys() if short.get(key) != small.get(key)} == {"hidden_size"}
+    config = ZonkeyConfig.from_json_file(folder / "zonkey-small.json")
+    assert config.hidden_size == [96, 192] and config.latent_size(0) == 192
+    with torch.device("meta"):
+        assert ZonkeyModel(config).num_parameters() == 4_868_934
