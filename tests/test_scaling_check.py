@@ -38,13 +38,17 @@ def test_each_minute_mark_takes_the_last_validation_before_it(script, tmp_path, 
     table = script.at_minutes(events, [0.5, 1.5, 2.5, 10.0])
     # minutes count from the first step's log (6 s after 1000 s), so step 10 (60 s in) lands at 0.9 minutes
     assert table["val/byte_accuracy_level0"] == [None, (10, pytest.approx(0.5)), (20, pytest.approx(0.6)),
-                                                 (30, pytest.approx(0.7))]
+                                                 (30, pytest.approx(0.7)), (30, pytest.approx(0.7))]
     monkeypatch.setattr(sys, "argv", ["scaling_check.py", str(fast), str(slow), "--minutes", "1", "2", "3"])
     script.main()
     out = capsys.readouterr().out
-    assert f"| {fast} | 2.18 M | 50.0% (10) | 60.0% (20) | 70.0% (30) |" in out
-    assert f"| {slow} | ? | 40.0% (5) | 80.0% (10) | 80.0% (10) |" in out
-    assert "| - | - | - |" in out  # a metric the runs never logged (e.g. the top level's) shows dashes
+    assert f"| {fast} | 2.18 M | 50.0% (10) | 60.0% (20) | 70.0% (30) | 70.0% (30) |" in out
+    assert f"| {slow} | ? | 40.0% (5) | 80.0% (10) | 80.0% (10) | 80.0% (10) |" in out
+    assert "| - | - | - | - |" in out  # a metric the runs never logged (e.g. the top level's) shows dashes
+
+    monkeypatch.setattr(sys, "argv", ["scaling_check.py", str(fast), "--minutes", "1"])
+    script.main()  # the last column: the final validation, after the last minute mark
+    assert f"| {fast} | 2.18 M | 50.0% (10) | 70.0% (30) |" in capsys.readouterr().out
 
 
 def test_minute_marks_must_ascend(script, tmp_path, monkeypatch):

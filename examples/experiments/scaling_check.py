@@ -8,9 +8,10 @@ Train every size for the same minutes, on the same thread count and data (exampl
         --minutes 5 10 15 20 25
 
 prints one table per metric: a row per run (its parameter count), a column per minute mark, in each cell the last
-validation logged at or before that mark and, in brackets, the step it was taken at. Minutes count from the run's
-first logged step (its wall clock, validation included), so a run resumed from a checkpoint would count the pause:
-run the check without resuming.
+validation logged at or before that mark and, in brackets, the step it was taken at; the last column is the run's
+last validation (a run stopped by --max_train_minutes validates once more, just after its last minute). Minutes
+count from the run's first logged step (its wall clock, validation included), so a run resumed from a checkpoint
+would count the pause: run the check without resuming.
 """
 
 import argparse
@@ -28,7 +29,7 @@ METRICS = (("val/byte_accuracy_level0", "level-0 bytes back", "{:.1%}"),
 
 def at_minutes(events: dict[str, list[tuple[int, float, float]]], minutes: list[float]) -> dict[str, list]:
     """tag -> for each minute mark, (step, value) of the last event at or before it (None before the first),
-    minutes counted from the run's earliest event of any tag."""
+    minutes counted from the run's earliest event of any tag; then the tag's last event."""
     start = min(wall for series in events.values() for _, wall, _ in series)
     table = {}
     for tag, series in events.items():
@@ -36,7 +37,7 @@ def at_minutes(events: dict[str, list[tuple[int, float, float]]], minutes: list[
         for mark in minutes:
             seen = [(step, value) for step, wall, value in series if (wall - start) / 60.0 <= mark]
             cells.append(seen[-1] if seen else None)
-        table[tag] = cells
+        table[tag] = cells + [series[-1][::2]]
     return table
 
 
@@ -58,10 +59,11 @@ def main() -> None:
     tables = {run: at_minutes(read_scalar_events(run), args.minutes) for run in args.runs}
     for tag, title, form in METRICS:
         print(f"\n{title} ({tag}) at minute:\n")
-        print("| run | parameters | " + " | ".join(f"{m:g}" for m in args.minutes) + " |")
-        print("|---|---:|" + "---:|" * len(args.minutes))
+        print("| run | parameters | " + " | ".join(f"{m:g}" for m in args.minutes) + " | last |")
+        print("|---|---:|" + "---:|" * (len(args.minutes) + 1))
+        empty = [None] * (len(args.minutes) + 1)
         for run, table in tables.items():
-            cells = [f"{form.format(c[1])} ({c[0]})" if c else "-" for c in table.get(tag, [None] * len(args.minutes))]
+            cells = [f"{form.format(c[1])} ({c[0]})" if c else "-" for c in table.get(tag, empty)]
             print(f"| {run} | {parameters(Path(run))} | " + " | ".join(cells) + " |")
 
 
