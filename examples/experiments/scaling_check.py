@@ -57,6 +57,7 @@ def main() -> None:
     if sorted(args.minutes) != args.minutes or args.minutes[0] <= 0:
         raise SystemExit("error: --minutes must be positive and ascending, e.g. --minutes 5 10 15")
     tables = {run: at_minutes(read_scalar_events(run), args.minutes) for run in args.runs}
+    sizes = {run: parameters(Path(run)) for run in args.runs}
     for tag, title, form in METRICS:
         print(f"\n{title} ({tag}) at minute:\n")
         print("| run | parameters | " + " | ".join(f"{m:g}" for m in args.minutes) + " | last |")
@@ -64,7 +65,7 @@ def main() -> None:
         empty = [None] * (len(args.minutes) + 1)
         for run, table in tables.items():
             cells = [f"{form.format(c[1])} ({c[0]})" if c else "-" for c in table.get(tag, empty)]
-            print(f"| {run} | {parameters(Path(run))} | " + " | ".join(cells) + " |")
+            print(f"| {run} | {sizes[run]} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
