@@ -7,7 +7,13 @@ import torch
 from conftest import import_script
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from modeling_zonkey.evaluation.suite import EvaluationSettings, baseline_sampler, generation_metrics, zonkey_sampler
+from modeling_zonkey.evaluation.suite import (
+    EvaluationSettings,
+    baseline_sampler,
+    evaluate_model,
+    generation_metrics,
+    zonkey_sampler,
+)
 from modeling_zonkey.evaluation.tables import generation_markdown
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -81,3 +87,18 @@ def test_a_baseline_asked_for_more_bytes_than_its_context_says_so():
     with pytest.raises(ValueError, match=r"reads at most 256 bytes.*samples of 300 bytes.*at most 255"):
         baseline_sampler(baseline, 2, 300)
     assert len(baseline_sampler(baseline, 1, 255)(0)) == 1  # the longest that fits still samples
+
+
+def test_evaluation_refuses_a_too_short_baseline_before_any_work(make_model, tokenizer, monkeypatch):
+    """The length check runs before Zonkey's metrics and samples (which take minutes on a real model), not after."""
+    import modeling_zonkey.evaluation.suite as suite
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("evaluation started before the baseline's length was checked")
+
+    monkeypatch.setattr(suite, "segmentation_metrics", no_work)
+    baseline = GPT2LMHeadModel(GPT2Config(vocab_size=257, n_positions=256, n_embd=32, n_layer=1, n_head=2)).eval()
+    settings = EvaluationSettings(samples_per_seed=2, num_steps=2, max_new_tokens=300)
+    with pytest.raises(ValueError, match=r"reads at most 256 bytes.*samples of 300 bytes"):
+        evaluate_model(make_model(seed=2), tokenizer, [b"The cat sat."], settings, uniform_judge(), tokenizer,
+                       ["The cat sat."], baseline)

@@ -333,7 +333,10 @@ def generation_metrics(sample, judge, judge_tokenizer, real: list[bytes], vocabu
 def evaluate_model(model, tokenizer, documents: list[bytes], settings: EvaluationSettings, judge=None,
                    judge_tokenizer=None, train_texts: list[str] | None = None, baseline=None) -> dict:
     """Every metric on the held-out documents; generation only when a judge is given, and the same for a
-    byte-level baseline's samples (as long as Zonkey's on average) when one is given."""
+    byte-level baseline's samples (as long as Zonkey's on average) when one is given. A baseline too short for
+    settings.max_new_tokens is refused before any work, not after Zonkey's samples."""
+    if judge is not None and baseline is not None and settings.max_new_tokens is not None:
+        baseline_sampler(baseline, settings.samples_per_seed, settings.max_new_tokens)  # raises if it cannot fit
     was_training = model.training
     model.eval()
     try:
