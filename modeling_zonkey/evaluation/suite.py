@@ -283,14 +283,20 @@ def zonkey_sampler(model, tokenizer, settings: EvaluationSettings):
     return sample
 
 
-def baseline_sampler(baseline, count: int, length: int):
-    """seed -> `count` samples of `length` bytes from a byte-level causal LM (ancestral sampling from a space). A
-    length beyond the baseline's positions (its context, less the one-byte prompt) is a ValueError that says so."""
+def check_baseline_length(baseline, length: int) -> None:
+    """A ValueError that says what to do when samples of `length` bytes do not fit the baseline's positions (its
+    context, less the one-byte prompt)."""
     positions = getattr(baseline.config, "n_positions", None)
     if positions is not None and length + 1 > positions:
         raise ValueError(f"the baseline reads at most {positions} bytes, so it cannot write samples of {length} bytes "
                          f"after its one-byte prompt: give a smaller --max_new_tokens (at most {positions - 1}), or "
                          "train the baseline with a preset of longer documents (train_baseline.py --zonkey_config).")
+
+
+def baseline_sampler(baseline, count: int, length: int):
+    """seed -> `count` samples of `length` bytes from a byte-level causal LM (ancestral sampling from a space). A
+    length beyond the baseline's positions is a ValueError (check_baseline_length)."""
+    check_baseline_length(baseline, length)
 
     def sample(seed: int) -> list[str]:
         prompt = torch.full((count, 1), ord(" "), dtype=torch.long, device=baseline.device)
@@ -336,7 +342,7 @@ def evaluate_model(model, tokenizer, documents: list[bytes], settings: Evaluatio
     byte-level baseline's samples (as long as Zonkey's on average) when one is given. A baseline too short for
     settings.max_new_tokens is refused before any work, not after Zonkey's samples."""
     if judge is not None and baseline is not None and settings.max_new_tokens is not None:
-        baseline_sampler(baseline, settings.samples_per_seed, settings.max_new_tokens)  # raises if it cannot fit
+        check_baseline_length(baseline, settings.max_new_tokens)
     was_training = model.training
     model.eval()
     try:
