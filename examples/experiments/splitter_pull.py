@@ -1,0 +1,126 @@
+"""Which loss terms pull the level-0 splitter toward more (or fewer) segment starts, and where.
+
+For each checkpoint of a training run, on held-out documents in training mode (boundaries sampled, seeded), this
+takes the gradient of every weighted level-0 loss term (and of each level above, as one) with respect to the level-0
+splitter's logits and averages it over three kinds of position: word starts (a non-space byte after a space), inside
+words (a non-space byte after a non-space byte) and spaces. A gradient step moves a logit by minus its gradient, so a
+NEGATIVE mean says the term asks for MORE starts there (shorter segments), a positive mean for fewer. The table also
+gives p_bos at each kind of position and the mean segment length (eval mode), so that a drift can be read against the
+pulls that drive it.
+
+    python examples/experiments/splitter_pull.py runs/zonkey --steps 1000 2000 3000
+
+Output: one row per (checkpoint, term), the mean gradient x 1e6 per position kind, and a summary row per checkpoint.
+"""
+
+import argparse
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from modeling_zonkey import ZonkeyConfig, ZonkeyModel
+from modeling_zonkey.evaluation.suite import document_batches, held_out_documents
+from modeling_zonkey.training.data import load_text_datasets
+
+WHITESPACE = b" \t\n\r"
+KINDS = ("word start", "inside word", "space")
+
+
+def position_kinds(documents: list[bytes], length: int) -> torch.Tensor:
+    """(B, N) long: 0 word start, 1 inside a word, 2 whitespace, -1 padding or the document's first byte."""
+    kinds = torch.full((len(documents), length), -1, dtype=torch.long)
+    for row, data in enumerate(documents):
+        for i in range(1, len(data)):
+            if data[i] in WHITESPACE:
+                kinds[row, i] = 2
+            else:
+                kinds[row, i] = 0 if data[i - 1] in WHITESPACE else 1
+    return kinds
+
+
+def load_checkpoint(run: Path, step: int | None) -> ZonkeyModel:
+    """The run's model with the training weights of step_<step> (the final weights when step is None)."""
+    model = ZonkeyModel(ZonkeyConfig.from_pretrained(run))
+    folder = run if step is None else run / f"step_{step}"
+    if not (folder / "model.safetensors").is_file():
+        raise SystemExit(f"error: {folder} has no model.safetensors; list the run's step_* folders and pick one")
+    model.load_state_dict(load_file(folder / "model.safetensors"))
+    return model
+
+
+def pulls(model: ZonkeyModel, documents: list[bytes], batch_size: int, seed: int) -> dict:
+    """Mean gradient of each weighted level-0 term w.r.t. the splitter logits, per position kind; p_bos per kind;
+    mean eval-mode segment length. -> {"terms": {name: [3 floats]}, "p": [3 floats], "bytes_per_segment": float}"""
+    captured = {}
+    handle = model.levels[0].splitter.head.register_forward_hook(lambda m, i, o: captured.__setitem__("logits", o))
+    sums, counts, p_sums = {}, torch.zeros(3), torch.zeros(3)
+    torch.manual_seed(seed)
+    model.train()
+    try:
+        for chunk, ids, mask in document_batches(documents, batch_size, torch.device("cpu")):
+            out = model(input_ids=ids, attention_mask=mask, return_loss=True)
+            logits = captured["logits"]
+            kinds = position_kinds(chunk, ids.shape[1])
+            probs = out.levels[0].bos_probs.detach()
+            weighted_terms = {name: model.config.term_weight(0, name) * value for name, value in
+                              ((k.split("/", 1)[1], v) for k, v in out.loss_terms.items() if k.startswith("level0/"))}
+            weighted_terms.update({f"level {k[len('loss/level'):]} (all)": v for k, v in out.loss_terms.items()
+                                   if k.startswith("loss/level") and k != "loss/level0"})
+            for name, weighted in weighted_terms.items():
+                if not weighted.requires_grad or weighted.detach() == 0:
+                    continue
+                (grad,) = torch.autograd.grad(weighted, logits, retain_graph=True, allow_unused=True)
+                if grad is None:
+                    continue
+                grad = grad.squeeze(-1)
+                row = sums.setdefault(name, torch.zeros(3))
+                for k in range(3):
+                    row[k] += grad[kinds == k].sum()
+            for k in range(3):
+                counts[k] += (kinds == k).sum()
+                p_sums[k] += probs[kinds == k].sum()
+        model.eval()
+        starts = total = 0
+        with torch.no_grad():
+            for _, ids, mask in document_batches(documents, batch_size, torch.device("cpu")):
+                boundaries = model(input_ids=ids, attention_mask=mask).levels[0].boundaries
+                starts += int(boundaries.sum())
+                total += int(mask.sum())
+    finally:
+        handle.remove()
+    terms = {name: (row / counts.clamp_min(1)).tolist() for name, row in sums.items()}
+    terms["(all)"] = [sum(v[k] for v in terms.values()) for k in range(3)]
+    return {"terms": terms, "p": (p_sums / counts.clamp_min(1)).tolist(), "bytes_per_segment": total / max(starts, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path, help="a training run's output folder (config.json and step_* folders)")
+    parser.add_argument("--steps", type=int, nargs="*", default=None,
+                        help="checkpoint steps to read (default: the final weights in the run folder)")
+    parser.add_argument("--documents", type=int, default=32, help="held-out documents (default 32)")
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    config = ZonkeyConfig.from_pretrained(args.run)
+    for step in args.steps or []:
+        if not (args.run / f"step_{step}" / "model.safetensors").is_file():
+            raise SystemExit(f"error: {args.run / f'step_{step}'} has no model.safetensors; list the run's step_* "
+                             "folders and pick one")
+    raw = load_text_datasets(None, None, None, None, "text", 0.05, 0)
+    documents = held_out_documents(raw["validation"]["text"], config.document_length[0], args.documents)
+    print(f"mean d(weighted term)/d(logit) x 1e6 per position (negative: asks for more starts); "
+          f"{len(documents)} held-out documents, seed {args.seed}")
+    print(f"| step | term | {' | '.join(KINDS)} |\n|---:|---|---:|---:|---:|")
+    for step in args.steps or [None]:
+        result = pulls(load_checkpoint(args.run, step), documents, args.batch_size, args.seed)
+        label = "final" if step is None else str(step)
+        for name, values in sorted(result["terms"].items(), key=lambda item: item[0] == "(all)"):
+            print(f"| {label} | {name} | " + " | ".join(f"{1e6 * v:+.1f}" for v in values) + " |")
+        print(f"| {label} | p_bos; {result['bytes_per_segment']:.1f} bytes/segment | "
+              + " | ".join(f"{v:.3f}" for v in result["p"]) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
