@@ -116,6 +116,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--freeze_levels", type=int, nargs="+", default=None, metavar="LEVEL",
                        help="train only the other levels (e.g. --freeze_levels 0: level 1 on a trained level 0; the "
                             "frozen levels compute no loss, so a step costs about what the trained levels cost)")
+    model.add_argument("--freeze_splitters", type=int, nargs="+", default=None, metavar="LEVEL",
+                       help="keep these levels' segmentation fixed while everything else trains (their Segment "
+                            "Splitters stop learning, through any loss), e.g. --freeze_splitters 0 once level 0 cuts "
+                            "at words; lasts through --unfreeze_at_step")
     model.add_argument("--unfreeze_at_step", type=int, default=None, metavar="STEP",
                        help="with --freeze_levels: the frozen levels join training after this many optimizer steps "
                             "(one run that brings level 1 in later: level 0 first gets every step, and faster ones)")

@@ -68,6 +68,30 @@ def test_freezing_a_level_above_still_trains_the_level_below_through_it(make_mod
     assert sum(p.grad.abs().sum() for p in model.levels[0].parameters() if p.grad is not None) > 0
 
 
+def test_a_frozen_splitter_keeps_its_segmentation_while_the_rest_of_its_level_learns(make_model, tokenizer):
+    model = make_model().train()
+    model.freeze_splitters([0])
+    torch.manual_seed(0)
+    out = model(**batch(tokenizer), return_loss=True)
+    assert not out.levels[0].bos_probs.requires_grad  # no loss reaches p_bos, through the weights or the input
+    out.loss.backward()
+    splitter = list(model.levels[0].splitter.parameters())
+    assert all(p.grad is None and not p.requires_grad for p in splitter)
+    assert model.levels[0].compressor.cls_vectors.grad.abs().sum() > 0
+    assert model.byte_embeddings.weight.grad.abs().sum() > 0
+    assert all(p.requires_grad for p in model.levels[1].splitter.parameters())
+    # the freeze outlasts the end of a level freeze (--unfreeze_at_step), and freeze_splitters(()) ends it
+    model.freeze_levels([1])
+    model.freeze_levels(())
+    assert not any(p.requires_grad for p in splitter) and model.levels[0].splitter_frozen
+    model.freeze_splitters(())
+    assert all(p.requires_grad for p in model.parameters())
+    torch.manual_seed(0)
+    assert model(**batch(tokenizer), return_loss=True).levels[0].bos_probs.requires_grad
+    with pytest.raises(ValueError, match="must lie in"):
+        model.freeze_splitters([2])
+
+
 @pytest.mark.parametrize("levels, message", [([2], "must lie in"), ([0, 1], "nothing would train"), ([-1], "lie in")])
 def test_freeze_levels_refuses_levels_it_cannot_freeze(make_model, levels, message):
     with pytest.raises(ValueError, match=message):

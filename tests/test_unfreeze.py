@@ -36,6 +36,22 @@ def test_frozen_levels_keep_their_weights_until_the_step_then_train(in_process, 
     assert "level(s) [1] frozen for the first 3 steps" in (out / "README.md").read_text()
 
 
+def test_freeze_splitters_keeps_the_segmentation_through_the_unfreezing(in_process, tmp_path):
+    train, validation, _ = write_corpus(tmp_path / "data")
+    out = tmp_path / "run"
+    in_process.main(train_args(train, validation, out, *FREEZE, "--freeze_splitters", "0"))
+    first, last = level_weights(out / "step_1", "levels.0."), level_weights(out / "step_5", "levels.0.")
+    splitter = [k for k in first if k.startswith("levels.0.splitter.")]
+    assert splitter and all(torch.equal(first[k], last[k]) for k in splitter)
+    rest = [k for k in first if k not in splitter]
+    assert changed({k: first[k] for k in rest}, {k: last[k] for k in rest}) > 0
+    above = "levels.1.splitter."
+    assert changed(level_weights(out / "step_3", above), level_weights(out / "step_5", above)) > 0
+    record = json.loads((out / "train_results.json").read_text())["args"]
+    assert record["freeze_splitters"] == [0]
+    assert "the segmentation of level(s) [0] fixed" in (out / "README.md").read_text()
+
+
 def test_a_run_resumed_after_the_step_trains_every_level_as_the_uninterrupted_run(in_process, tmp_path):
     train, validation, _ = write_corpus(tmp_path / "data")
     whole, parts = tmp_path / "whole", tmp_path / "parts"

@@ -39,9 +39,9 @@ def position_kinds(documents: list[bytes], length: int) -> torch.Tensor:
     return kinds
 
 
-def load_checkpoint(run: Path, step: int | None) -> ZonkeyModel:
+def load_checkpoint(run: Path, config: ZonkeyConfig, step: int | None) -> ZonkeyModel:
     """The run's model with the training weights of step_<step> (the final weights when step is None)."""
-    model = ZonkeyModel(ZonkeyConfig.from_pretrained(run))
+    model = ZonkeyModel(config)
     folder = run if step is None else run / f"step_{step}"
     if not (folder / "model.safetensors").is_file():
         raise SystemExit(f"error: {folder} has no model.safetensors; list the run's step_* folders and pick one")
@@ -102,8 +102,13 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=32, help="held-out documents (default 32)")
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--config_name", type=Path, default=None,
+                        help="the run's preset, for a run still training (its folder has no config.json yet)")
     args = parser.parse_args()
-    config = ZonkeyConfig.from_pretrained(args.run)
+    if args.config_name is None and not (args.run / "config.json").is_file():
+        raise SystemExit(f"error: {args.run} has no config.json (a run still training writes it at the end): "
+                         "give the run's preset as --config_name")
+    config = ZonkeyConfig.from_pretrained(args.config_name or args.run)
     for step in args.steps or []:
         if not (args.run / f"step_{step}" / "model.safetensors").is_file():
             raise SystemExit(f"error: {args.run / f'step_{step}'} has no model.safetensors; list the run's step_* "
@@ -114,7 +119,7 @@ def main() -> None:
           f"{len(documents)} held-out documents, seed {args.seed}")
     print(f"| step | term | {' | '.join(KINDS)} |\n|---:|---|---:|---:|---:|")
     for step in args.steps or [None]:
-        result = pulls(load_checkpoint(args.run, step), documents, args.batch_size, args.seed)
+        result = pulls(load_checkpoint(args.run, config, step), documents, args.batch_size, args.seed)
         label = "final" if step is None else str(step)
         for name, values in sorted(result["terms"].items(), key=lambda item: item[0] == "(all)"):
             print(f"| {label} | {name} | " + " | ".join(f"{1e6 * v:+.1f}" for v in values) + " |")

@@ -51,6 +51,8 @@ def training_summary(history: dict) -> str:
     if args.get("freeze_levels"):
         until = args.get("unfreeze_at_step")
         text += f", level(s) {args['freeze_levels']} frozen" + (f" for the first {until:,} steps" if until else "")
+    if args.get("freeze_splitters"):
+        text += f", the segmentation of level(s) {args['freeze_splitters']} fixed"
     minutes, this_run = history.get("train_minutes"), history.get("train_minutes_this_run")
     if history.get("resumed_from_step") is not None:
         text += f", resumed from its step-{history['resumed_from_step']} checkpoint"

@@ -4,7 +4,7 @@
 examples/train_zonkey.py records them in train_results.json as `earlier_stages` (oldest first); the model card
 (hub/model_card.py) adds them up. A stage is a dict: name (the folder's name), steps, minutes, minutes_complete
 (False when the record lost the time before a resume, so `minutes` counts only the part after it), preset, threads,
-num_processes, freeze_levels, unfreeze_at_step.
+num_processes, freeze_levels, unfreeze_at_step, freeze_splitters.
 """
 
 import json
@@ -20,7 +20,8 @@ def stage_summary(name: str, history: dict) -> dict:
             "minutes_complete": minutes is not None,
             "preset": Path(args["config_name"]).name if args.get("config_name") else None,
             "threads": args.get("threads"), "num_processes": history.get("num_processes", 1),
-            "freeze_levels": args.get("freeze_levels"), "unfreeze_at_step": args.get("unfreeze_at_step")}
+            "freeze_levels": args.get("freeze_levels"), "unfreeze_at_step": args.get("unfreeze_at_step"),
+            "freeze_splitters": args.get("freeze_splitters")}
 
 
 def training_stages(folder: str | Path, _seen: frozenset = frozenset()) -> list[dict]:
@@ -55,6 +56,8 @@ def stages_sentence(stages: list[dict]) -> str:
             f"{minutes:.1f} minutes" + ("" if stage.get("minutes_complete", True) else " after a resume"))
         until = f" for its first {stage['unfreeze_at_step']:,} steps" if stage.get("unfreeze_at_step") else ""
         frozen = f", level(s) {stage['freeze_levels']} frozen{until}" if stage.get("freeze_levels") else ""
+        if stage.get("freeze_splitters"):
+            frozen += f", the segmentation of level(s) {stage['freeze_splitters']} fixed"
         threads = f", {stage['threads']} threads" if str(stage.get("threads") or 1) != "1" else ""
         processes = f", {stage['num_processes']} processes" if (stage.get("num_processes") or 1) > 1 else ""
         preset = f", preset `{stage['preset']}`" if stage.get("preset") else ""

@@ -99,6 +99,8 @@ def build_model(args) -> tuple[ZonkeyModel, ZonkeyTokenizer]:
     tokenizer.model_max_length = model.config.document_length[0]
     if args.freeze_levels:
         model.freeze_levels(args.freeze_levels)
+    if getattr(args, "freeze_splitters", None):
+        model.freeze_splitters(args.freeze_splitters)
     return model, tokenizer
 
 

@@ -88,7 +88,7 @@ RUN_ARGUMENTS = ("per_device_train_batch_size", "gradient_accumulation_steps", "
                  "num_warmup_steps", "weight_decay", "adam_epsilon", "max_grad_norm", "seed", "ema_decay",
                  "mixed_precision", "deterministic", "dataset_name", "dataset_config_name", "text_column",
                  "validation_split_percentage", "streaming", "streaming_validation_articles", "freeze_levels",
-                 "unfreeze_at_step")
+                 "unfreeze_at_step", "freeze_splitters")
 
 
 def run_arguments(args, **measured) -> dict:

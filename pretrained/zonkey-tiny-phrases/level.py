@@ -5,6 +5,7 @@ overlapping windows, compresses each window into one latent and learns to decode
 latents of a document, in order, form the input of level l + 1 (no detach: training is end to end).
 """
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -68,13 +69,15 @@ class ZonkeyLevel(nn.Module):
         self.stitcher = Stitcher(d, heads, L)
         self.masked_vector = (MaskedVectorHead(d, config.mask_probability, config.masked_vector_negatives)
                               if level >= 1 else None)
+        self.splitter_frozen = False  # ZonkeyModel.freeze_splitters: p_bos without autograd
 
     # ----------------------------------------------------------------------------------------- encode
     def forward(self, x: torch.Tensor, valid: torch.Tensor, parent: torch.Tensor,
                 targets: LevelTargets | None = None) -> ZonkeyLevelOutput:
         """x (B, N, d) on the sphere, valid (B, N) bool, parent (B,). With targets, computes the loss terms."""
         threshold = None if self.training else self.config.existence_threshold
-        split: SplitterOutput = self.splitter(x, valid, threshold)
+        with torch.no_grad() if self.splitter_frozen else nullcontext():
+            split: SplitterOutput = self.splitter(x, valid, threshold)
         segments = build_segments(split.bos_probs, split.boundaries, valid, self.window_length, split.log_not_bos)
         windows = segments.gather(x)
         latents = self.compressor(windows, segments.existence).latents

@@ -138,6 +138,7 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
         self.byte_embeddings = nn.Embedding(config.vocab_size, config.hidden_size[0])
         self.levels = nn.ModuleList(ZonkeyLevel(config, level) for level in range(config.num_levels))
         self.frozen_levels: frozenset[int] = frozenset()
+        self.frozen_splitters: frozenset[int] = frozenset()
         self.post_init()
 
     def freeze_levels(self, levels) -> None:
@@ -155,6 +156,21 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
         self.byte_embeddings.requires_grad_(0 not in levels)
         for index, level in enumerate(self.levels):
             level.requires_grad_(index not in levels)
+        self.freeze_splitters(self.frozen_splitters)
+
+    def freeze_splitters(self, levels) -> None:
+        """Keep the segmentation of `levels` fixed while the rest trains: their Segment Splitters' parameters stop
+        requiring gradients and their p_bos is computed without autograd, so no loss moves it (neither through the
+        splitter's weights nor back through its input). Boundaries are still sampled in training mode. Outlasts
+        `freeze_levels(())`; a training-time choice (not saved in the config); `freeze_splitters(())` undoes it."""
+        levels = frozenset(levels)
+        if any(not isinstance(level, int) or not 0 <= level < self.config.num_levels for level in levels):
+            raise ValueError(f"freeze_splitters: levels must lie in [0, {self.config.num_levels - 1}], got "
+                             f"{sorted(levels, key=str)}.")
+        self.frozen_splitters = levels
+        for index, level in enumerate(self.levels):
+            level.splitter_frozen = index in levels
+            level.splitter.requires_grad_(index not in levels and index not in self.frozen_levels)
 
     def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
                                 mean_resizing: bool = True) -> nn.Embedding:
