@@ -10,7 +10,8 @@ pulls that drive it.
 
     python examples/experiments/splitter_pull.py runs/zonkey --steps 1000 2000 3000
 
-Output: one row per (checkpoint, term), the mean gradient x 1e6 per position kind, and a summary row per checkpoint.
+Output: one row per (checkpoint, term), the mean gradient x 1e6 per position kind (the mean over batches of each
+batch's mean, +- its standard error over the batches), and a summary row per checkpoint.
 """
 
 import argparse
@@ -50,11 +51,13 @@ def load_checkpoint(run: Path, config: ZonkeyConfig, step: int | None) -> Zonkey
 
 
 def pulls(model: ZonkeyModel, documents: list[bytes], batch_size: int, seed: int) -> dict:
-    """Mean gradient of each weighted level-0 term w.r.t. the splitter logits, per position kind; p_bos per kind;
-    mean eval-mode segment length. -> {"terms": {name: [3 floats]}, "p": [3 floats], "bytes_per_segment": float}"""
+    """Mean gradient of each weighted level-0 term (and of each level above) w.r.t. the level-0 splitter logits, per
+    position kind: the mean over batches of each batch's mean, with its standard error over the batches; p_bos per
+    kind; mean eval-mode segment length. -> {"terms": {name: [3 floats]}, "stderr": {name: [3 floats]},
+    "p": [3 floats], "bytes_per_segment": float}"""
     captured = {}
     handle = model.levels[0].splitter.head.register_forward_hook(lambda m, i, o: captured.__setitem__("logits", o))
-    sums, counts, p_sums = {}, torch.zeros(3), torch.zeros(3)
+    per_batch, counts, p_sums = {}, torch.zeros(3), torch.zeros(3)
     torch.manual_seed(seed)
     model.train()
     try:
@@ -62,11 +65,12 @@ def pulls(model: ZonkeyModel, documents: list[bytes], batch_size: int, seed: int
             out = model(input_ids=ids, attention_mask=mask, return_loss=True)
             logits = captured["logits"]
             kinds = position_kinds(chunk, ids.shape[1])
-            probs = out.levels[0].bos_probs.detach()
+            masks = [kinds == k for k in range(3)]
             weighted_terms = {name: model.config.term_weight(0, name) * value for name, value in
                               ((k.split("/", 1)[1], v) for k, v in out.loss_terms.items() if k.startswith("level0/"))}
             weighted_terms.update({f"level {k[len('loss/level'):]} (all)": v for k, v in out.loss_terms.items()
                                    if k.startswith("loss/level") and k != "loss/level0"})
+            batch_total = torch.zeros(3)
             for name, weighted in weighted_terms.items():
                 if not weighted.requires_grad or weighted.detach() == 0:
                     continue
@@ -74,12 +78,14 @@ def pulls(model: ZonkeyModel, documents: list[bytes], batch_size: int, seed: int
                 if grad is None:
                     continue
                 grad = grad.squeeze(-1)
-                row = sums.setdefault(name, torch.zeros(3))
-                for k in range(3):
-                    row[k] += grad[kinds == k].sum()
-            for k in range(3):
-                counts[k] += (kinds == k).sum()
-                p_sums[k] += probs[kinds == k].sum()
+                means = torch.stack([grad[m].mean() if m.any() else torch.tensor(float("nan")) for m in masks])
+                per_batch.setdefault(name, []).append(means)
+                batch_total += means.nan_to_num(0.0)
+            per_batch.setdefault("(all)", []).append(batch_total)
+            probs = out.levels[0].bos_probs.detach()
+            for k, m in enumerate(masks):
+                counts[k] += m.sum()
+                p_sums[k] += probs[m].sum()
         model.eval()
         starts = total = 0
         with torch.no_grad():
@@ -89,9 +95,14 @@ def pulls(model: ZonkeyModel, documents: list[bytes], batch_size: int, seed: int
                 total += int(mask.sum())
     finally:
         handle.remove()
-    terms = {name: (row / counts.clamp_min(1)).tolist() for name, row in sums.items()}
-    terms["(all)"] = [sum(v[k] for v in terms.values()) for k in range(3)]
-    return {"terms": terms, "p": (p_sums / counts.clamp_min(1)).tolist(), "bytes_per_segment": total / max(starts, 1)}
+    terms, stderr = {}, {}
+    for name, rows in per_batch.items():
+        values = torch.stack(rows)  # (batches, 3)
+        terms[name] = values.nanmean(0).tolist()
+        spread = (values - values.nanmean(0)).pow(2).nanmean(0) * len(rows) / max(len(rows) - 1, 1)
+        stderr[name] = (spread.sqrt() / len(rows) ** 0.5).tolist()
+    return {"terms": terms, "stderr": stderr, "p": (p_sums / counts.clamp_min(1)).tolist(),
+            "bytes_per_segment": total / max(starts, 1)}
 
 
 def main() -> None:
@@ -115,14 +126,16 @@ def main() -> None:
                              "folders and pick one")
     raw = load_text_datasets(None, None, None, None, "text", 0.05, 0)
     documents = held_out_documents(raw["validation"]["text"], config.document_length[0], args.documents)
-    print(f"mean d(weighted term)/d(logit) x 1e6 per position (negative: asks for more starts); "
-          f"{len(documents)} held-out documents, seed {args.seed}")
+    print(f"mean d(weighted term)/d(logit) x 1e6 per position, ± its standard error over batches of "
+          f"{args.batch_size} (negative: asks for more starts); {len(documents)} held-out documents, seed {args.seed}")
     print(f"| step | term | {' | '.join(KINDS)} |\n|---:|---|---:|---:|---:|")
     for step in args.steps or [None]:
         result = pulls(load_checkpoint(args.run, config, step), documents, args.batch_size, args.seed)
         label = "final" if step is None else str(step)
         for name, values in sorted(result["terms"].items(), key=lambda item: item[0] == "(all)"):
-            print(f"| {label} | {name} | " + " | ".join(f"{1e6 * v:+.1f}" for v in values) + " |")
+            errors = result["stderr"][name]
+            print(f"| {label} | {name} | " + " | ".join(f"{1e6 * v:+.1f} ± {1e6 * e:.1f}" for v, e in
+                                                         zip(values, errors)) + " |")
         print(f"| {label} | p_bos; {result['bytes_per_segment']:.1f} bytes/segment | "
               + " | ".join(f"{v:.3f}" for v in result["p"]) + " |", flush=True)
 
