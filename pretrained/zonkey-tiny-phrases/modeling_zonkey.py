@@ -141,15 +141,20 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
         self.frozen_splitters: frozenset[int] = frozenset()
         self.post_init()
 
+    def _level_set(self, method: str, levels) -> frozenset[int]:
+        """`levels` as a set, or a ValueError naming `method` when one is not a level index of this model."""
+        levels = frozenset(levels)
+        if any(not isinstance(level, int) or not 0 <= level < self.config.num_levels for level in levels):
+            raise ValueError(f"{method}: levels must lie in [0, {self.config.num_levels - 1}], got "
+                             f"{sorted(levels, key=str)}.")
+        return levels
+
     def freeze_levels(self, levels) -> None:
         """Train only the other levels: the parameters of `levels` (level 0's include the byte embeddings) stop
         requiring gradients, and those levels compute no loss terms. Levels 0..k that are all frozen run without
         autograd (nothing below them can learn through them), so training level 1 on a frozen level 0 costs about
         what level 1 costs. A training-time choice (not saved in the config); `freeze_levels(())` undoes it."""
-        levels = frozenset(levels)
-        if any(not isinstance(level, int) or not 0 <= level < self.config.num_levels for level in levels):
-            raise ValueError(f"freeze_levels: levels must lie in [0, {self.config.num_levels - 1}], got "
-                             f"{sorted(levels, key=str)}.")
+        levels = self._level_set("freeze_levels", levels)
         if len(levels) == self.config.num_levels:
             raise ValueError("freeze_levels: every level is frozen, nothing would train; leave at least one level.")
         self.frozen_levels = levels
@@ -163,10 +168,7 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
         requiring gradients and their p_bos is computed without autograd, so no loss moves it (neither through the
         splitter's weights nor back through its input). Boundaries are still sampled in training mode. Outlasts
         `freeze_levels(())`; a training-time choice (not saved in the config); `freeze_splitters(())` undoes it."""
-        levels = frozenset(levels)
-        if any(not isinstance(level, int) or not 0 <= level < self.config.num_levels for level in levels):
-            raise ValueError(f"freeze_splitters: levels must lie in [0, {self.config.num_levels - 1}], got "
-                             f"{sorted(levels, key=str)}.")
+        levels = self._level_set("freeze_splitters", levels)
         self.frozen_splitters = levels
         for index, level in enumerate(self.levels):
             level.splitter_frozen = index in levels
