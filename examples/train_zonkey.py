@@ -278,7 +278,9 @@ def train(args) -> None:
                     "batches per epoch", main_process_only=False)
     progress = tqdm(total=max_steps, initial=state.completed_steps, disable=not accelerator.is_local_main_process)
     clock = TrainingClock(started=time.time(), seconds_before=state.train_seconds)
-    checkpoints = CheckpointWriter(args, accelerator, output_dir, run_id, this_run, ema, clock, progress)
+    # (the unwrapped model: holding the DDP wrapper longer changes when its reducer is freed, which can hang gloo)
+    checkpoints = CheckpointWriter(args, accelerator, output_dir, run_id, this_run, ema, clock, progress,
+                                   accelerator.unwrap_model(model), tokenizer)
     meter = Throughput(clock.started, state.train_bytes)
     steps = OptimizerSteps(args, accelerator, model, optimizer, scheduler, clock.started, progress)
     last_eval, reason = {}, None

@@ -205,3 +205,70 @@ def test_ema_update_copy_and_state_dict():
         torch.testing.assert_close(parameter.detach(), expected[name], rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="ema_decay"):
         EMA(model, decay=1.0)
+
+
+# ---------------------------------------------------------------- a checkpoint read as a model
+
+
+def write_model_checkpoint(folder: Path, model, ema) -> Path:
+    """What train_zonkey.py leaves in step_N, minus the optimizer: the training weights, the EMA, the state."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()},
+              str(folder / checkpointing.MODEL_FILE))
+    save_file(ema.state_dict(), str(folder / checkpointing.EMA_FILE))
+    (folder / STATE_FILE).write_text(json.dumps({"completed_steps": 3}))
+    return folder
+
+
+def test_checkpoint_model_reads_training_or_ema_weights_and_says_what_is_missing(tmp_path, micro_config):
+    from modeling_zonkey import ZonkeyConfig, ZonkeyModel
+
+    torch.manual_seed(0)
+    model = ZonkeyModel(micro_config)
+    ema = EMA(model, 0.9)
+    with torch.no_grad():  # the training weights move on; the EMA keeps the start
+        for param in model.parameters():
+            param.add_(0.5)
+    step = write_model_checkpoint(tmp_path / "run" / "step_3", model, ema)
+    assert checkpointing.is_checkpoint(step) and not checkpointing.is_checkpoint(tmp_path / "run")
+    with pytest.raises(ValueError, match="give the run's model config"):  # no config.json anywhere
+        checkpointing.checkpoint_model(step)
+    trained = checkpointing.checkpoint_model(step, config=micro_config)
+    assert not trained.training
+    for name, value in model.state_dict().items():
+        assert torch.equal(trained.state_dict()[name], value), name
+    micro_config.to_json_file(step / "config.json")  # the checkpoint's own config, as train_zonkey writes it
+    averaged = checkpointing.checkpoint_model(step, "ema")
+    shadows = dict(zip(ema.names, (getattr(ema, f"shadow_{i}") for i in range(len(ema.names)))))
+    params = dict(averaged.named_parameters())
+    assert all(torch.equal(params[name], shadow) for name, shadow in shadows.items())
+    assert any(not torch.equal(params[name], dict(model.named_parameters())[name]) for name in shadows)
+    (step / checkpointing.EMA_FILE).unlink()
+    with pytest.raises(ValueError, match="without --ema_decay"):
+        checkpointing.checkpoint_model(step, "ema")
+    deeper = ZonkeyConfig.from_dict({**micro_config.to_dict(), "denoiser_layers": [2, 1]})
+    with pytest.raises(ValueError, match="do not fit the config given: .*Missing key"):
+        checkpointing.checkpoint_model(step, config=deeper)
+    with pytest.raises(ValueError, match="weights must be one of model, ema"):
+        checkpointing.checkpoint_model(step, "best")
+    with pytest.raises(ValueError, match="holds no model.safetensors"):
+        checkpointing.checkpoint_model(tmp_path / "run")
+
+
+def test_a_resume_with_another_model_config_names_the_changed_fields(tmp_path, micro_config, capsys):
+    from modeling_zonkey import ZonkeyConfig
+    from modeling_zonkey.training.run_folder import warn_changed_config
+
+    class Printer:
+        print = staticmethod(print)
+
+    micro_config.to_json_file(tmp_path / "config.json")
+    assert warn_changed_config(tmp_path, micro_config, Printer()) == []
+    assert warn_changed_config(tmp_path / "older", micro_config, Printer()) == []  # a checkpoint without config.json
+    assert capsys.readouterr().out == ""
+    staged = ZonkeyConfig.from_dict({**micro_config.to_dict(),
+                                     "loss_weights": {**micro_config.loss_weights, "patch": 5.0}})
+    assert warn_changed_config(tmp_path, staged, Printer()) == ["loss_weights.patch: 10.0 -> 5.0"]
+    assert "another model config (loss_weights.patch: 10.0 -> 5.0)" in capsys.readouterr().out

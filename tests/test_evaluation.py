@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import import_script
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from modeling_zonkey.evaluation.metrics import (
@@ -185,6 +186,42 @@ def test_evaluate_script_writes_every_key_and_picture(make_model, tokenizer, tmp
     assert "border-left" in (out / "segmentation.html").read_text()
     assert script.main([str(tmp_path / "nothing")]) == 1
     assert "config.json missing" in capsys.readouterr().err
+
+
+def test_evaluate_script_reads_a_training_checkpoint_with_either_weights(micro_config, tmp_path, capsys):
+    """evaluate.py on a step_N folder: its training weights by default, their EMA with --weights ema; the option is
+    refused for a saved model."""
+    from safetensors.torch import save_file
+
+    from modeling_zonkey import ZonkeyModel
+    from modeling_zonkey.training.checkpointing import EMA
+
+    script = import_script(Path(__file__).resolve().parents[1] / "examples" / "evaluate.py", "evaluate_script")
+    torch.manual_seed(0)
+    model = ZonkeyModel(micro_config)
+    ema = EMA(model, 0.9)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(2.0)
+    step = tmp_path / "run" / "step_2"
+    step.mkdir(parents=True)
+    weights = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, str(step / "model.safetensors"))
+    save_file(ema.state_dict(), str(step / "ema.safetensors"))
+    (step / "training_state.json").write_text(json.dumps({"completed_steps": 2}))
+    micro_config.to_json_file(step / "config.json")
+    for weights, expected in ((None, model), ("ema", ema)):
+        argv = [str(step)] + (["--weights", weights] if weights else [])
+        loaded, tokenizer = script.load(script.parse_args(argv), step)
+        params = dict(loaded.named_parameters())
+        for i, name in enumerate(ema.names):
+            value = getattr(expected, f"shadow_{i}") if weights else dict(model.named_parameters())[name]
+            assert torch.equal(params[name], value), (weights, name)
+        assert tokenizer.decode([104, 105]) == "hi"
+    saved = tmp_path / "saved"
+    model.save_pretrained(saved)
+    assert script.main([str(saved), "--weights", "ema"]) == 1
+    assert "apply to a training checkpoint" in capsys.readouterr().err
 
 
 def test_pictures_without_matplotlib_say_what_to_install(monkeypatch):

@@ -157,6 +157,27 @@ def test_resume_reproduces_the_uninterrupted_run(runs):
     assert results_b["train_minutes"] > results_b["train_minutes_this_run"] > 0
     state = json.loads((b / "step_8" / "training_state.json").read_text())
     assert state["train_seconds"] > 0 and "resumed from its step-4 checkpoint" in (b / "README.md").read_text()
+    assert "another model config" not in runs["B2"].stderr  # resumed with the config it was written with
+
+
+def test_every_checkpoint_is_a_model_folder(runs):
+    """step_N carries the config, generation config and tokenizer: from_pretrained loads its training weights,
+    checkpoint_model its EMA (at the last step: the weights of the saved model)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from modeling_zonkey.training.checkpointing import checkpoint_model
+
+    a = runs["A"]
+    for name in ("config.json", "generation_config.json", "tokenizer_config.json"):
+        assert (a / "step_8" / name).is_file(), name
+    trained = AutoModel.from_pretrained(a / "step_8")
+    raw = load_file(a / "step_8" / "model.safetensors")
+    assert all(torch.equal(trained.state_dict()[key], raw[key]) for key in raw)
+    assert AutoTokenizer.from_pretrained(a / "step_8").decode([104, 105]) == "hi"
+    averaged, final = checkpoint_model(a / "step_8", "ema").state_dict(), load_file(a / "model.safetensors")
+    assert all(torch.equal(averaged[key], final[key]) for key in final)
+    earlier = checkpoint_model(a / "step_4", "ema").state_dict()
+    assert any(not torch.equal(earlier[key], final[key]) for key in final)
 
 
 def test_an_epoch_reads_every_training_byte_once(runs):
@@ -370,8 +391,9 @@ def test_two_cpu_processes_share_the_data(two_process_run):
     assert [e["lr"] for e in log] == pytest.approx([3e-4, 2.25e-4, 1.5e-4, 0.75e-4])
     # each checkpoint written once, with each process's RNG state
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["step_2", "step_4"]
-    assert sorted(p.name for p in (out / "step_2").iterdir()) == [
-        "model.safetensors", "optimizer.bin", "random_states_0.pkl", "random_states_1.pkl", "scheduler.bin",
+    assert sorted(p.name for p in (out / "step_2").iterdir()) == [  # one of each, and the model folder's configs
+        "config.json", "generation_config.json", "model.safetensors", "optimizer.bin", "random_states_0.pkl",
+        "random_states_1.pkl", "scheduler.bin", "tokenization_zonkey.py", "tokenizer_config.json",
         "training_state.json"]
     model = AutoModel.from_pretrained(out)
     saved = load_file(out / "step_4" / "model.safetensors")

@@ -14,8 +14,9 @@ seeds), next to real held-out text cut to the same byte lengths. One table, one 
 --max_new_bytes): samples of that many bytes (generate(max_new_tokens=...)) instead of one window. ms/byte is the
 sampling's wall time per returned byte (the judge not included), so compare it within one run only.
 
-A checkpoint folder step_N (raw weights, written by --checkpointing_steps) is loaded with the config of the
-run folder above it, so a run trained with --ema_decay can be compared with and without its EMA weights.
+A checkpoint folder step_N (written by --checkpointing_steps) gives its training weights, or with --weights ema the
+EMA of them, so a run trained with --ema_decay can be compared with and without its EMA weights (its final folder
+holds the EMA weights).
 """
 
 import argparse
@@ -34,23 +35,24 @@ from modeling_zonkey.evaluation.suite import (
     zonkey_sampler,
 )
 from modeling_zonkey.evaluation.text_statistics import training_ngrams, words
+from modeling_zonkey.training.checkpointing import CHECKPOINT_WEIGHTS, checkpoint_model, is_checkpoint
 from modeling_zonkey.training.data import load_text_datasets
 
 COLUMNS = ("judge_perplexity", "char_entropy", "vocabulary_share", "div", "mean_bytes")
 
 
-def load(folder: str) -> ZonkeyModel:
-    """A saved model, or the raw weights of a step_N checkpoint inside a run folder."""
+def load(folder: str, weights: str = "model") -> ZonkeyModel:
+    """A saved model, or a step_N checkpoint's training (`model`) or EMA (`ema`) weights."""
     path = Path(folder)
-    if (path / "config.json").is_file():
-        return ZonkeyModel.from_pretrained(path).eval()
-    if not (path / "model.safetensors").is_file():
-        raise SystemExit(f"error: {folder} holds neither a saved model nor a checkpoint's model.safetensors")
-    from safetensors.torch import load_file
-
-    model = ZonkeyModel.from_pretrained(path.parent)
-    model.load_state_dict(load_file(path / "model.safetensors"))
-    return model.eval()
+    if is_checkpoint(path):
+        try:
+            return checkpoint_model(path, weights)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from err
+    if not (path / "config.json").is_file():
+        raise SystemExit(f"error: {folder} holds neither a saved model (config.json) nor a training checkpoint "
+                         "(training_state.json)")
+    return ZonkeyModel.from_pretrained(path).eval()
 
 
 def main() -> None:
@@ -62,6 +64,8 @@ def main() -> None:
     parser.add_argument("--samples_per_seed", type=int, default=16)
     parser.add_argument("--options", nargs="+", default=["{}"], help="generation options, a JSON object per row")
     parser.add_argument("--max_new_tokens", "--max_new_bytes", type=int, default=None)
+    parser.add_argument("--weights", choices=CHECKPOINT_WEIGHTS, default="model",
+                        help="a checkpoint folder's training weights or their EMA (--ema_decay runs)")
     args = parser.parse_args()
     variants = [json.loads(text) for text in args.options]
     corpus = load_text_datasets()
@@ -73,7 +77,7 @@ def main() -> None:
           + " | ".join(COLUMNS[:3]) + " | example |")
     print("|---|---|---:|---|---:|" + "---:|" * (len(COLUMNS) + 3) + "---|")
     for folder in args.models:
-        model = load(folder)
+        model = load(folder, args.weights)
         real = held_out_documents(corpus["validation"]["text"], model.config.document_length[0], 64)
         defaults = model.generation_config
         for sampler in args.samplers:

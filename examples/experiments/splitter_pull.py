@@ -15,6 +15,7 @@ batch's mean, +- its standard error over the batches), and a summary row per che
 """
 
 import argparse
+import itertools
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from safetensors.torch import load_file
 
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel
 from modeling_zonkey.evaluation.suite import document_batches, held_out_documents
+from modeling_zonkey.training.checkpointing import checkpoint_model
 from modeling_zonkey.training.data import load_text_datasets
 
 WHITESPACE = b" \t\n\r"
@@ -40,14 +42,20 @@ def position_kinds(documents: list[bytes], length: int) -> torch.Tensor:
     return kinds
 
 
-def load_checkpoint(run: Path, config: ZonkeyConfig, step: int | None) -> ZonkeyModel:
+def load_checkpoint(run: Path, step: int | None, config_name: Path | None = None) -> ZonkeyModel:
     """The run's model with the training weights of step_<step> (the final weights when step is None)."""
-    model = ZonkeyModel(config)
-    folder = run if step is None else run / f"step_{step}"
-    if not (folder / "model.safetensors").is_file():
-        raise SystemExit(f"error: {folder} has no model.safetensors; list the run's step_* folders and pick one")
-    model.load_state_dict(load_file(folder / "model.safetensors"))
-    return model
+    if step is None:
+        if config_name is None and not (run / "config.json").is_file():
+            raise SystemExit(f"error: {run} has no config.json (a run still training writes its model at the end): "
+                             "pass --steps, or give the run's preset as --config_name")
+        model = ZonkeyModel(ZonkeyConfig.from_pretrained(config_name or run))
+        model.load_state_dict(load_file(run / "model.safetensors"))
+        return model
+    folder = run / f"step_{step}"
+    try:
+        return checkpoint_model(folder, config=config_name)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from err
 
 
 def pulls(model: ZonkeyModel, documents: list[bytes], batch_size: int, seed: int) -> dict:
@@ -114,23 +122,22 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config_name", type=Path, default=None,
-                        help="the run's preset, for a run still training (its folder has no config.json yet)")
+                        help="the run's preset, for checkpoints that carry no config.json (written by older versions) "
+                             "of a run still training")
     args = parser.parse_args()
-    if args.config_name is None and not (args.run / "config.json").is_file():
-        raise SystemExit(f"error: {args.run} has no config.json (a run still training writes it at the end): "
-                         "give the run's preset as --config_name")
-    config = ZonkeyConfig.from_pretrained(args.config_name or args.run)
-    for step in args.steps or []:
+    for step in args.steps or []:  # every folder named exists before anything is computed
         if not (args.run / f"step_{step}" / "model.safetensors").is_file():
             raise SystemExit(f"error: {args.run / f'step_{step}'} has no model.safetensors; list the run's step_* "
                              "folders and pick one")
+    models = (load_checkpoint(args.run, step, args.config_name) for step in args.steps or [None])
+    first = next(models)  # every checkpoint is read lazily; the first one's errors come before the corpus loads
     raw = load_text_datasets(None, None, None, None, "text", 0.05, 0)
-    documents = held_out_documents(raw["validation"]["text"], config.document_length[0], args.documents)
+    documents = held_out_documents(raw["validation"]["text"], first.config.document_length[0], args.documents)
     print(f"mean d(weighted term)/d(logit) x 1e6 per position, ± its standard error over batches of "
           f"{args.batch_size} (negative: asks for more starts); {len(documents)} held-out documents, seed {args.seed}")
     print(f"| step | term | {' | '.join(KINDS)} |\n|---:|---|---:|---:|---:|")
-    for step in args.steps or [None]:
-        result = pulls(load_checkpoint(args.run, config, step), documents, args.batch_size, args.seed)
+    for step, model in zip(args.steps or [None], itertools.chain([first], models)):
+        result = pulls(model, documents, args.batch_size, args.seed)
         label = "final" if step is None else str(step)
         for name, values in sorted(result["terms"].items(), key=lambda item: item[0] == "(all)"):
             errors = result["stderr"][name]

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,7 +45,8 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def save_checkpoint(accelerator, output_dir: str | os.PathLike, name: str, state: dict,
-                    tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+                    tensors: dict[str, dict[str, torch.Tensor]] | None = None,
+                    describe: Callable[[Path], None] | None = None) -> Path:
     """accelerator.save_state into output_dir/name atomically, with `state` (step, epoch, ...) as JSON.
 
     Every process must call it (save_state gathers, and each process writes its RNG state); only the main
@@ -54,7 +56,9 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, name: str, state
     checkpoint. A run killed at any point leaves the previous checkpoints intact; leftovers `.tmp-*` and
     `.old-*` are ignored by find_checkpoint and cleared by the next save of the same name.
     `tensors`: extra safetensors files (file name -> tensors, e.g. the EMA weights) written into the checkpoint by the
-    main process: a checkpoint holds no pickled state of this project's own.
+    main process: a checkpoint holds no pickled state of this project's own. `describe(folder)`: writes the files that
+    make the checkpoint a model folder too (config, generation config, tokenizer: `from_pretrained` loads its training
+    weights, `checkpoint_model` its EMA), by the main process.
 
     A write that fails (OSError, e.g. a full disk) on any process stops every process at the same point
     (agreement.failed_processes, in place of the barriers): the partial `.tmp-NAME` is deleted once no process writes
@@ -77,6 +81,8 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, name: str, state
         try:
             for file_name, values in (tensors or {}).items():
                 save_file({k: v.detach().cpu().contiguous() for k, v in values.items()}, str(tmp / file_name))
+            if describe is not None:
+                describe(tmp)
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
             _fsync_tree(tmp)
         except OSError as err:
@@ -298,3 +304,58 @@ class EMA(nn.Module):
         params = dict(model.named_parameters())
         for i, name in enumerate(self.names):
             params[name].copy_(getattr(self, f"shadow_{i}").to(params[name].dtype))
+
+
+MODEL_FILE = "model.safetensors"  # accelerate's save_state: the (only) model's weights
+CHECKPOINT_WEIGHTS = ("model", "ema")
+
+
+def is_checkpoint(folder: str | os.PathLike) -> bool:
+    """A step_N / epoch_N folder written by train_zonkey.py (it holds training_state.json)."""
+    return (Path(folder) / STATE_FILE).is_file()
+
+
+def checkpoint_model(checkpoint: str | os.PathLike, weights: str = "model", config=None):
+    """The ZonkeyModel of a checkpoint folder step_N / epoch_N, in eval mode: its training weights (`"model"`) or the
+    EMA of them (`"ema"`, a run trained with --ema_decay).
+
+    The config is `config` when given (a ZonkeyConfig, or a folder / config.json path: the run's --config_name), else
+    the checkpoint's own config.json (every checkpoint carries it since they double as model folders), else the
+    finished run's folder above it. The generation config comes with the same folder. Raises ValueError with what to
+    fix: no such weights, no config, weights of another config."""
+    from ..configuration_zonkey import ZonkeyConfig
+    from ..modeling_zonkey import ZonkeyModel
+
+    folder = Path(checkpoint)
+    if weights not in CHECKPOINT_WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(CHECKPOINT_WEIGHTS)}; got {weights!r}.")
+    if not (folder / MODEL_FILE).is_file():
+        sharded = any(folder.glob("pytorch_model_fsdp*"))
+        raise ValueError(f"{folder} holds no {MODEL_FILE}: " + (
+            "an FSDP checkpoint keeps its weights sharded; merge them first (`accelerate merge-weights "
+            f"{folder}/pytorch_model_fsdp_0 MERGED`) or use the run's final model folder." if sharded else
+            "give a step_N / epoch_N folder written by examples/train_zonkey.py --checkpointing_steps."))
+    if weights == "ema" and not (folder / EMA_FILE).is_file():
+        raise ValueError(f"{folder} holds no {EMA_FILE}: its run was trained without --ema_decay; load its training "
+                         "weights (weights='model').")
+    described = next((path for path in (folder, folder.parent) if (path / "config.json").is_file()), None)
+    if config is None and described is None:
+        raise ValueError(f"no config.json in {folder} or in {folder.parent} (a checkpoint written before checkpoints "
+                         "carried their config, of a run still training): give the run's model config "
+                         "(its --config_name).")
+    if config is None:
+        model = ZonkeyModel.from_pretrained(described)
+    else:
+        model = ZonkeyModel(config if isinstance(config, ZonkeyConfig) else ZonkeyConfig.from_pretrained(config))
+    try:
+        model.load_state_dict(load_file(str(folder / MODEL_FILE)))
+        if weights == "ema":
+            ema = EMA(model, decay=0.5)  # the decay is not used: only the shadow weights are read
+            ema.load(folder)
+            ema.copy_to(model)
+    except RuntimeError as err:  # missing / unexpected keys, size mismatches
+        detail = " ".join(line.strip() for line in str(err).strip().splitlines()[:2])
+        detail = detail if len(detail) <= 240 else detail[:237] + "..."
+        raise ValueError(f"the weights of {folder} do not fit the config "
+                         f"{'given' if config is not None else 'in ' + str(described)}: {detail}") from err
+    return model.eval()

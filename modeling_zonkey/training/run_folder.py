@@ -192,10 +192,43 @@ def check_run_arguments(args, path: Path, state: dict, current: dict, accelerato
                           "the uninterrupted one")
 
 
+_CONFIG_NOT_COMPARED = {"transformers_version", "_name_or_path", "architectures", "auto_map", "dtype", "torch_dtype"}
+
+
+def config_changes(saved: dict, current: dict) -> list[str]:
+    """`field: saved -> current` for every model-config field that differs, bookkeeping fields left out; a dict field
+    (loss_weights) by its entries: `loss_weights.patch: 10.0 -> 5.0`."""
+    def flat(config: dict) -> dict:
+        return {f"{name}.{key}" if isinstance(value, dict) else name: item
+                for name, value in config.items() if name not in _CONFIG_NOT_COMPARED
+                for key, item in (value.items() if isinstance(value, dict) else [(None, value)])}
+
+    saved, current = flat(saved), flat(current)
+    return [f"{name}: {saved.get(name)!r} -> {current.get(name)!r}" for name in sorted(set(saved) | set(current))
+            if saved.get(name) != current.get(name)]
+
+
+def warn_changed_config(path: Path, config, accelerator) -> list[str]:
+    """Say which model-config fields (loss weights, schedules, ...) differ from the config the checkpoint was written
+    with (its config.json; older checkpoints have none). A warning, not a refusal: a staged run changes them on
+    purpose; the weights' shapes are checked when they load."""
+    saved_file = path / "config.json"
+    if not saved_file.is_file():
+        return []
+    saved = type(config).from_json_file(saved_file)
+    changes = config_changes(json.loads(saved.to_json_string(use_diff=False)),
+                             json.loads(config.to_json_string(use_diff=False)))
+    if changes:
+        accelerator.print(f"warning: {path} was written with another model config ({'; '.join(changes)}); training "
+                          "goes on with this run's (--config_name / --model_name_or_path)")
+    return changes
+
+
 def restore(args, accelerator, model, ema, resume: Resume, this_run: dict) -> RunState:
     """Load a verified checkpoint into the prepared model, optimizer, scheduler and RNGs (and the EMA, which restarts
     from the resumed weights when the checkpoint has none); the RunState to continue from."""
     check_run_arguments(args, resume.path, resume.saved, this_run, accelerator)
+    warn_changed_config(resume.path, accelerator.unwrap_model(model).config, accelerator)
     try:
         accelerator.load_state(str(resume.path))
     except RuntimeError as err:  # e.g. size mismatches: a checkpoint of another config
@@ -236,9 +269,11 @@ class CheckpointWriter:
     one written. A failed write is one error line."""
 
     def __init__(self, args, accelerator, output_dir: Path, run_id: str, this_run: dict, ema, clock: TrainingClock,
-                 progress):
+                 progress, model=None, tokenizer=None):
+        """model: the unwrapped model and tokenizer, whose configs each checkpoint carries (see `describe`)."""
         self.args, self.accelerator, self.output_dir, self.run_id = args, accelerator, output_dir, run_id
         self.this_run, self.ema, self.clock, self.progress = this_run, ema, clock, progress
+        self.model, self.tokenizer = model, tokenizer
         self.last: Path | None = None
 
     @property
@@ -259,7 +294,8 @@ class CheckpointWriter:
         try:
             return save_checkpoint(self.accelerator, output_dir, name,
                                    {**asdict(state), "run_id": self.run_id, "run_args": self.this_run},
-                                   tensors={EMA_FILE: ema.state_dict()} if ema is not None else None)
+                                   tensors={EMA_FILE: ema.state_dict()} if ema is not None else None,
+                                   describe=self.describe)
         except PeerFailure:
             self.progress.close()
             raise
@@ -268,3 +304,15 @@ class CheckpointWriter:
             raise TrainingError(f"cannot write the checkpoint {output_dir / name} ({err.strerror or err}): stopped. "
                                 f"The earlier checkpoints are intact ({checkpoint_names(output_dir)}); free space, "
                                 "then --resume_from_checkpoint latest.", together=True) from err
+
+    def describe(self, folder: Path) -> None:
+        """Make the checkpoint a model folder too: the model's config and generation config and the tokenizer next to
+        accelerate's model.safetensors, so `from_pretrained(folder)` loads the training weights and
+        checkpointing.checkpoint_model the EMA (JSON only: the package's code is not copied into every checkpoint)."""
+        if self.model is None:
+            return
+        self.model.config.to_json_file(folder / "config.json")
+        if self.model.generation_config is not None:
+            self.model.generation_config.to_json_file(folder / "generation_config.json")
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(folder)
