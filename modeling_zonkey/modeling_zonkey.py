@@ -22,7 +22,7 @@ from .compressor import Compressor, MaskedVectorHead
 from .configuration_zonkey import ZonkeyConfig
 from .decoder import SelfCondition, TimeEmbedding
 from .generation_zonkey import ZonkeyGenerationConfig, ZonkeyGenerationMixin
-from .level import LevelTargets, ZonkeyLevel, ZonkeyLevelOutput, chunk_documents
+from .level import LevelTargets, SegmentBatch, ZonkeyLevel, ZonkeyLevelOutput, chunk_documents, owned_slots
 from .sphere import to_sphere
 from .stitcher import Stitcher
 from .tokenization_zonkey import NUM_BYTES, ZonkeyTokenizer
@@ -51,6 +51,18 @@ class ZonkeyLevels(ModelOutput):
 
     def __iter__(self):
         return iter(self.outputs)
+
+
+@dataclass
+class LevelRead:
+    """What a level read in a forward pass, for the handoff term of the level above: x (B, N, d), valid (B, N), its
+    targets, and slots (R, N_{l+1}): the index of the latent of this level that each input slot of the level above
+    holds (0 where none)."""
+
+    x: torch.Tensor
+    valid: torch.Tensor
+    targets: LevelTargets | None
+    slots: torch.Tensor | None = None
 
 
 @dataclass
@@ -277,20 +289,28 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
         parent = torch.arange(len(input_ids), device=input_ids.device)
         targets = (LevelTargets(x, input_ids, to_sphere(self.byte_embeddings.weight[:NUM_BYTES])) if return_loss
                    else None)
-        outputs = []
+        outputs, reads = [], []
         for index, level in enumerate(self.levels):
             frozen = index in self.frozen_levels
             with torch.no_grad() if frozen and all(i in self.frozen_levels for i in range(index)) else nullcontext():
                 output = level(x, valid, parent, None if frozen else targets)
             outputs.append(output)
+            reads.append(LevelRead(x, valid, targets))
             if index + 1 < len(self.levels):
                 segments = output.segments
                 flat = output.latents[output.latent_mask]
                 x, valid, parent = chunk_documents(flat, segments.document, segments.counts,
                                                    self.config.document_length[index + 1])
                 targets = LevelTargets(x) if return_loss else None
+                if return_loss:  # which latent of this level each slot of the level above holds
+                    reads[-1].slots = chunk_documents(torch.arange(len(flat), device=flat.device)[:, None],
+                                                      segments.document, segments.counts,
+                                                      self.config.document_length[index + 1])[0].squeeze(-1)
         if not return_loss:
             return ZonkeyModelOutput(segment_latents=outputs[0].latents, levels=ZonkeyLevels(tuple(outputs)))
+        for index in range(1, len(outputs)):
+            if index not in self.frozen_levels and self.config.term_weight(index, "handoff") > 0:
+                outputs[index].loss_terms["handoff"] = self.handoff_term(index, outputs, reads[index - 1])
         terms, total = {}, x.new_zeros((), dtype=torch.float32)
         for index, output in enumerate(outputs):
             if index in self.frozen_levels:
@@ -301,6 +321,32 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
             total = total + level_total
         return ZonkeyModelOutput(loss=total, loss_terms=terms, segment_latents=outputs[0].latents,
                                  levels=ZonkeyLevels(tuple(outputs)))
+
+    def handoff_term(self, index: int, outputs: list[ZonkeyLevelOutput], below: "LevelRead") -> torch.Tensor:
+        """Level `index`'s clean-pass estimates of the level-(index - 1) latents, decoded by level index - 1 at
+        `handoff_noise_level` (as the sampler hands them down) and scored by that level's reconstruction loss against
+        what those latents encode (bytes at level 0). -> scalar.
+
+        Why: level 1's clean pass can be close to the level-0 latents in cosine (0.99) and still lose a third of the
+        bytes, because its residual lies where the level-0 decoder is sensitive (a random error of the same size
+        costs under a point); InfoNCE and 1 - cos weigh every direction alike. Each estimate is taken at the
+        position its segment owns (`owned_slots`); at most max_decoded_segments[index - 1] of them, at random.
+        Ownership is detached in the average, as in the diffusion terms."""
+        upper, lower = outputs[index], outputs[index - 1]
+        chosen, estimates = upper.decoded
+        own, latent_index = owned_slots(upper.segments, chosen, below.slots)
+        estimates = estimates[own]
+        cap = self.config.max_decoded_segments[index - 1]
+        if len(latent_index) > cap:
+            keep = torch.randperm(len(latent_index), device=latent_index.device)[:cap]
+            latent_index, estimates = latent_index[keep], estimates[keep]
+        level = self.levels[index - 1]
+        t = torch.full((len(estimates),), float(self.config.handoff_noise_level), device=estimates.device)
+        decoded = level.decoder(estimates, t)
+        windows = lower.segments.gather(below.x)
+        sub = SegmentBatch.take(lower.segments, windows, latent_index, below.targets, below.valid)
+        sub = sub.with_fixed_segmentation()
+        return sub.average(level.reconstruction(decoded.sequence, sub))
 
     def compile_components(self, components: tuple[str, ...] | list[str] = ("decoder", "compressor"),
                            dynamic: bool = True) -> None:

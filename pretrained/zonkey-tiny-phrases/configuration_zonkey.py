@@ -49,6 +49,8 @@ DEFAULT_LOSS_WEIGHTS = {
     "anti_collapse": 1.0,  # |mean cosine| between latents of different documents
     "masked_vector": 1.0,  # masked-vector prediction at levels >= 1
     "regression": 0.0,  # 1 - cos(X_hat, X) of the clean pass at levels >= 1 (InfoNCE only ranks X_hat among vectors)
+    "handoff": 0.0,  # levels >= 1: the level below decodes the clean pass's X_hat (at handoff_noise_level) and scores
+                     # it with its own reconstruction loss (bytes at level 0): X_hat near X in cosine is not enough
 }
 
 # the splitter's priors and the latent-spread term: scaled by `regularizer_level_weights`, not `level_weights`

@@ -50,6 +50,9 @@ class ZonkeyLevelOutput:
     segments: Segments
     parent: torch.Tensor  # (B_l,) row of the level below (level 0: the input row)
     loss_terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    # with the loss: the clean pass, (indices of the decoded segments (M',), X1 (M', L, d_l)), which the level
+    # above's handoff term reads (ZonkeyModel.handoff_term)
+    decoded: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 class ZonkeyLevel(nn.Module):
@@ -84,13 +87,15 @@ class ZonkeyLevel(nn.Module):
         padded, mask = pad_by_document(latents, segments.document, segments.counts)
         output = ZonkeyLevelOutput(split.bos_probs, split.boundaries, valid, padded, mask, segments, parent)
         if targets is not None:
-            output.loss_terms = self.loss_terms(split, segments, windows, latents, targets, valid)
+            output.loss_terms, output.decoded = self.loss_terms(split, segments, windows, latents, targets, valid)
         return output
 
     # ------------------------------------------------------------------------------------------ losses
     def loss_terms(self, split: SplitterOutput, segments: Segments, windows: torch.Tensor, latents: torch.Tensor,
-                   targets: LevelTargets, valid: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every named loss term of this level (unweighted scalars)."""
+                   targets: LevelTargets, valid: torch.Tensor,
+                   ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """Every named loss term of this level (unweighted scalars), and the clean pass (the decoded segments'
+        indices (M',), X1 (M', L, d)) for the handoff term of the level above."""
         config, L, p = self.config, self.window_length, split.bos_probs
         mean_p = mean_bos_probability(p, valid)
         density = density_factor(mean_p, L, config.density_offset)
@@ -120,7 +125,7 @@ class ZonkeyLevel(nn.Module):
         if diffusion.ddmm is not None:
             terms["ddmm"] = density.detach() * diffusion.ddmm
         terms["existence"] = torch.stack([self.existence_loss(out, sub) for out in (clean, diffusion.heavy)]).mean()
-        return terms
+        return terms, (chosen, clean.sequence)
 
     def existence_loss(self, decoded: DecoderOutput, sub: "SegmentBatch") -> torch.Tensor:
         """BCE of the decoder's existence against the splitter's (the segment's soft length). -> scalar. Written out
@@ -366,6 +371,14 @@ def pad_by_document(values: torch.Tensor, document: torch.Tensor, counts: torch.
     mask = torch.zeros(len(counts), width, dtype=torch.bool, device=values.device)
     mask[document, slot] = True
     return padded, mask
+
+
+def owned_slots(segments: Segments, chosen: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For the decoded segments `chosen` (M',) of a level >= 1: the window positions each one owns (ownership > 0.5,
+    in the document) (M', L) bool, and at those positions the index of the level-below latent the slot holds (n,).
+    slots (B, N) long: that index for every input slot of the level (see ZonkeyModel._forward)."""
+    own = (segments.ownership[chosen] > 0.5) & segments.in_document[chosen]
+    return own, segments.gather(slots)[chosen][own]
 
 
 def chunk_documents(values: torch.Tensor, document: torch.Tensor, counts: torch.Tensor, chunk: int,
