@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoTokenizer
 
 from modeling_zonkey import ZonkeyTokenizer  # (the import registers the Auto classes)
 from modeling_zonkey.evaluation.baseline import baseline_training
@@ -35,7 +35,7 @@ from modeling_zonkey.evaluation.pictures import (
 from modeling_zonkey.evaluation.suite import EvaluationSettings, evaluate_model, held_out_documents, load_judge
 from modeling_zonkey.evaluation.tables import results_markdown
 from modeling_zonkey.hub.model_card import write_model_card
-from modeling_zonkey.training.checkpointing import CHECKPOINT_WEIGHTS, checkpoint_model, is_checkpoint
+from modeling_zonkey.training.checkpointing import CHECKPOINT_WEIGHTS, is_checkpoint, model_or_checkpoint
 from modeling_zonkey.training.data import load_text_datasets, load_text_file
 
 
@@ -71,17 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load(args: argparse.Namespace, folder: Path):
     """The model and tokenizer of a saved folder, or of a training checkpoint (step_N) with the weights asked for."""
-    if is_checkpoint(folder):
-        model = checkpoint_model(folder, args.weights or "model", args.config_name)
-        has_tokenizer = (folder / "tokenizer_config.json").is_file()
-        return model, AutoTokenizer.from_pretrained(folder) if has_tokenizer else ZonkeyTokenizer()
-    if args.weights or args.config_name:
-        raise ValueError(f"--weights / --config_name apply to a training checkpoint (step_N folder); {folder} is a "
-                         "saved model: leave them out.")
-    if not (folder / "config.json").is_file():
-        raise ValueError(f"no saved model in {folder} (config.json missing): give a folder written by save_pretrained "
-                         "or a checkpoint step_N of a training run.")
-    return AutoModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    model = model_or_checkpoint(folder, args.weights or "model", args.config_name)
+    has_tokenizer = (folder / "tokenizer_config.json").is_file()  # (checkpoints of older versions have none)
+    return model, AutoTokenizer.from_pretrained(folder) if has_tokenizer else ZonkeyTokenizer()
 
 
 def run(args: argparse.Namespace) -> Path:

@@ -255,6 +255,16 @@ def test_checkpoint_model_reads_training_or_ema_weights_and_says_what_is_missing
         checkpointing.checkpoint_model(step, "best")
     with pytest.raises(ValueError, match="holds no model.safetensors"):
         checkpointing.checkpoint_model(tmp_path / "run")
+    # model_or_checkpoint: either kind of folder, and what each one lacks
+    assert torch.equal(checkpointing.model_or_checkpoint(step).state_dict()["byte_embeddings.weight"],
+                       model.state_dict()["byte_embeddings.weight"])
+    model.save_pretrained(tmp_path / "saved")
+    saved = checkpointing.model_or_checkpoint(tmp_path / "saved")
+    assert not saved.training and torch.equal(saved.byte_embeddings.weight, model.byte_embeddings.weight)
+    with pytest.raises(ValueError, match="apply to a training checkpoint"):
+        checkpointing.model_or_checkpoint(tmp_path / "saved", "ema")
+    with pytest.raises(ValueError, match="neither a saved model"):
+        checkpointing.model_or_checkpoint(tmp_path / "run")
 
 
 def test_a_resume_with_another_model_config_names_the_changed_fields(tmp_path, micro_config, capsys):

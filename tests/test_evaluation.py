@@ -185,7 +185,7 @@ def test_evaluate_script_writes_every_key_and_picture(make_model, tokenizer, tmp
     assert (out / "segmentation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "border-left" in (out / "segmentation.html").read_text()
     assert script.main([str(tmp_path / "nothing")]) == 1
-    assert "config.json missing" in capsys.readouterr().err
+    assert "holds neither a saved model" in capsys.readouterr().err
 
 
 def test_evaluate_script_reads_a_training_checkpoint_with_either_weights(micro_config, tmp_path, capsys):

@@ -19,7 +19,6 @@ decoder is sensitive, and a loss on the cosine alone cannot see it (see the `han
 """
 
 import argparse
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +27,7 @@ from modeling_zonkey import ZonkeyModel
 from modeling_zonkey.evaluation.hierarchy import _Scores, encode
 from modeling_zonkey.evaluation.suite import document_batches, held_out_documents
 from modeling_zonkey.sphere import expected_norm
-from modeling_zonkey.training.checkpointing import checkpoint_model, is_checkpoint
+from modeling_zonkey.training.checkpointing import model_or_checkpoint
 from modeling_zonkey.training.data import load_text_datasets
 
 
@@ -104,11 +103,10 @@ def handoff_error(model: ZonkeyModel, documents: list[bytes], batch_size: int = 
 
 
 def load(folder: str) -> ZonkeyModel:
-    if is_checkpoint(folder):
-        return checkpoint_model(folder)
-    if not (Path(folder) / "config.json").is_file():
-        raise SystemExit(f"error: {folder} holds neither a saved model (config.json) nor a training checkpoint")
-    return ZonkeyModel.from_pretrained(folder).eval()
+    try:
+        return model_or_checkpoint(folder)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from err
 
 
 def main() -> None:

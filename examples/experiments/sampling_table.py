@@ -22,7 +22,6 @@ holds the EMA weights).
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
@@ -35,7 +34,7 @@ from modeling_zonkey.evaluation.suite import (
     zonkey_sampler,
 )
 from modeling_zonkey.evaluation.text_statistics import training_ngrams, words
-from modeling_zonkey.training.checkpointing import CHECKPOINT_WEIGHTS, checkpoint_model, is_checkpoint
+from modeling_zonkey.training.checkpointing import CHECKPOINT_WEIGHTS, is_checkpoint, model_or_checkpoint
 from modeling_zonkey.training.data import load_text_datasets
 
 COLUMNS = ("judge_perplexity", "char_entropy", "vocabulary_share", "div", "mean_bytes")
@@ -43,16 +42,10 @@ COLUMNS = ("judge_perplexity", "char_entropy", "vocabulary_share", "div", "mean_
 
 def load(folder: str, weights: str = "model") -> ZonkeyModel:
     """A saved model, or a step_N checkpoint's training (`model`) or EMA (`ema`) weights."""
-    path = Path(folder)
-    if is_checkpoint(path):
-        try:
-            return checkpoint_model(path, weights)
-        except ValueError as err:
-            raise SystemExit(f"error: {err}") from err
-    if not (path / "config.json").is_file():
-        raise SystemExit(f"error: {folder} holds neither a saved model (config.json) nor a training checkpoint "
-                         "(training_state.json)")
-    return ZonkeyModel.from_pretrained(path).eval()
+    try:
+        return model_or_checkpoint(folder, weights if is_checkpoint(folder) else "model")
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from err
 
 
 def main() -> None:

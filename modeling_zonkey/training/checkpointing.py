@@ -359,3 +359,21 @@ def checkpoint_model(checkpoint: str | os.PathLike, weights: str = "model", conf
         raise ValueError(f"the weights of {folder} do not fit the config "
                          f"{'given' if config is not None else 'in ' + str(described)}: {detail}") from err
     return model.eval()
+
+
+def model_or_checkpoint(folder: str | os.PathLike, weights: str = "model", config=None):
+    """A ZonkeyModel in eval mode from a saved model folder (save_pretrained) or a checkpoint step_N / epoch_N
+    (`checkpoint_model`: its training or EMA weights). Raises ValueError naming what the folder lacks; `weights` other
+    than "model" and `config` apply to checkpoints only."""
+    from ..modeling_zonkey import ZonkeyModel
+
+    path = Path(folder)
+    if is_checkpoint(path):
+        return checkpoint_model(path, weights, config)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{folder} holds neither a saved model (config.json) nor a training checkpoint "
+                         f"({STATE_FILE}).")
+    if weights != "model" or config is not None:
+        raise ValueError(f"the EMA weights and a --config_name apply to a training checkpoint (step_N folder); "
+                         f"{folder} is a saved model: leave them out.")
+    return ZonkeyModel.from_pretrained(path).eval()
