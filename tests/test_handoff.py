@@ -47,6 +47,10 @@ def test_each_estimate_is_paired_with_the_latent_its_position_holds(micro_config
     # the level-1 window vector at each owned position IS the level-0 latent the pairing names
     assert torch.equal(upper.segments.gather(seen["x1"])[chosen][own], level0_latents[index])
     assert len(index.unique()) == len(index)  # no latent is scored twice
+    # no decoded segment at all: the term is a zero that still backpropagates, not an error from an empty decoder call
+    upper.decoded = (chosen[:0], estimates[:0])
+    empty = term(model, 1, seen["outputs"], seen["below"])
+    assert float(empty.detach()) == 0.0 and empty.requires_grad
 
 
 def test_the_handoff_term_is_off_by_default_and_trains_both_decoders(micro_config):

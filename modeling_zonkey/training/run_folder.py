@@ -308,7 +308,8 @@ class CheckpointWriter:
     def describe(self, folder: Path) -> None:
         """Make the checkpoint a model folder too: the model's config and generation config and the tokenizer next to
         accelerate's model.safetensors, so `from_pretrained(folder)` loads the training weights and
-        checkpointing.checkpoint_model the EMA (JSON only: the package's code is not copied into every checkpoint)."""
+        checkpointing.checkpoint_model the EMA. The configs are written as JSON (their save_pretrained would copy the
+        package's code files into every checkpoint); the tokenizer's save_pretrained adds its one code file."""
         if self.model is None:
             return
         self.model.config.to_json_file(folder / "config.json")

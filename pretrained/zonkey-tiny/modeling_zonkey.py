@@ -336,6 +336,8 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
         chosen, estimates = upper.decoded
         own, latent_index = owned_slots(upper.segments, chosen, below.slots)
         estimates = estimates[own]
+        if len(estimates) == 0:  # no decoded segment owns a position (a batch of empty documents): nothing to score
+            return upper.decoded[1].sum() * 0.0
         cap = self.config.max_decoded_segments[index - 1]
         if len(latent_index) > cap:
             keep = torch.randperm(len(latent_index), device=latent_index.device)[:cap]
