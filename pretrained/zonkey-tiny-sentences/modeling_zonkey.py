@@ -302,7 +302,8 @@ class ZonkeyModel(ZonkeyPreTrainedModel, ZonkeyGenerationMixin):
                 x, valid, parent = chunk_documents(flat, segments.document, segments.counts,
                                                    self.config.document_length[index + 1])
                 targets = LevelTargets(x) if return_loss else None
-                if return_loss:  # which latent of this level each slot of the level above holds
+                if return_loss and self.config.term_weight(index + 1, "handoff") > 0:
+                    # for the handoff term: which latent of this level each input slot of the level above holds
                     reads[-1].slots = chunk_documents(torch.arange(len(flat), device=flat.device)[:, None],
                                                       segments.document, segments.counts,
                                                       self.config.document_length[index + 1])[0].squeeze(-1)
