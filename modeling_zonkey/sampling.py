@@ -24,19 +24,22 @@ from .ddmm import add_noise, deterministic_step, implied_noise
 from .level import ZonkeyLevel
 
 SAMPLERS = ("ddmm", "ddim", "deterministic")
-NOISE_SCHEDULES = ("linear", "cosine")
+NOISE_SCHEDULES = ("linear", "cosine", "quadratic")
 
 
 def noise_schedule(kind: str, steps: int, t_start: float = 1.0) -> list[float]:
     """The noise levels t_0 = t_start > ... > t_steps = 0 (steps + 1 values).
 
-    linear: t_k = t_start (1 - k / K); cosine: t_k = t_start cos(pi/2 * k / K) (more steps at high noise).
+    linear: t_k = t_start (1 - k / K); cosine: t_k = t_start cos(pi/2 * k / K) (more steps at high noise);
+    quadratic: t_k = t_start (1 - k / K)^2 (more steps at low noise).
     """
     if kind not in NOISE_SCHEDULES:
         raise ValueError(f"noise_schedule must be one of {NOISE_SCHEDULES}, got {kind!r}.")
     fractions = [k / steps for k in range(steps + 1)]
     if kind == "linear":
         return [t_start * (1.0 - f) for f in fractions[:-1]] + [0.0]
+    if kind == "quadratic":
+        return [t_start * (1.0 - f) ** 2 for f in fractions[:-1]] + [0.0]
     return [t_start * math.cos(0.5 * math.pi * f) for f in fractions[:-1]] + [0.0]
 
 

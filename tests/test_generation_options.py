@@ -68,6 +68,8 @@ def test_noise_schedules_run_from_start_to_zero():
     assert cosine[0] == pytest.approx(0.5) and cosine[-1] == 0.0
     assert all(a > b for a, b in zip(cosine, cosine[1:]))
     assert cosine[2] > 0.25  # cosine spends more steps at high noise than linear
+    quadratic = noise_schedule("quadratic", 4, 0.8)
+    assert quadratic == pytest.approx([0.8, 0.45, 0.2, 0.05, 0.0])  # more steps at low noise
 
 
 # ------------------------------------------------------------------------------------------- errors

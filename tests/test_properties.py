@@ -210,7 +210,7 @@ def test_config_with_random_per_level_lists_more(kwargs):
 OPTION_VALUES = {  # each option: valid values first, then values generate() must refuse
     "num_steps": ([1, 2, 3], [0, -1, 1.5]),
     "sampler": (["ddmm", "ddim", "deterministic"], ["euler"]),
-    "noise_schedule": (["linear", "cosine"], ["sigmoid"]),
+    "noise_schedule": (["linear", "cosine", "quadratic"], ["sigmoid"]),
     "seed": ([0, 7, 2**63 - 1], [-1, 2**64, True]),
     "num_return_sequences": ([1, 2], [0]),
     "existence_threshold": ([0.3, 0.5, 0.7], [0.0, 1.0]),
