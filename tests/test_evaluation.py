@@ -186,6 +186,16 @@ def test_evaluate_script_writes_every_key_and_picture(make_model, tokenizer, tmp
     assert "border-left" in (out / "segmentation.html").read_text()
     assert script.main([str(tmp_path / "nothing")]) == 1
     assert "holds neither a saved model" in capsys.readouterr().err
+    # a later evaluation reuses this baseline column (its weights not at hand): the same numbers, said so
+    again = tmp_path / "again"
+    code = script.main([str(model_dir), "--train_file", str(corpus), "--text_file", str(corpus),
+                        "--max_documents", "6", "--noise_levels", "0", "--seeds", "0", "1", "--samples_per_seed", "2",
+                        "--num_steps", "3", "--judge_model", str(judge_dir), "--output_dir", str(again),
+                        "--baseline_results", str(out / "evaluation.json")])
+    assert code == 0, capsys.readouterr().err
+    reused = json.loads((again / "evaluation.json").read_text())["baseline_generation"]
+    assert reused == dict(baseline, recorded_in=str(out / "evaluation.json"), sample_length=length)
+    assert "judged in an earlier evaluation" in (again / "evaluation.md").read_text()
 
 
 def test_evaluate_script_reads_a_training_checkpoint_with_either_weights(micro_config, tmp_path, capsys):

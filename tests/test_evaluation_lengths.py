@@ -1,5 +1,6 @@
 """examples/evaluate.py's samples of a given number of new bytes (--max_new_tokens), and the baseline's as long."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,39 @@ def test_evaluation_refuses_a_too_short_baseline_before_any_work(make_model, tok
     with pytest.raises(ValueError, match=r"reads at most 256 bytes.*samples of 300 bytes"):
         evaluate_model(make_model(seed=2), tokenizer, [b"The cat sat."], settings, uniform_judge(), tokenizer,
                        ["The cat sat."], baseline)
+
+
+def test_a_recorded_baseline_is_reused_only_where_it_was_measured_the_same_way(tmp_path):
+    from modeling_zonkey.evaluation.baseline import check_recorded_length, recorded_baseline
+
+    column = {"seeds": [0, 1, 2], "samples_per_seed": 16, "samples": {"mean_bytes": {"mean": 300.0, "std": 0.0}}}
+    record = tmp_path / "evaluation.json"
+    zonkey = {"samples": {"mean_bytes": {"mean": 299.8, "std": 0.2}}}
+    record.write_text(json.dumps({"documents": 64, "bytes": 31027, "judge": "judge", "generation": zonkey,
+                                  "baseline_generation": column}))
+    same = (64, 31027, (0, 1, 2), 16, "judge")
+    reused = recorded_baseline(record, *same)
+    assert reused == dict(column, recorded_in=str(record), sample_length=300)
+    with pytest.raises(ValueError, match=r"seeds \[0, 1, 2\] there, \[0, 1\] here; samples_per_seed 16 there, 8"):
+        recorded_baseline(record, 64, 31027, (0, 1), 8, "judge")
+    with pytest.raises(ValueError, match="bytes 31027 there, 30000 here"):
+        recorded_baseline(record, 64, 30000, (0, 1, 2), 16, "judge")
+    with pytest.raises(ValueError, match="judge 'judge' there, 'other' here"):
+        recorded_baseline(record, 64, 31027, (0, 1, 2), 16, "other")
+    record.write_text(json.dumps({"documents": 64, "bytes": 31027, "judge": "judge"}))
+    with pytest.raises(ValueError, match="holds no baseline column: evaluate with --baseline_model first"):
+        recorded_baseline(record, *same)
+    with pytest.raises(ValueError, match="not a readable evaluation.json"):
+        recorded_baseline(tmp_path / "missing.json", *same)
+    check_recorded_length(reused, {"samples": {"mean_bytes": {"mean": 300.4}}})
+    with pytest.raises(ValueError, match="are 300 bytes long and this model's 250"):
+        check_recorded_length(reused, {"samples": {"mean_bytes": {"mean": 250.0}}})
+
+
+def test_evaluate_script_takes_one_baseline(capsys):
+    script = import_script(Path(__file__).resolve().parents[1] / "examples" / "evaluate.py", "evaluate_script")
+    for extra in (["--baseline_model", "b"], ["--no_generation"]):
+        with pytest.raises(SystemExit):
+            script.parse_args(["some/folder", "--baseline_results", "e.json"] + extra)
+    err = capsys.readouterr().err
+    assert "give --baseline_model or --baseline_results, not both" in err and "leave out --no_generation" in err

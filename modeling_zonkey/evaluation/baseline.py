@@ -50,3 +50,43 @@ def baseline_training(folder: str | Path) -> dict | None:
     return {"minutes": history.get("total_train_minutes", history.get("train_minutes")),
             "steps": history.get("total_completed_steps", history.get("completed_steps")),
             "bits_per_byte": history.get("validation_bits_per_byte")}
+
+
+def recorded_baseline(path: str | Path, documents: int, num_bytes: int, seeds: tuple[int, ...],
+                      samples_per_seed: int, judge: str | None) -> dict:
+    """The baseline column of an earlier evaluation (its evaluation.json), to stand next to a new model's when the
+    baseline's weights are not at hand. A ValueError, before any work, unless that evaluation judged its baseline
+    on the same held-out text with the same seeds, samples per seed and judge; check_recorded_length checks the
+    samples' length once the new model's samples are known. The dict gets "recorded_in" (path) and "sample_length"
+    (the bytes asked of the baseline: that evaluation's mean Zonkey sample length, rounded)."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"--baseline_results {path}: not a readable evaluation.json ({error}).") from error
+    baseline = record.get("baseline_generation") if isinstance(record, dict) else None
+    if not baseline:
+        raise ValueError(f"--baseline_results {path} holds no baseline column: evaluate with --baseline_model first.")
+    wanted = {"documents": documents, "bytes": num_bytes, "judge": judge}
+    found = {key: record.get(key) for key in wanted}
+    wanted.update(seeds=list(seeds), samples_per_seed=samples_per_seed)
+    found.update(seeds=baseline.get("seeds"), samples_per_seed=baseline.get("samples_per_seed"))
+    changed = [f"{key} {found[key]!r} there, {wanted[key]!r} here" for key in wanted if found[key] != wanted[key]]
+    if changed:
+        raise ValueError(f"--baseline_results {path} was measured otherwise ({'; '.join(changed)}): evaluate with "
+                         "the same held-out text, seeds, samples per seed and judge, or with --baseline_model.")
+    try:  # the baseline wrote as many bytes as that evaluation's Zonkey samples held on average
+        length = round(record["generation"]["samples"]["mean_bytes"]["mean"])
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"--baseline_results {path} does not say how long its samples were.") from error
+    return dict(baseline, recorded_in=str(path), sample_length=length)
+
+
+def check_recorded_length(baseline: dict, generation: dict) -> None:
+    """A ValueError unless a recorded baseline (recorded_baseline) wrote samples of the length this evaluation's
+    baseline would: the mean length of its Zonkey samples, rounded."""
+    ours = round(generation["samples"]["mean_bytes"]["mean"])
+    if baseline["sample_length"] != ours:
+        raise ValueError(f"the recorded baseline's samples are {baseline['sample_length']} bytes long and this "
+                         f"model's {ours}: give both the same --max_new_tokens, or evaluate the baseline again with "
+                         "--baseline_model.")

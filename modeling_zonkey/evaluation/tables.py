@@ -79,6 +79,7 @@ def generation_markdown(generation: dict, baseline: dict | None = None) -> list[
              + (f"{length} new bytes each, " if length else "")
              + f"{generation['num_steps']} steps; real = held-out text cut to the same byte lengths; mean +- std "
              "over seeds" + (f"; baseline = the byte-level GPT-2{_training(baseline)}, samples as long as Zonkey's"
+                             + (", judged in an earlier evaluation" if baseline.get("recorded_in") else "")
                              if baseline else "")
              + ")", "", "| metric | Zonkey samples | real text |" + (" baseline samples |" if baseline else ""),
              "|---|---:|---:|" + ("---:|" if baseline else "")]
