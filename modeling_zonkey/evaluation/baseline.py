@@ -5,6 +5,7 @@ so that speed, memory and quality are compared at equal size. It is a plain tran
 `GPT2LMHeadModel`: its `generate()` uses the library's key/value cache.
 """
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -52,13 +53,29 @@ def baseline_training(folder: str | Path) -> dict | None:
             "bits_per_byte": history.get("validation_bits_per_byte")}
 
 
-def recorded_baseline(path: str | Path, documents: int, num_bytes: int, seeds: tuple[int, ...],
-                      samples_per_seed: int, judge: str | None) -> dict:
+def held_out_digest(documents: list[bytes]) -> str:
+    """SHA-256 of the held-out documents (each with its length), as evaluation.json records them."""
+    digest = hashlib.sha256()
+    for document in documents:
+        digest.update(len(document).to_bytes(8, "little") + document)
+    return digest.hexdigest()
+
+
+def baseline_length(generation: dict) -> int:
+    """How many bytes the baseline writes per sample: as many as Zonkey's samples held on average (at least 1)."""
+    return max(1, round(generation["samples"]["mean_bytes"]["mean"]))
+
+
+def recorded_baseline(path: str | Path, documents: list[bytes], settings, judge: str | None,
+                      training_corpus: str) -> dict:
     """The baseline column of an earlier evaluation (its evaluation.json), to stand next to a new model's when the
-    baseline's weights are not at hand. A ValueError, before any work, unless that evaluation judged its baseline
-    on the same held-out text with the same seeds, samples per seed and judge; check_recorded_length checks the
-    samples' length once the new model's samples are known. The dict gets "recorded_in" (path) and "sample_length"
-    (the bytes asked of the baseline: that evaluation's mean Zonkey sample length, rounded)."""
+    baseline's weights are not at hand. A ValueError, before any work, unless that evaluation judged its baseline on
+    the same held-out documents (their SHA-256 where recorded, else their count and bytes), with the same seeds,
+    samples per seed, sample length setting (max_new_tokens), judge and training corpus (where recorded: the
+    real-word and Mem columns count against it); check_recorded_length checks the samples' mean length once this
+    model's are known. settings: suite.EvaluationSettings. The dict gets "recorded_in" (the evaluation that judged
+    the column, kept through later reuses), "recorded_with" (the model that evaluation was of) and "sample_length"
+    (the bytes asked of the baseline)."""
     path = Path(path)
     try:
         record = json.loads(path.read_text())
@@ -67,26 +84,34 @@ def recorded_baseline(path: str | Path, documents: int, num_bytes: int, seeds: t
     baseline = record.get("baseline_generation") if isinstance(record, dict) else None
     if not baseline:
         raise ValueError(f"--baseline_results {path} holds no baseline column: evaluate with --baseline_model first.")
-    wanted = {"documents": documents, "bytes": num_bytes, "judge": judge}
-    found = {key: record.get(key) for key in wanted}
-    wanted.update(seeds=list(seeds), samples_per_seed=samples_per_seed)
-    found.update(seeds=baseline.get("seeds"), samples_per_seed=baseline.get("samples_per_seed"))
+    generation = record.get("generation") or {}
+    wanted = {"documents": len(documents), "bytes": sum(len(d) for d in documents), "judge": judge,
+              "seeds": list(settings.seeds), "samples_per_seed": settings.samples_per_seed,
+              "max_new_tokens": settings.max_new_tokens}
+    found = {"documents": record.get("documents"), "bytes": record.get("bytes"), "judge": record.get("judge"),
+             "seeds": baseline.get("seeds"), "samples_per_seed": baseline.get("samples_per_seed"),
+             "max_new_tokens": generation.get("max_new_tokens")}
+    for key, value in (("held_out_sha256", held_out_digest(documents)), ("training_corpus", training_corpus)):
+        if record.get(key) is not None:  # (evaluations written before these were recorded)
+            wanted[key], found[key] = value, record[key]
     changed = [f"{key} {found[key]!r} there, {wanted[key]!r} here" for key in wanted if found[key] != wanted[key]]
     if changed:
         raise ValueError(f"--baseline_results {path} was measured otherwise ({'; '.join(changed)}): evaluate with "
-                         "the same held-out text, seeds, samples per seed and judge, or with --baseline_model.")
-    try:  # the baseline wrote as many bytes as that evaluation's Zonkey samples held on average
-        length = round(record["generation"]["samples"]["mean_bytes"]["mean"])
+                         "the same held-out text, seeds, samples per seed, --max_new_tokens, judge and training "
+                         "corpus, or with --baseline_model.")
+    try:
+        length = baseline.get("sample_length") or baseline_length(generation)
     except (KeyError, TypeError) as error:
         raise ValueError(f"--baseline_results {path} does not say how long its samples were.") from error
-    return dict(baseline, recorded_in=str(path), sample_length=length)
+    return dict(baseline, recorded_in=baseline.get("recorded_in", str(path)),
+                recorded_with=baseline.get("recorded_with", record.get("model")), sample_length=length)
 
 
 def check_recorded_length(baseline: dict, generation: dict) -> None:
     """A ValueError unless a recorded baseline (recorded_baseline) wrote samples of the length this evaluation's
-    baseline would: the mean length of its Zonkey samples, rounded."""
-    ours = round(generation["samples"]["mean_bytes"]["mean"])
+    baseline would (baseline_length): one window per sample gives each model its own mean length."""
+    ours = baseline_length(generation)
     if baseline["sample_length"] != ours:
         raise ValueError(f"the recorded baseline's samples are {baseline['sample_length']} bytes long and this "
-                         f"model's {ours}: give both the same --max_new_tokens, or evaluate the baseline again with "
-                         "--baseline_model.")
+                         f"model's {ours}: samples of one window each differ in length between models; evaluate "
+                         "both with --max_new_tokens, or the baseline again with --baseline_model.")

@@ -32,6 +32,7 @@ from rapidfuzz.distance import Levenshtein
 
 from ..tokenization_zonkey import NUM_BYTES, PAD_TOKEN_ID
 from ..training.data import ZonkeyDataCollator, split_bytes
+from .baseline import baseline_length
 from .diagnostics import bos_saturation_counts, denoiser_curve
 from .hierarchy import hierarchy_diagnosis
 from .inspection import level_probabilities, level_starts
@@ -363,7 +364,7 @@ def evaluate_model(model, tokenizer, documents: list[bytes], settings: Evaluatio
             results["generation"] = generation_metrics(zonkey_sampler(model, tokenizer, settings), judge,
                                                        judge_tokenizer, documents, vocabulary, seen, settings)
             if baseline is not None:
-                length = max(1, round(results["generation"]["samples"]["mean_bytes"]["mean"]))
+                length = baseline_length(results["generation"])
                 results["baseline_generation"] = generation_metrics(
                     baseline_sampler(baseline, settings.samples_per_seed, length), judge, judge_tokenizer, documents,
                     vocabulary, seen, settings)

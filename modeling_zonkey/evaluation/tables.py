@@ -71,6 +71,12 @@ def _training(baseline: dict) -> str:
             + (f", {bits:.2f} bits per byte on validation" if bits is not None else "") + ")")
 
 
+def _recorded(baseline: dict) -> str:
+    """Where a reused baseline column was judged (examples/evaluate.py --baseline_results)."""
+    model = baseline.get("recorded_with")
+    return ", judged in an earlier evaluation" + (f" (of {model})" if model else "")
+
+
 def generation_markdown(generation: dict, baseline: dict | None = None) -> list[str]:
     """The `generation` section (suite.generation_metrics), with the baseline's column when there is one, as
     Markdown lines."""
@@ -79,7 +85,7 @@ def generation_markdown(generation: dict, baseline: dict | None = None) -> list[
              + (f"{length} new bytes each, " if length else "")
              + f"{generation['num_steps']} steps; real = held-out text cut to the same byte lengths; mean +- std "
              "over seeds" + (f"; baseline = the byte-level GPT-2{_training(baseline)}, samples as long as Zonkey's"
-                             + (", judged in an earlier evaluation" if baseline.get("recorded_in") else "")
+                             + (_recorded(baseline) if baseline.get("recorded_in") else "")
                              if baseline else "")
              + ")", "", "| metric | Zonkey samples | real text |" + (" baseline samples |" if baseline else ""),
              "|---|---:|---:|" + ("---:|" if baseline else "")]
