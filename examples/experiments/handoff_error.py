@@ -24,24 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from modeling_zonkey import ZonkeyModel
-from modeling_zonkey.evaluation.hierarchy import _Scores, encode
+from modeling_zonkey.evaluation.hierarchy import ByteScores, encode, turn_to_cosine
 from modeling_zonkey.evaluation.suite import document_batches, held_out_documents
-from modeling_zonkey.sphere import expected_norm
+from modeling_zonkey.sphere import to_sphere
 from modeling_zonkey.training.checkpointing import model_or_checkpoint
 from modeling_zonkey.training.data import load_text_datasets
-
-
-def turned_to(true: torch.Tensor, cosine: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Each true latent (n, D) turned to its own cosine (n,) along a random orthogonal direction, on its sphere."""
-    unit = F.normalize(true.float(), dim=-1)
-    noise = torch.randn(unit.shape, generator=generator, device=unit.device)
-    noise = F.normalize(noise - (noise * unit).sum(-1, keepdim=True) * unit, dim=-1)
-    c = cosine.float().clamp(-1.0, 1.0).unsqueeze(-1)
-    return (c * unit + (1.0 - c**2).sqrt() * noise) * expected_norm(true.shape[-1])
-
-
-def on_sphere(vectors: torch.Tensor) -> torch.Tensor:
-    return F.normalize(vectors.float(), dim=-1) * expected_norm(vectors.shape[-1])
 
 
 def estimates_by_row(model: ZonkeyModel, encoded) -> list[torch.Tensor]:
@@ -62,7 +49,7 @@ def handoff_error(model: ZonkeyModel, documents: list[bytes], batch_size: int = 
     num_cls = model.config.num_cls_vectors[0]
     names = ["true", "level 1's estimates", "random error, same cosine", "half the error"] + [
         f"sub-vector {j} from the truth" for j in range(num_cls)]
-    scores = {name: _Scores() for name in names}
+    scores = {name: ByteScores() for name in names}
     cosines, sub_cosines, mismatched = [], [], 0
     for _, ids, mask in document_batches(documents, batch_size, model.device):
         encoded = encode(model, ids, mask)
@@ -80,8 +67,8 @@ def handoff_error(model: ZonkeyModel, documents: list[bytes], batch_size: int = 
         variants = {
             "true": true,
             "level 1's estimates": estimates,
-            "random error, same cosine": [turned_to(t, c, generator) for t, c in zip(true, cos)],
-            "half the error": [on_sphere(F.normalize(t.float(), dim=-1) + F.normalize(e.float(), dim=-1))
+            "random error, same cosine": [turn_to_cosine(t, c, generator) for t, c in zip(true, cos)],
+            "half the error": [to_sphere(F.normalize(t.float(), dim=-1) + F.normalize(e.float(), dim=-1))
                                for e, t in zip(estimates, true)],
         }
         for j in range(num_cls):
@@ -89,7 +76,7 @@ def handoff_error(model: ZonkeyModel, documents: list[bytes], batch_size: int = 
             for e, t in zip(estimates, true):
                 mixed = e.clone()
                 mixed[:, j * width:(j + 1) * width] = t[:, j * width:(j + 1) * width]
-                swapped.append(on_sphere(mixed))
+                swapped.append(to_sphere(mixed.float()))
             variants[f"sub-vector {j} from the truth"] = swapped
         for name, rows in variants.items():
             decoded = model.decode_latents([r.to(t.dtype) for r, t in zip(rows, true)], 0, None, encoded.gaps,
@@ -117,7 +104,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     models = [load(folder) for folder in args.models]
-    raw = load_text_datasets(None, None, None, None, "text", 0.05, 0)
+    raw = load_text_datasets()
     results = []
     for model in models:
         if model.config.num_levels < 2:

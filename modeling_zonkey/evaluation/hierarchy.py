@@ -46,16 +46,19 @@ def encode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Enco
     return Encoded(outputs, level_inputs(model, outputs, input_ids), latents, parents, gaps)
 
 
-def turn_to_cosine(vectors: torch.Tensor, cosine: float, generator: torch.Generator) -> torch.Tensor:
-    """Each (n, D) vector turned to cosine `cosine` with itself along a random orthogonal direction, on its sphere."""
+def turn_to_cosine(vectors: torch.Tensor, cosine: float | torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each (n, D) vector turned to cosine `cosine` (one for all, or one per vector: (n,)) with itself along a random
+    orthogonal direction, on its sphere."""
     unit = F.normalize(vectors.float(), dim=-1)
     noise = torch.randn(unit.shape, generator=generator, device=unit.device)
     noise = F.normalize(noise - (noise * unit).sum(-1, keepdim=True) * unit, dim=-1)
+    if isinstance(cosine, torch.Tensor):
+        cosine = cosine.float().clamp(-1.0, 1.0).unsqueeze(-1)
     turned = cosine * unit + (1.0 - cosine**2) ** 0.5 * noise
     return (turned * expected_norm(vectors.shape[-1])).to(vectors.dtype)
 
 
-class _Scores:
+class ByteScores:
     """Byte accuracy and CER summed over batches."""
 
     def __init__(self):
@@ -83,8 +86,8 @@ def hierarchy_diagnosis(model, batches, cosines: tuple[float, ...] = (1.0, 0.99,
     per_position = {level: torch.zeros(2, window[level], dtype=torch.float64) for level in levels}
     # > 0.9, > 0.95, own positions, stitched cosine sum, stitched positions
     shares = {level: torch.zeros(5, dtype=torch.float64) for level in levels}
-    sensitivity = {(level, c, kind): _Scores() for level in levels for c in cosines for kind in ("t=0", "t=1-c^2")}
-    top = {(level, t, offsets): _Scores() for level in levels for t in handoff_levels
+    sensitivity = {(level, c, kind): ByteScores() for level in levels for c in cosines for kind in ("t=0", "t=1-c^2")}
+    top = {(level, t, offsets): ByteScores() for level in levels for t in handoff_levels
            for offsets in ("oracle", "inferred at this level", "inferred everywhere")}
     for input_ids, attention_mask in batches:
         encoded = encode(model, input_ids, attention_mask)
