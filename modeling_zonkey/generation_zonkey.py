@@ -37,7 +37,8 @@ logger = logging.get_logger(__name__)
 _DEFAULTS = {
     "num_steps": 50, "sampler": "ddmm", "noise_schedule": "linear", "existence_threshold": 0.5, "gap_segments": 2,
     "num_return_sequences": 1, "return_dict_in_generate": False, "pad_token_id": PAD_TOKEN_ID, "clamp": True,
-    "clamp_min_existence": 0.0, "clamp_max_t": 1.0, "fresh_noise": 0.0, "chain_windows": False,
+    "clamp_min_existence": 0.0, "clamp_max_t": 1.0, "clamp_noise_level": 0.0, "fresh_noise": 0.0,
+    "chain_windows": False,
 }
 OPTIONS = (*_DEFAULTS, "max_length", "max_new_tokens", "seed", "noise_level")
 # Other names accepted for an option: transformers' diffusion LM names its step count max_denoising_steps;
@@ -103,6 +104,10 @@ class ZonkeyGenerationConfig(GenerationConfig):
         lie past its end, but whether the compressor tolerates them unclamped depends on the checkpoint: measure
         it (docs/generation.md).
     clamp_max_t: clamp only at the steps whose t is at most this (1: every step).
+    clamp_noise_level: the t at which the level below decodes each estimate when clamping (0: read as a clean
+        latent). An estimate is not a clean encoding; read as noised to t, the level below returns the segment its
+        training makes likely near it (a common word) instead of spelling out the estimate's every detail: more
+        real words and less varied text as t grows (docs/research/sampler-steps.md section 9).
     """
 
     def __init__(self, **kwargs):
@@ -159,6 +164,7 @@ class ZonkeyGenerationConfig(GenerationConfig):
         within("clamp_min_existence", 0.0, 1.0, True, False)
         within("fresh_noise", 0.0, 1.0, True, True, " (0: deterministic ddim, 1: ddmm)")
         within("clamp_max_t", 0.0, 1.0, False, True)
+        within("clamp_noise_level", 0.0, 1.0, True, False, " (0: the level below reads estimates as clean)")
         within("noise_level", 0.0, 1.0, True, True, " (0: clean, 1: pure noise)")
         if (self.fresh_noise or 0.0) > 0 and self.sampler not in ("ddim", None):
             raise ValueError(f"fresh_noise mixes fresh noise into the ddim sampler's re-noising; sampler is "
@@ -291,10 +297,11 @@ class ZonkeyGenerationMixin:
                             pretrained_model_name_or_path)
 
     # --------------------------------------------------------------------------------------- helpers
-    def clamp_to_data(self, sequence: torch.Tensor, level: int, chosen: torch.Tensor | None = None) -> torch.Tensor:
+    def clamp_to_data(self, sequence: torch.Tensor, level: int, chosen: torch.Tensor | None = None,
+                      noise_level: float = 0.0) -> torch.Tensor:
         """Snap decoded level-`level` windows (M, L, d_level) to the data they stand for: nearest byte embeddings
-        at level 0; at levels >= 1 each vector is decoded by the level below (t = 0), clamped there, and
-        compressed again (under its own decoded existence) into a latent. chosen (M, L) bool: clamp only these
+        at level 0; at levels >= 1 each vector is decoded by the level below (at t = noise_level), clamped there,
+        and compressed again (under its own decoded existence) into a latent. chosen (M, L) bool: clamp only these
         positions (the others are returned as they are)."""
         if level == 0:
             return (self.embed_bytes(self.nearest_bytes(sequence.flatten(0, 1)).view(sequence.shape[:2]))
@@ -304,8 +311,8 @@ class ZonkeyGenerationMixin:
         index = None if chosen is None else chosen.flatten().nonzero().flatten()
         if index is not None:
             flat = flat[index]
-        decoded = below.decoder(flat, torch.zeros(len(flat), device=flat.device))
-        windows = self.clamp_to_data(decoded.sequence, level - 1)
+        decoded = below.decoder(flat, torch.full((len(flat),), float(noise_level), device=flat.device))
+        windows = self.clamp_to_data(decoded.sequence, level - 1, noise_level=noise_level)
         latents = below.compressor(windows, decoded.existence.to(windows.dtype), latents_only=True).latents
         latents = latents.to(sequence.dtype)
         if index is None:

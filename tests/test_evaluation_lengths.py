@@ -90,6 +90,18 @@ def test_a_baseline_asked_for_more_bytes_than_its_context_says_so():
     assert len(baseline_sampler(baseline, 1, 255)(0)) == 1  # the longest that fits still samples
 
 
+def test_a_baseline_samples_at_a_temperature():
+    """temperature divides the baseline's logits: 1 is the default, a lower one samples other (seeded, repeatable)
+    bytes, and one that is not positive is a ValueError naming it."""
+    torch.manual_seed(2)
+    baseline = GPT2LMHeadModel(GPT2Config(vocab_size=257, n_positions=64, n_embd=32, n_layer=1, n_head=2)).eval()
+    default, warm, cool = (baseline_sampler(baseline, 3, 40, *t)(0) for t in ((), (1.0,), (0.3,)))
+    assert default == warm and cool == baseline_sampler(baseline, 3, 40, 0.3)(0) and cool != default
+    for temperature in (0, -1.0, True):
+        with pytest.raises(ValueError, match="temperature must be a positive number"):
+            baseline_sampler(baseline, 3, 40, temperature)
+
+
 def test_evaluation_refuses_a_too_short_baseline_before_any_work(make_model, tokenizer, monkeypatch):
     """The length check runs before Zonkey's metrics and samples (which take minutes on a real model), not after."""
     import modeling_zonkey.evaluation.suite as suite

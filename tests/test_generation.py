@@ -142,14 +142,36 @@ def test_clamping_only_some_positions_or_steps(model, monkeypatch):
     assert torch.equal(some[~chosen], x1[~chosen])
     seen = []
     original = model.clamp_to_data
-    monkeypatch.setattr(model, "clamp_to_data", lambda seq, level, chosen=None: (level == 1 and seen.append(chosen))
-                        or original(seq, level, chosen))
+    monkeypatch.setattr(model, "clamp_to_data", lambda seq, level, chosen=None, noise_level=0.0:
+                        (level == 1 and seen.append(chosen)) or original(seq, level, chosen, noise_level))
     model.generate(seed=2, num_steps=4, clamp_max_t=0.5, clamp_min_existence=0.3)
     assert len(seen) == 2  # t = 1, 0.75 skipped; 0.5, 0.25 clamped
     assert all(c is not None and c.dtype == torch.bool for c in seen)
     for name, value in (("clamp_min_existence", 1.0), ("clamp_min_existence", -0.1), ("clamp_max_t", 0.0)):
         with pytest.raises(ValueError, match=name):
             model.generate(**{name: value}, **FAST)
+
+
+def test_clamp_noise_level_reads_estimates_as_noised(model, monkeypatch):
+    """clamp_noise_level t: the level below decodes each estimate at t (not 0) before it is snapped and compressed
+    again; generate() hands the option to every clamp; out of [0, 1) is a ValueError naming it."""
+    torch.manual_seed(0)
+    x1 = torch.randn(2, 8, 64)
+    below = model.levels[0]
+    decoded = below.decoder(x1.flatten(0, 1), torch.full((16,), 0.4))
+    expected = below.compressor(model.clamp_to_data(decoded.sequence, 0), decoded.existence, latents_only=True).latents
+    torch.testing.assert_close(model.clamp_to_data(x1, level=1, noise_level=0.4), expected.view(2, 8, 64))
+    assert not torch.allclose(model.clamp_to_data(x1, level=1, noise_level=0.4), model.clamp_to_data(x1, level=1),
+                              atol=1e-3)
+    seen = []
+    original = model.clamp_to_data
+    monkeypatch.setattr(model, "clamp_to_data", lambda seq, level, chosen=None, noise_level=0.0:
+                        seen.append(noise_level) or original(seq, level, chosen, noise_level))
+    model.generate(seed=2, clamp_noise_level=0.3, **FAST)
+    assert seen and set(seen) == {0.3}
+    for value in (1.0, -0.1):
+        with pytest.raises(ValueError, match="clamp_noise_level"):
+            model.generate(clamp_noise_level=value, **FAST)
 
 
 def test_output_length_follows_predicted_existence(model, monkeypatch):

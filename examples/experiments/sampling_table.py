@@ -11,7 +11,13 @@ seeds), next to real held-out text cut to the same byte lengths. One table, one 
         --options '{}' '{"clamp_min_existence": 0.5}' --max_new_tokens 200
 
 --options: rows of other generation options (JSON objects, one row each); --max_new_tokens (old name
---max_new_bytes): samples of that many bytes (generate(max_new_tokens=...)) instead of one window. ms/byte is the
+--max_new_bytes): samples of that many bytes (generate(max_new_tokens=...)) instead of one window. --baselines:
+byte-level causal LMs (examples/train_baseline.py) sampled in the same table at each of --temperatures (needs
+--max_new_tokens), to set a knob of Zonkey's sampler against a flat model's temperature:
+
+    python examples/experiments/sampling_table.py pretrained/zonkey-tiny-phrases --samplers ddmm \
+        --options '{}' '{"clamp_noise_level": 0.2}' --max_new_tokens 300 --baselines runs/baseline --temperatures 1 0.8
+ ms/byte is the
 sampling's wall time per returned byte (the judge not included), so compare it within one run only.
 
 A checkpoint folder step_N (written by --checkpointing_steps) gives its training weights, or with --weights ema the
@@ -24,10 +30,12 @@ import json
 import time
 
 import torch
+from transformers import AutoModelForCausalLM
 
 from modeling_zonkey import ZonkeyModel, ZonkeyTokenizer
 from modeling_zonkey.evaluation.suite import (
     EvaluationSettings,
+    baseline_sampler,
     generation_metrics,
     held_out_documents,
     load_judge,
@@ -59,12 +67,19 @@ def main() -> None:
     parser.add_argument("--max_new_tokens", "--max_new_bytes", type=int, default=None)
     parser.add_argument("--weights", choices=CHECKPOINT_WEIGHTS, default="model",
                         help="a checkpoint folder's training weights or their EMA (--ema_decay runs)")
+    parser.add_argument("--baselines", nargs="*", default=[], help="byte-level causal LM folders sampled in the table")
+    parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0], help="the baselines' temperatures")
     args = parser.parse_args()
+    if args.baselines and args.max_new_tokens is None:
+        parser.error("--baselines need --max_new_tokens (the baselines write samples of that many bytes).")
+    if any(not t > 0 for t in args.temperatures):
+        parser.error(f"--temperatures must be positive, got {args.temperatures}.")
     variants = [json.loads(text) for text in args.options]
     corpus = load_text_datasets()
     vocabulary = {w for text in corpus["train"]["text"] for w in words(text)}
     seen = training_ngrams(corpus["train"]["text"])
     judge, judge_tokenizer = load_judge()
+    scoring = (judge, judge_tokenizer, vocabulary, seen)
     tokenizer = ZonkeyTokenizer()
     print("| model | sampler | steps | options | ms / byte | " + " | ".join(COLUMNS) + " | real: "
           + " | ".join(COLUMNS[:3]) + " | example |")
@@ -80,17 +95,34 @@ def main() -> None:
                                                                 "max_new_tokens": args.max_new_tokens, **options})
                     settings = EvaluationSettings(seeds=tuple(args.seeds), samples_per_seed=args.samples_per_seed,
                                                   num_steps=steps)
-                    sample, clock = timed(zonkey_sampler(model, tokenizer, settings))
-                    with torch.no_grad():
-                        result = generation_metrics(sample, judge, judge_tokenizer, real, vocabulary, seen, settings)
-                    ours = [result["samples"][c]["mean"] for c in COLUMNS]
-                    theirs = [result["real"][c]["mean"] for c in COLUMNS[:3]]
-                    cells = [f"{ours[0]:,.0f}", f"{ours[1]:.2f}", f"{ours[2]:.0%}", f"{ours[3]:.2f}", f"{ours[4]:.1f}",
-                             f"{theirs[0]:,.0f}", f"{theirs[1]:.2f}", f"{theirs[2]:.0%}"]
-                    speed = 1000 * clock["seconds"] / max(1, clock["bytes"])
-                    print(f"| {folder} | {sampler} | {steps} | {json.dumps(options)} | {speed:.2f} | "
-                          + " | ".join(cells) + f" | `{result['examples'][0][:80]!r}` |", flush=True)
+                    row = (folder, sampler, steps, json.dumps(options))
+                    print_row(row, zonkey_sampler(model, tokenizer, settings), settings, real, scoring)
         model.generation_config = defaults
+    for folder in args.baselines:
+        baseline = AutoModelForCausalLM.from_pretrained(folder).eval()
+        real = held_out_documents(corpus["validation"]["text"], baseline.config.n_positions, 64)
+        for temperature in args.temperatures:
+            settings = EvaluationSettings(seeds=tuple(args.seeds), samples_per_seed=args.samples_per_seed)
+            sample = baseline_sampler(baseline, args.samples_per_seed, args.max_new_tokens, temperature)
+            print_row((folder, "ancestral", "", json.dumps({"temperature": temperature})), sample, settings, real,
+                      scoring)
+
+
+def print_row(row: tuple, sample, settings: EvaluationSettings, real: list[bytes], scoring: tuple) -> None:
+    """One line of the table: the row's labels, then the metrics of sample(seed) over settings.seeds, against the
+    real documents cut to the samples' lengths. scoring: the judge, its tokenizer, the training vocabulary and
+    word 4-grams (generation_metrics)."""
+    judge, judge_tokenizer, vocabulary, seen = scoring
+    sample, clock = timed(sample)
+    with torch.no_grad():
+        result = generation_metrics(sample, judge, judge_tokenizer, real, vocabulary, seen, settings)
+    ours = [result["samples"][c]["mean"] for c in COLUMNS]
+    theirs = [result["real"][c]["mean"] for c in COLUMNS[:3]]
+    cells = [f"{ours[0]:,.0f}", f"{ours[1]:.2f}", f"{ours[2]:.0%}", f"{ours[3]:.2f}", f"{ours[4]:.1f}",
+             f"{theirs[0]:,.0f}", f"{theirs[1]:.2f}", f"{theirs[2]:.0%}"]
+    speed = 1000 * clock["seconds"] / max(1, clock["bytes"])
+    print(f"| {' | '.join(str(label) for label in row)} | {speed:.2f} | " + " | ".join(cells)
+          + f" | `{result['examples'][0][:80]!r}` |", flush=True)
 
 
 def timed(sample):

@@ -294,10 +294,13 @@ def check_baseline_length(baseline, length: int) -> None:
                          "train the baseline with a preset of longer documents (train_baseline.py --zonkey_config).")
 
 
-def baseline_sampler(baseline, count: int, length: int):
-    """seed -> `count` samples of `length` bytes from a byte-level causal LM (ancestral sampling from a space). A
-    length beyond the baseline's positions is a ValueError (check_baseline_length)."""
+def baseline_sampler(baseline, count: int, length: int, temperature: float = 1.0):
+    """seed -> `count` samples of `length` bytes from a byte-level causal LM (ancestral sampling from a space, its
+    logits divided by `temperature`: 1 samples the model's own distribution). A length beyond the baseline's
+    positions is a ValueError (check_baseline_length)."""
     check_baseline_length(baseline, length)
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}.")
 
     def sample(seed: int) -> list[str]:
         prompt = torch.full((count, 1), ord(" "), dtype=torch.long, device=baseline.device)
@@ -305,7 +308,8 @@ def baseline_sampler(baseline, count: int, length: int):
         with torch.no_grad(), torch.random.fork_rng(devices=devices):  # seeded without moving the caller's RNG
             torch.manual_seed(seed * 100_003)
             out = baseline.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, top_k=0,
-                                    max_new_tokens=length, min_new_tokens=length, pad_token_id=PAD_TOKEN_ID)
+                                    temperature=float(temperature), max_new_tokens=length, min_new_tokens=length,
+                                    pad_token_id=PAD_TOKEN_ID)
         return [bytes([b for b in row[1:].tolist() if b < NUM_BYTES]).decode("utf-8", errors="replace") for row in out]
     return sample
 

@@ -75,7 +75,7 @@ class TopWindows:
             if t > config.clamp_max_t:
                 return sequence
             chosen = None if config.clamp_min_existence <= 0 else existence > config.clamp_min_existence
-            return self.model.clamp_to_data(sequence, level, chosen)
+            return self.model.clamp_to_data(sequence, level, chosen, config.clamp_noise_level)
 
         return clamp
 
