@@ -13,7 +13,8 @@ seeds), next to real held-out text cut to the same byte lengths. One table, one 
 --options: rows of other generation options (JSON objects, one row each); --max_new_tokens (old name
 --max_new_bytes): samples of that many bytes (generate(max_new_tokens=...)) instead of one window. --baselines:
 byte-level causal LMs (examples/train_baseline.py) sampled in the same table at each of --temperatures (needs
---max_new_tokens), to set a knob of Zonkey's sampler against a flat model's temperature:
+--max_new_tokens), to set a knob of Zonkey's sampler against a flat model's temperature (their real column: the
+last Zonkey's documents, cut to the same lengths):
 
     python examples/experiments/sampling_table.py pretrained/zonkey-tiny-phrases --samplers ddmm \
         --options '{}' '{"clamp_noise_level": 0.2}' --max_new_tokens 300 --baselines runs/baseline --temperatures 1 0.8
@@ -98,9 +99,8 @@ def main() -> None:
                     row = (folder, sampler, steps, json.dumps(options))
                     print_row(row, zonkey_sampler(model, tokenizer, settings), settings, real, scoring)
         model.generation_config = defaults
-    for folder in args.baselines:
+    for folder in args.baselines:  # against the real text of the last Zonkey's rows: one real column for all rows
         baseline = AutoModelForCausalLM.from_pretrained(folder).eval()
-        real = held_out_documents(corpus["validation"]["text"], baseline.config.n_positions, 64)
         for temperature in args.temperatures:
             settings = EvaluationSettings(seeds=tuple(args.seeds), samples_per_seed=args.samples_per_seed)
             sample = baseline_sampler(baseline, args.samples_per_seed, args.max_new_tokens, temperature)
