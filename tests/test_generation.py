@@ -6,7 +6,7 @@ infilling and reconstruction from text: test_generation_prompts.py; examples/gen
 import pytest
 import torch
 
-from modeling_zonkey import ZonkeyGenerateOutput, ZonkeyGenerationConfig
+from modeling_zonkey import ZonkeyConfig, ZonkeyGenerateOutput, ZonkeyGenerationConfig, ZonkeyModel
 from modeling_zonkey.decoder import DecoderOutput
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -142,8 +142,8 @@ def test_clamping_only_some_positions_or_steps(model, monkeypatch):
     assert torch.equal(some[~chosen], x1[~chosen])
     seen = []
     original = model.clamp_to_data
-    monkeypatch.setattr(model, "clamp_to_data", lambda seq, level, chosen=None, noise_level=0.0:
-                        (level == 1 and seen.append(chosen)) or original(seq, level, chosen, noise_level))
+    monkeypatch.setattr(model, "clamp_to_data", lambda seq, level, chosen=None, clamp_noise_level=0.0:
+                        (level == 1 and seen.append(chosen)) or original(seq, level, chosen, clamp_noise_level))
     model.generate(seed=2, num_steps=4, clamp_max_t=0.5, clamp_min_existence=0.3)
     assert len(seen) == 2  # t = 1, 0.75 skipped; 0.5, 0.25 clamped
     assert all(c is not None and c.dtype == torch.bool for c in seen)
@@ -160,18 +160,35 @@ def test_clamp_noise_level_reads_estimates_as_noised(model, monkeypatch):
     below = model.levels[0]
     decoded = below.decoder(x1.flatten(0, 1), torch.full((16,), 0.4))
     expected = below.compressor(model.clamp_to_data(decoded.sequence, 0), decoded.existence, latents_only=True).latents
-    torch.testing.assert_close(model.clamp_to_data(x1, level=1, noise_level=0.4), expected.view(2, 8, 64))
-    assert not torch.allclose(model.clamp_to_data(x1, level=1, noise_level=0.4), model.clamp_to_data(x1, level=1),
+    torch.testing.assert_close(model.clamp_to_data(x1, level=1, clamp_noise_level=0.4), expected.view(2, 8, 64))
+    assert not torch.allclose(model.clamp_to_data(x1, level=1, clamp_noise_level=0.4), model.clamp_to_data(x1, level=1),
                               atol=1e-3)
     seen = []
     original = model.clamp_to_data
-    monkeypatch.setattr(model, "clamp_to_data", lambda seq, level, chosen=None, noise_level=0.0:
-                        seen.append(noise_level) or original(seq, level, chosen, noise_level))
+    monkeypatch.setattr(model, "clamp_to_data", lambda seq, level, chosen=None, clamp_noise_level=0.0:
+                        seen.append(clamp_noise_level) or original(seq, level, chosen, clamp_noise_level))
     model.generate(seed=2, clamp_noise_level=0.3, **FAST)
     assert seen and set(seen) == {0.3}
     for value in (1.0, -0.1):
         with pytest.raises(ValueError, match="clamp_noise_level"):
             model.generate(clamp_noise_level=value, **FAST)
+
+
+def test_clamp_noise_level_reaches_every_level_below():
+    """On a three-level model, clamping a top-level window decodes at clamp_noise_level at level 1 and at level 0:
+    every latent decoded on the way down is an estimate."""
+    config = ZonkeyConfig(num_levels=3, hidden_size=[16, 64, 128], num_attention_heads=[2, 4, 4],
+                          window_length=[8, 8, 8], num_cls_vectors=[4, 2, 2], compressor_layers=[1, 1, 1],
+                          decompressor_layers=[1, 1, 1], denoiser_layers=[1, 1, 1], document_length=[128, 32, 8],
+                          max_decoded_segments=[256, 64, 16])
+    torch.manual_seed(0)
+    model = ZonkeyModel(config).eval()
+    seen = set()
+    for index, level in enumerate(model.levels):
+        level.decoder.register_forward_pre_hook(lambda _, args, i=index: seen.add((i, round(float(args[1][0]), 6))))
+    with torch.no_grad():
+        assert model.clamp_to_data(torch.randn(1, 8, 128), level=2, clamp_noise_level=0.4).shape == (1, 8, 128)
+    assert seen == {(1, 0.4), (0, 0.4)}
 
 
 def test_output_length_follows_predicted_existence(model, monkeypatch):

@@ -11,15 +11,15 @@ seeds), next to real held-out text cut to the same byte lengths. One table, one 
         --options '{}' '{"clamp_min_existence": 0.5}' --max_new_tokens 200
 
 --options: rows of other generation options (JSON objects, one row each); --max_new_tokens (old name
---max_new_bytes): samples of that many bytes (generate(max_new_tokens=...)) instead of one window. --baselines:
-byte-level causal LMs (examples/train_baseline.py) sampled in the same table at each of --temperatures (needs
---max_new_tokens), to set a knob of Zonkey's sampler against a flat model's temperature (their real column: the
-last Zonkey's documents, cut to the same lengths):
+--max_new_bytes): samples of that many bytes (generate(max_new_tokens=...)) instead of one window. ms/byte is the
+sampling's wall time per returned byte (the judge not included), so compare it within one run only.
+
+--baselines: byte-level causal LMs (examples/train_baseline.py) sampled in the same table at each of --temperatures
+(needs --max_new_tokens), to set a knob of Zonkey's sampler against a flat model's temperature (their real column:
+the last Zonkey's documents, cut to the same lengths):
 
     python examples/experiments/sampling_table.py pretrained/zonkey-tiny-phrases --samplers ddmm \
         --options '{}' '{"clamp_noise_level": 0.2}' --max_new_tokens 300 --baselines runs/baseline --temperatures 1 0.8
- ms/byte is the
-sampling's wall time per returned byte (the judge not included), so compare it within one run only.
 
 A checkpoint folder step_N (written by --checkpointing_steps) gives its training weights, or with --weights ema the
 EMA of them, so a run trained with --ema_decay can be compared with and without its EMA weights (its final folder
@@ -37,6 +37,7 @@ from modeling_zonkey import ZonkeyModel, ZonkeyTokenizer
 from modeling_zonkey.evaluation.suite import (
     EvaluationSettings,
     baseline_sampler,
+    check_baseline_length,
     generation_metrics,
     held_out_documents,
     load_judge,
@@ -76,6 +77,13 @@ def main() -> None:
     if any(not t > 0 for t in args.temperatures):
         parser.error(f"--temperatures must be positive, got {args.temperatures}.")
     variants = [json.loads(text) for text in args.options]
+    baselines = {}  # loaded and checked before any sampling, which takes minutes
+    for folder in args.baselines:
+        baselines[folder] = AutoModelForCausalLM.from_pretrained(folder).eval()
+        try:
+            check_baseline_length(baselines[folder], args.max_new_tokens)
+        except ValueError as err:
+            parser.error(f"{folder}: {err}")
     corpus = load_text_datasets()
     vocabulary = {w for text in corpus["train"]["text"] for w in words(text)}
     seen = training_ngrams(corpus["train"]["text"])
@@ -99,8 +107,7 @@ def main() -> None:
                     row = (folder, sampler, steps, json.dumps(options))
                     print_row(row, zonkey_sampler(model, tokenizer, settings), settings, real, scoring)
         model.generation_config = defaults
-    for folder in args.baselines:  # against the real text of the last Zonkey's rows: one real column for all rows
-        baseline = AutoModelForCausalLM.from_pretrained(folder).eval()
+    for folder, baseline in baselines.items():  # against the real text of the last Zonkey's rows: one real column
         for temperature in args.temperatures:
             settings = EvaluationSettings(seeds=tuple(args.seeds), samples_per_seed=args.samples_per_seed)
             sample = baseline_sampler(baseline, args.samples_per_seed, args.max_new_tokens, temperature)

@@ -104,10 +104,10 @@ class ZonkeyGenerationConfig(GenerationConfig):
         lie past its end, but whether the compressor tolerates them unclamped depends on the checkpoint: measure
         it (docs/generation.md).
     clamp_max_t: clamp only at the steps whose t is at most this (1: every step).
-    clamp_noise_level: the t at which the level below decodes each estimate when clamping (0: read as a clean
+    clamp_noise_level: the t at which the levels below decode each estimate when clamping (0: read as a clean
         latent). An estimate is not a clean encoding; read as noised to t, the level below returns the segment its
-        training makes likely near it (a common word) instead of spelling out the estimate's every detail: more
-        real words and less varied text as t grows (docs/research/sampler-steps.md section 9).
+        training makes likely near it (a common word) instead of spelling out the estimate's every detail: at 50
+        steps, more real words and less varied text as t grows (docs/research/sampler-steps.md section 9).
     """
 
     def __init__(self, **kwargs):
@@ -298,11 +298,12 @@ class ZonkeyGenerationMixin:
 
     # --------------------------------------------------------------------------------------- helpers
     def clamp_to_data(self, sequence: torch.Tensor, level: int, chosen: torch.Tensor | None = None,
-                      noise_level: float = 0.0) -> torch.Tensor:
+                      clamp_noise_level: float = 0.0) -> torch.Tensor:
         """Snap decoded level-`level` windows (M, L, d_level) to the data they stand for: nearest byte embeddings
-        at level 0; at levels >= 1 each vector is decoded by the level below (at t = noise_level), clamped there,
-        and compressed again (under its own decoded existence) into a latent. chosen (M, L) bool: clamp only these
-        positions (the others are returned as they are)."""
+        at level 0; at levels >= 1 each vector is decoded by the level below (at t = clamp_noise_level: every
+        decoded latent on the way down is an estimate), clamped there, and compressed again (under its own decoded
+        existence) into a latent. chosen (M, L) bool: clamp only these positions (the others are returned as they
+        are)."""
         if level == 0:
             return (self.embed_bytes(self.nearest_bytes(sequence.flatten(0, 1)).view(sequence.shape[:2]))
                     .to(sequence.dtype))
@@ -311,8 +312,8 @@ class ZonkeyGenerationMixin:
         index = None if chosen is None else chosen.flatten().nonzero().flatten()
         if index is not None:
             flat = flat[index]
-        decoded = below.decoder(flat, torch.full((len(flat),), float(noise_level), device=flat.device))
-        windows = self.clamp_to_data(decoded.sequence, level - 1, noise_level=noise_level)
+        decoded = below.decoder(flat, torch.full((len(flat),), float(clamp_noise_level), device=flat.device))
+        windows = self.clamp_to_data(decoded.sequence, level - 1, clamp_noise_level=clamp_noise_level)
         latents = below.compressor(windows, decoded.existence.to(windows.dtype), latents_only=True).latents
         latents = latents.to(sequence.dtype)
         if index is None:
