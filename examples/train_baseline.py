@@ -9,7 +9,11 @@ wall-clock budget conventions as examples/train_zonkey.py, under Accelerate.
 Reports validation bits per byte (the mean next-byte negative log-likelihood in bits over the validation
 documents: bytes, not characters, so UTF-8 text outside ASCII counts per byte), training bytes/s and peak
 memory in train_results.json, and saves the model with save_pretrained. Its samples are judged by
-`examples/evaluate.py ZONKEY_FOLDER --baseline_model runs/baseline-tiny`. No checkpointing: it is a baseline.
+`examples/evaluate.py ZONKEY_FOLDER --baseline_model runs/baseline-tiny`.
+`--checkpointing_steps N` writes the training state (weights, optimiser, schedule, data position, random states)
+to OUTPUT_DIR/step_N, and `--resume_from_checkpoint latest` (or a step_N folder) goes on from there with the
+same schedule, so a long baseline can be trained across sessions; `--max_train_minutes` then counts the minutes of
+every session (up to the checkpoint each resumed from).
 `--model_name_or_path` continues a baseline saved by this script with a fresh optimiser and schedule (a staged
 run, as Zonkey checkpoints continue each other); train_results.json adds up the minutes and steps of every stage.
 """
@@ -24,13 +28,14 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel
 from modeling_zonkey.evaluation.baseline import baseline_training, char_baseline
+from modeling_zonkey.training.checkpointing import find_checkpoint, save_checkpoint, verify_checkpoint
 from modeling_zonkey.training.data import ZonkeyDataCollator, build_level0_documents, load_text_datasets
 
 
@@ -56,7 +61,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval_steps", type=int, default=100)
     parser.add_argument("--eval_batches", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    parser.add_argument("--checkpointing_steps", type=int, default=None,
+                        help="save the training state to OUTPUT_DIR/step_N every N optimizer steps")
+    parser.add_argument("--resume_from_checkpoint", default=None,
+                        help='a step_N folder written by --checkpointing_steps, or "latest" (the newest in OUTPUT_DIR)')
+    args = parser.parse_args(argv)
+    if args.checkpointing_steps is not None and args.checkpointing_steps < 1:
+        parser.error(f"--checkpointing_steps must be a positive number of steps, got {args.checkpointing_steps}")
+    return args
+
+
+# What a checkpoint's training_state.json holds besides the checkpointing module's keys, and the arguments that must
+# not change on resume (the schedule and the data order would silently differ).
+_SAME_ON_RESUME = ("zonkey_config", "model_name_or_path", "dataset_name", "train_file", "validation_file",
+                   "validation_split_percentage", "per_device_train_batch_size", "learning_rate", "weight_decay",
+                   "lr_scheduler_type", "num_warmup_steps", "max_train_steps", "seed")
+
+
+def resumed_state(args, accelerator) -> dict:
+    """--resume_from_checkpoint: load the checkpoint into the prepared objects; return its training state
+    (completed_steps, epoch, batches_in_epoch, train_bytes, minutes, curve). A checkpoint of a run with other
+    schedule or data arguments is a ValueError naming them."""
+    folder = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    state = verify_checkpoint(folder, accelerator.process_index)
+    saved = state.get("args") or {}
+    changed = [name for name in _SAME_ON_RESUME if saved.get(name) != getattr(args, name)]
+    if changed:
+        differences = ", ".join(f"--{name} {saved.get(name)!r} there, {getattr(args, name)!r} here" for name in changed)
+        raise ValueError(f"--resume_from_checkpoint {folder}: written by a run with other arguments ({differences}); "
+                         "resume with the arguments of the run that wrote it.")
+    accelerator.load_state(str(folder))
+    accelerator.print(f"resumed from {folder}: step {state['completed_steps']}, "
+                      f"{state['minutes']:.1f} minutes trained")
+    return state
 
 
 def continued_baseline(folder: Path, document_length: int):
@@ -99,7 +136,9 @@ def bits_per_byte(model, loader, accelerator, max_batches: int) -> float:
 
 
 def train(args) -> dict:
-    accelerator = Accelerator()
+    # the seedable sampler: each epoch's order depends on the seed and the epoch only, so a resumed run reads the
+    # documents in the order the uninterrupted run would
+    accelerator = Accelerator(dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     set_seed(args.seed)
     config = ZonkeyConfig.from_pretrained(args.zonkey_config)
     with torch.device("meta"):
@@ -128,11 +167,20 @@ def train(args) -> dict:
         model, optimizer, train_loader, val_loader, scheduler)
     accelerator.print(f"baseline: byte-level GPT-2, {model.config.n_layer} layers x {model.config.n_embd}, "
                       f"{num_parameters:,} parameters (Zonkey preset: {zonkey_parameters:,})")
-    started, step, train_bytes, curve = time.time(), 0, 0, []
-    progress = tqdm(total=args.max_train_steps, disable=not accelerator.is_local_main_process)
+    state = {"completed_steps": 0, "epoch": 0, "batches_in_epoch": 0, "train_bytes": 0, "minutes": 0.0, "curve": []}
+    if args.resume_from_checkpoint:
+        state = resumed_state(args, accelerator)
+    started, minutes_before = time.time(), state["minutes"]
+    step, train_bytes, curve = state["completed_steps"], state["train_bytes"], [tuple(p) for p in state["curve"]]
+    progress = tqdm(total=args.max_train_steps, initial=step, disable=not accelerator.is_local_main_process)
     model.train()
-    while step < args.max_train_steps:
-        for batch in train_loader:
+    epoch, skip, stop = state["epoch"], state["batches_in_epoch"], step >= args.max_train_steps
+    while not stop:
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        batches = skip
+        for batch in accelerator.skip_first_batches(train_loader, skip) if skip else train_loader:
+            batches += 1
             loss, count = next_byte_loss(model, batch)
             accelerator.backward(loss / max(count, 1))
             accelerator.clip_grad_norm_(model.parameters(), 1.0)
@@ -143,19 +191,25 @@ def train(args) -> dict:
             train_bytes += int(batch["attention_mask"].sum())
             progress.update(1)
             progress.set_postfix(bits_per_byte=f"{loss.item() / max(count, 1) / math.log(2):.3f}")
-            late = args.max_train_minutes is not None and time.time() - started > 60 * args.max_train_minutes
+            minutes = minutes_before + (time.time() - started) / 60
+            late = args.max_train_minutes is not None and minutes > args.max_train_minutes
             # every process stops at the same step: any process out of time stops them all
             out_of_time = bool(accelerator.gather(torch.tensor([late], device=accelerator.device)).any())
             if step % args.eval_steps == 0 or step == args.max_train_steps or out_of_time:
                 curve.append((step, bits_per_byte(model, val_loader, accelerator, args.eval_batches)))
                 accelerator.print(f"step {step}: validation bits/byte {curve[-1][1]:.4f}")
-            if step >= args.max_train_steps or out_of_time:
+            if args.checkpointing_steps and step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, args.output_dir, f"step_{step}", {
+                    "completed_steps": step, "epoch": epoch, "batches_in_epoch": batches, "train_bytes": train_bytes,
+                    "minutes": minutes, "curve": curve, "args": vars(args)})
+            stop = step >= args.max_train_steps or out_of_time
+            if stop:
                 break
-        else:
-            continue
-        break
+        if batches == 0:
+            raise ValueError("the training split gave no batch: give more training text.")
+        epoch, skip = epoch + 1, 0
     progress.close()
-    minutes = (time.time() - started) / 60
+    minutes = minutes_before + (time.time() - started) / 60
     results = {"completed_steps": step, "train_bytes": train_bytes, "train_minutes": minutes,
                "total_train_minutes": earlier["minutes"] + minutes, "total_completed_steps": earlier["steps"] + step,
                "continued_from": args.model_name_or_path,

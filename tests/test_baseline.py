@@ -1,5 +1,6 @@
 """The flat byte-level baseline is sized to a target parameter count and generates with its KV cache."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,38 @@ def test_train_baseline_script_continues_a_saved_baseline(tmp_path, monkeypatch,
     weights = [AutoModelForCausalLM.from_pretrained(tmp_path / name).transformer.wte.weight for name in
                ("first", "second")]
     assert not torch.equal(*weights)
+
+
+def test_train_baseline_script_resumes_its_checkpoint_exactly(tmp_path, monkeypatch, capsys):
+    import datasets
+    from conftest import import_script
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    script = import_script(Path(__file__).resolve().parents[1] / "examples" / "train_baseline.py", "train_baseline")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"The {w} sat on the mat. A dog ran to the {w} and back, {i} times."
+                                  for i, w in enumerate(["cat", "bird", "fox", "cow", "hen"] * 8)))
+    out = tmp_path / "run"
+    args = ["--zonkey_config", "configuration/zonkey-micro.json", "--train_file", str(corpus), "--eval_steps", "4",
+            "--validation_split_percentage", "20", "--num_warmup_steps", "2", "--max_train_steps", "12",
+            "--per_device_train_batch_size", "3", "--checkpointing_steps", "5", "--output_dir", str(out)]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert script.main(args) == 0
+        uninterrupted = load_file(out / "model.safetensors")
+        results = json.loads((out / "train_results.json").read_text())
+        assert sorted(p.name for p in out.glob("step_*")) == ["step_10", "step_5"]
+        # from step 5 (mid-epoch: more than 5 batches of 3 per epoch) to the end again: the same weights
+        assert script.main(args + ["--resume_from_checkpoint", str(out / "step_5")]) == 0
+        resumed = load_file(out / "model.safetensors")
+        again = json.loads((out / "train_results.json").read_text())
+        assert script.main(args + ["--learning_rate", "1e-3", "--resume_from_checkpoint", "latest"]) == 1
+        assert "--learning_rate 0.002 there, 0.001 here" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(previous)
+    assert uninterrupted.keys() == resumed.keys()
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+    assert again["curve"] == results["curve"] and again["train_bytes"] == results["train_bytes"]
+    assert again["completed_steps"] == 12 and again["train_minutes"] >= 0
