@@ -142,6 +142,39 @@ def test_reinit_levels_keeps_the_other_levels_and_draws_the_named_one_afresh(mic
         build_model(args)
 
 
+def test_a_preset_with_more_layers_grows_the_folder_with_identity_blocks(micro_folder, tmp_path, tokenizer):
+    """--config_name deeper than --model_name_or_path: the new blocks start as the identity (the grown model computes
+    what the folder did) and their output projections receive gradients."""
+    config = json.loads(MICRO.read_text())
+    config["denoiser_layers"][1] += 2
+    config["decompressor_layers"][1] += 1
+    (tmp_path / "deeper.json").write_text(json.dumps(config))
+    args = argparse.Namespace(config_name=str(tmp_path / "deeper.json"), model_name_or_path=str(micro_folder),
+                              tokenizer_name=None, reinit_levels=None, freeze_levels=None)
+    grown, _ = build_model(args)
+    trained = ZonkeyModel.from_pretrained(micro_folder).eval()
+    grown.eval()
+    old, new = trained.config.denoiser_layers[1], config["denoiser_layers"][1]
+    assert len(grown.levels[1].decoder.denoiser.layers) == new
+    decoder = grown.levels[1].decoder
+    latents = to_sphere(torch.randn(3, trained.config.num_cls_vectors[1] * trained.config.hidden_size[1]))
+    t = torch.tensor([0.0, 0.5, 0.9])
+    with torch.no_grad():
+        assert torch.allclose(decoder(latents, t).sequence, trained.levels[1].decoder(latents, t).sequence, atol=1e-6)
+        losses = []
+        for model in (grown, trained):
+            torch.manual_seed(0)  # the same noise draws: the whole loss, level 1's decoder terms included
+            losses.append(model(**batch(tokenizer), return_loss=True).loss_terms)
+        assert losses[0].keys() == losses[1].keys()
+        assert all(torch.allclose(losses[0][k], losses[1][k], atol=1e-5) for k in losses[0])
+    decoder(latents, t).sequence.pow(3).sum().backward()
+    for block in list(decoder.denoiser.layers[old:]) + [decoder.decompressor.layers[-1]]:
+        projection = getattr(block, "attn", block).o_proj
+        assert projection.weight.abs().sum() == 0 and projection.weight.grad.abs().sum() > 0
+    # the blocks the folder had are its own, not zeroed
+    assert decoder.denoiser.layers[old - 1].attn.o_proj.weight.abs().sum() > 0
+
+
 # ------------------------------------------------------------------------------- light pass above level 0
 @pytest.fixture(scope="module")
 def upper_level(micro_config):

@@ -4,6 +4,7 @@ training and validation splits in loaders. A problem with the files or the confi
 """
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,9 @@ from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
 
 from ..configuration_zonkey import ZonkeyConfig
+from ..decoder import CausalBlock
 from ..modeling_zonkey import ZonkeyModel
+from ..probabilistic_attention import PABlock
 from ..tokenization_zonkey import ZonkeyTokenizer
 from .data import (
     DataStats,
@@ -78,12 +81,19 @@ def build_model(args) -> tuple[ZonkeyModel, ZonkeyTokenizer]:
                                     "save_pretrained or by this script, or a Hub id).")
         kwargs = {} if config is None or args.reinit_levels else {"config": config}
         try:
-            model = ZonkeyModel.from_pretrained(source, dtype=torch.float32, **kwargs)
+            model, loading = ZonkeyModel.from_pretrained(source, dtype=torch.float32, output_loading_info=True,
+                                                         **kwargs)
         except OSError as err:  # neither a folder nor a Hub id that can be fetched (or is in the cache offline)
             raise FileNotFoundError(f"--model_name_or_path {source}: not a local folder, and loading it as a Hub id "
                                     f"failed ({str(err).splitlines()[0]})") from err
         if args.reinit_levels:
             model = reinitialized(model, config or model.config, args.reinit_levels)
+        else:
+            grown = start_new_blocks_as_identity(model, loading["missing_keys"])
+            if grown:
+                logging.getLogger(__name__).info(
+                    f"--config_name adds {len(grown)} block(s) to --model_name_or_path's model; each starts as the "
+                    f"identity: {', '.join(grown)}")
     elif args.reinit_levels:
         raise ValueError("--reinit_levels keeps the other levels of --model_name_or_path: give one.")
     else:
@@ -110,6 +120,24 @@ def unfreeze(args, accelerator, model, step: int) -> None:
     accelerator.unwrap_model(model).freeze_levels(())
     logger.info(f"step {step}: level(s) {args.freeze_levels} join training "
                 f"(--unfreeze_at_step {args.unfreeze_at_step})")
+
+
+def start_new_blocks_as_identity(model: ZonkeyModel, missing_keys: list[str]) -> list[str]:
+    """Zero the output projections (attention and FFN) of every residual block none of whose weights were loaded
+    (a preset with more layers than the checkpoint), so that each new block adds nothing at the start and the grown
+    model computes what the checkpoint did; they still receive gradients. Returns the new blocks' names."""
+    missing = set(missing_keys)
+    grown = []
+    for name, module in model.named_modules():
+        if not isinstance(module, (PABlock, CausalBlock)):
+            continue
+        if all(f"{name}.{parameter}" in missing for parameter, _ in module.named_parameters()):
+            with torch.no_grad():
+                for projection in (getattr(module, "attn", module).o_proj, module.ffn.down):
+                    projection.weight.zero_()
+                    projection.bias.zero_()
+            grown.append(name)
+    return grown
 
 
 def reinitialized(trained: ZonkeyModel, config: ZonkeyConfig, levels: list[int]) -> ZonkeyModel:
