@@ -71,8 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-# What a checkpoint's training_state.json holds besides the checkpointing module's keys, and the arguments that must
-# not change on resume (the schedule and the data order would silently differ).
+# The arguments a resumed run must share with the run that wrote the checkpoint (else its schedule or data order
+# would silently differ).
 _SAME_ON_RESUME = ("zonkey_config", "model_name_or_path", "dataset_name", "train_file", "validation_file",
                    "validation_split_percentage", "per_device_train_batch_size", "learning_rate", "weight_decay",
                    "lr_scheduler_type", "num_warmup_steps", "max_train_steps", "seed")

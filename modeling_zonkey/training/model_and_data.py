@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from accelerate.logging import get_logger
+from torch import nn
 from torch.utils.data import DataLoader
 
 from ..configuration_zonkey import ZonkeyConfig
@@ -123,20 +124,25 @@ def unfreeze(args, accelerator, model, step: int) -> None:
 
 
 def start_new_blocks_as_identity(model: ZonkeyModel, missing_keys: list[str]) -> list[str]:
-    """Zero the output projections (attention and FFN) of every residual block none of whose weights were loaded
-    (a preset with more layers than the checkpoint), so that each new block adds nothing at the start and the grown
-    model computes what the checkpoint did; they still receive gradients. Returns the new blocks' names."""
+    """Zero the output projections (attention and FFN) of every residual block none of whose weights were loaded, in a
+    stack that kept some loaded blocks (a preset with more layers than the checkpoint), so that each new block adds
+    nothing at the start and the grown model computes what the checkpoint did; they still receive gradients. A stack
+    with no loaded block (a new level) keeps its fresh initialisation. Returns the new blocks' names."""
     missing = set(missing_keys)
     grown = []
-    for name, module in model.named_modules():
-        if not isinstance(module, (PABlock, CausalBlock)):
+    for stack_name, stack in model.named_modules():
+        if not isinstance(stack, nn.ModuleList) or not all(isinstance(b, (PABlock, CausalBlock)) for b in stack):
             continue
-        if all(f"{name}.{parameter}" in missing for parameter, _ in module.named_parameters()):
+        new = [index for index, block in enumerate(stack)
+               if all(f"{stack_name}.{index}.{parameter}" in missing for parameter, _ in block.named_parameters())]
+        if not new or len(new) == len(stack):
+            continue
+        for index in new:
             with torch.no_grad():
-                for projection in (getattr(module, "attn", module).o_proj, module.ffn.down):
+                for projection in (getattr(stack[index], "attn", stack[index]).o_proj, stack[index].ffn.down):
                     projection.weight.zero_()
                     projection.bias.zero_()
-            grown.append(name)
+            grown.append(f"{stack_name}.{index}")
     return grown
 
 
