@@ -68,18 +68,24 @@ def test_train_baseline_script_learns_and_saves(tmp_path, monkeypatch):
     assert loaded.config.vocab_size == 257
 
 
-def test_train_baseline_script_continues_a_saved_baseline(tmp_path, monkeypatch, capsys):
-    import json
-
+@pytest.fixture
+def baseline_script(tmp_path, monkeypatch):
+    """examples/train_baseline.py imported (offline), and a small corpus file for it."""
     import datasets
     from conftest import import_script
-    from transformers import AutoModelForCausalLM
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     script = import_script(Path(__file__).resolve().parents[1] / "examples" / "train_baseline.py", "train_baseline")
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(f"The {w} sat on the mat. A dog ran to the {w} and back, {i} times."
                                   for i, w in enumerate(["cat", "bird", "fox", "cow", "hen"] * 8)))
+    return script, corpus
+
+
+def test_train_baseline_script_continues_a_saved_baseline(tmp_path, baseline_script, capsys):
+    from transformers import AutoModelForCausalLM
+
+    script, corpus = baseline_script
     common = ["--zonkey_config", "configuration/zonkey-micro.json", "--train_file", str(corpus), "--eval_steps", "8",
               "--validation_split_percentage", "20", "--num_warmup_steps", "2", "--max_train_steps", "8"]
     previous = torch.get_num_threads()
@@ -104,16 +110,10 @@ def test_train_baseline_script_continues_a_saved_baseline(tmp_path, monkeypatch,
     assert not torch.equal(*weights)
 
 
-def test_train_baseline_script_resumes_its_checkpoint_exactly(tmp_path, monkeypatch, capsys):
-    import datasets
-    from conftest import import_script
+def test_train_baseline_script_resumes_its_checkpoint_exactly(tmp_path, baseline_script, capsys):
     from safetensors.torch import load_file
 
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    script = import_script(Path(__file__).resolve().parents[1] / "examples" / "train_baseline.py", "train_baseline")
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n\n".join(f"The {w} sat on the mat. A dog ran to the {w} and back, {i} times."
-                                  for i, w in enumerate(["cat", "bird", "fox", "cow", "hen"] * 8)))
+    script, corpus = baseline_script
     out = tmp_path / "run"
     args = ["--zonkey_config", "configuration/zonkey-micro.json", "--train_file", str(corpus), "--eval_steps", "4",
             "--validation_split_percentage", "20", "--num_warmup_steps", "2", "--max_train_steps", "12",
