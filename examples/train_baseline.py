@@ -35,7 +35,12 @@ from transformers import get_scheduler
 
 from modeling_zonkey import ZonkeyConfig, ZonkeyModel
 from modeling_zonkey.evaluation.baseline import baseline_training, char_baseline
-from modeling_zonkey.training.checkpointing import find_checkpoint, save_checkpoint, verify_checkpoint
+from modeling_zonkey.training.checkpointing import (
+    changed_arguments,
+    find_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from modeling_zonkey.training.data import ZonkeyDataCollator, build_level0_documents, load_text_datasets
 
 
@@ -85,11 +90,12 @@ def resumed_state(args, accelerator) -> dict:
     folder = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
     state = verify_checkpoint(folder, accelerator.process_index)
     saved = state.get("args") or {}
-    changed = [name for name in _SAME_ON_RESUME if saved.get(name) != getattr(args, name)]
+    changed = changed_arguments({name: saved[name] for name in _SAME_ON_RESUME if name in saved},
+                                {name: getattr(args, name) for name in _SAME_ON_RESUME})
     if changed:
-        differences = ", ".join(f"--{name} {saved.get(name)!r} there, {getattr(args, name)!r} here" for name in changed)
-        raise ValueError(f"--resume_from_checkpoint {folder}: written by a run with other arguments ({differences}); "
-                         "resume with the arguments of the run that wrote it.")
+        raise ValueError(f"--resume_from_checkpoint {folder}: written by a run with other arguments (there -> here: "
+                         f"{', '.join('--' + change for change in changed)}); resume with the arguments of the run "
+                         "that wrote it.")
     accelerator.load_state(str(folder))
     accelerator.print(f"resumed from {folder}: step {state['completed_steps']}, "
                       f"{state['minutes']:.1f} minutes trained")

@@ -130,7 +130,7 @@ def test_train_baseline_script_resumes_its_checkpoint_exactly(tmp_path, baseline
         resumed = load_file(out / "model.safetensors")
         again = json.loads((out / "train_results.json").read_text())
         assert script.main(args + ["--learning_rate", "1e-3", "--resume_from_checkpoint", "latest"]) == 1
-        assert "--learning_rate 0.002 there, 0.001 here" in capsys.readouterr().err
+        assert "--learning_rate 0.002 -> 0.001" in capsys.readouterr().err
     finally:
         torch.set_num_threads(previous)
     assert uninterrupted.keys() == resumed.keys()

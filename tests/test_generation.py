@@ -81,6 +81,29 @@ def test_fresh_noise_moves_ddim_toward_ddmm(model):
         model.generate(sampler="ddmm", fresh_noise=0.5, **FAST)
 
 
+def test_ancestral_sampler_is_ddpms_step_between_ddim_and_ddmm(model):
+    """The ancestral step's fresh share is DDPM's posterior standard deviation over the noise at t_next (alpha_bar =
+    1 - t): 1 from pure noise, so with two steps it draws exactly what ddmm draws; with more steps it is neither ddmm
+    nor ddim; fresh_noise is refused with it."""
+    from modeling_zonkey.sampling import ancestral_fresh_share
+
+    for t, s in ((1.0, 0.75), (0.5, 0.48), (0.5, 0.25), (0.3, 0.01)):
+        a_t, a_s = 1 - t, 1 - s
+        sigma2 = (1 - a_s) / (1 - a_t) * (1 - a_t / a_s)  # DDPM's posterior variance of q(z_s | z_t, z0)
+        assert ancestral_fresh_share(t, s) ** 2 * s == pytest.approx(sigma2)
+    assert ancestral_fresh_share(1.0, 0.98) == 1.0 and ancestral_fresh_share(0.5, 0.495) < 0.15
+
+    def latents(**options):
+        return model.generate(seed=3, return_dict_in_generate=True, **options).latents
+
+    torch.testing.assert_close(latents(sampler="ancestral", num_steps=2), latents(sampler="ddmm", num_steps=2))
+    four = latents(sampler="ancestral", **FAST)
+    assert not torch.allclose(four, latents(sampler="ddmm", **FAST), atol=1e-4)
+    assert not torch.allclose(four, latents(sampler="ddim", **FAST), atol=1e-4)
+    with pytest.raises(ValueError, match="pass sampler='ddim'"):
+        model.generate(sampler="ancestral", fresh_noise=0.5, **FAST)
+
+
 def test_ddim_sampler_reuses_the_implied_noise():
     """One DDIM step from z at t to t': eps_hat = (z - sqrt(1 - t) z0) / sqrt(t), z' = renoise(z0, t', eps_hat); a
     z that is exactly noised z0 gives back its own noise, so the step lands on z0 noised with the same eps."""

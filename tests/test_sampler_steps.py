@@ -28,6 +28,12 @@ def test_it_writes_one_row_per_sampler_level_and_noise_level(script, micro_folde
     for row in rows:
         assert row["steps"] == [1, 2] and len(row["one_minus_cer"]) == 2 and row["options"] == {"clamp_max_t": 0.3}
         assert all(score <= 1.0 for score in row["one_minus_cer"])
+    for row in rows:  # the per-byte references of one decode, at level 0 only
+        if row["level"] == 0:
+            assert 0.0 < row["one_decode"]["draw"] < 1.0 and 0.0 <= row["one_decode"]["nearest"] <= 1.0
+        else:
+            assert row["one_decode"] is None
+    assert rows[0]["one_decode"] == rows[2]["one_decode"]  # seeded: the same decode for either sampler
     # one step is the same decode whatever the sampler (the samplers differ only in how they re-noise)
     assert rows[0]["one_minus_cer"][0] == rows[2]["one_minus_cer"][0]
     assert capsys.readouterr().out.count("| " + str(micro_folder)) == 4

@@ -4,6 +4,11 @@ are noised to t, denoised with K steps of a sampler (`model.generate(noise_level
 bytes; printed: 1 - CER for each (model, sampler, level, t) against K. A sampler that uses its steps shows 1 - CER
 rising along each row. Level 0 noises the word latents only; the top level's row is the whole hierarchy's.
 
+Level-0 rows also print two per-byte references from one decode at t (`denoiser_curve`): the nearest byte's accuracy
+(what K = 1 returns, the mode of the decoder's distribution) and the share of bytes a draw from that distribution gets
+right, what a sampler that ends in a sample of the model's posterior can expect. When the draw is below the mode,
+more steps of a sampler that samples cannot raise 1 - CER: the check then measures mode-seeking, not sampling.
+
     python examples/experiments/sampler_steps.py pretrained/zonkey-tiny-sentences --samplers ddmm ddim
     python examples/experiments/sampler_steps.py runs/a runs/b --noise_levels 0.5 --sampler_steps 1 5 25 --levels 1
 """
@@ -14,7 +19,7 @@ import math
 import time
 
 from modeling_zonkey import ZonkeyModel
-from modeling_zonkey.evaluation.suite import held_out_documents, reconstruction_metrics
+from modeling_zonkey.evaluation.suite import denoiser_metrics, held_out_documents, reconstruction_metrics
 from modeling_zonkey.training.data import load_text_datasets
 
 
@@ -32,6 +37,13 @@ def one_minus_cer(model, documents: list[bytes], level: int, t: float, steps: in
     return 1.0 - result[f"t={t:g}"][f"level{level}"]["cer"]
 
 
+def per_byte_reference(model, documents: list[bytes], t: float, seed: int) -> dict[str, float]:
+    """One decode of the level-0 latents noised to t: {"nearest": the nearest bytes' accuracy, "draw": the share of
+    bytes a draw from the decoder's distribution gets right} (per byte, the encoder's segmentation)."""
+    curve = denoiser_metrics(model, documents, (t,), seed)["level0"][f"t={t:g}"]
+    return {"nearest": curve["accuracy"], "draw": curve["true_byte_probability"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", help="saved Zonkey folders")
@@ -47,8 +59,8 @@ def main() -> None:
     args = parser.parse_args()
     validation = load_text_datasets()["validation"]["text"]
     columns = " | ".join(f"K = {k}" for k in args.sampler_steps)
-    print(f"| model | sampler | level | t | {columns} | seconds |")
-    print("|---|---|---:|---:|" + "---:|" * (len(args.sampler_steps) + 1))
+    print(f"| model | sampler | level | t | {columns} | one decode, per byte: nearest / a draw | seconds |")
+    print("|---|---|---:|---:|" + "---:|" * (len(args.sampler_steps) + 2))
     for folder in args.models:
         model = ZonkeyModel.from_pretrained(folder).eval()
         unknown = model.generation_config.update(**args.options)
@@ -63,14 +75,17 @@ def main() -> None:
                 for t in args.noise_levels:
                     started = time.time()
                     scores = [one_minus_cer(model, documents, level, t, k, args.seed) for k in args.sampler_steps]
+                    reference = per_byte_reference(model, documents, t, args.seed) if level == 0 else None
                     cells = " | ".join(f"{s:.3f}" for s in scores)
-                    print(f"| {folder} | {sampler} | {level} | {t:g} | {cells} | {time.time() - started:.0f} |",
-                          flush=True)
+                    refs = "" if reference is None else " / ".join(f"{v:.3f}" for v in reference.values())
+                    print(f"| {folder} | {sampler} | {level} | {t:g} | {cells} | {refs} | "
+                          f"{time.time() - started:.0f} |", flush=True)
                     if args.output:
                         with open(args.output, "a") as f:
                             f.write(json.dumps({"model": folder, "sampler": sampler, "options": args.options,
                                                 "level": level, "t": t,
-                                                "steps": args.sampler_steps, "one_minus_cer": scores}) + "\n")
+                                                "steps": args.sampler_steps, "one_minus_cer": scores,
+                                                "one_decode": reference}) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,12 @@
 
 denoiser_curve: encode a batch (eval-mode segmentation), noise the latents of every level to t, decode them
     ONCE (no sampler, no clamping) and compare with the clean segments:
-        level 0:  byte accuracy of the nearest byte embeddings (ownership-weighted, i.e. per byte);
+        level 0:  byte accuracy of the nearest byte embeddings (ownership-weighted, i.e. per byte), and from the
+            decoder's distribution over bytes (the training loss's softmax of 2 atanh(cos) logits):
+            true_byte_probability, the mean p(true byte): the share of bytes that a draw from that distribution gets
+            right, what a sampler that ends in a sample of the model's posterior can expect; expected_accuracy, the
+            mean max_b p(b): what the nearest bytes would get right if the distribution were calibrated (above
+            `accuracy`: over-confident; below: under-confident);
         level >= 1: mean cos(X_hat, X) (ownership-weighted);
         pairwise_cosine: mean cosine between decoded vectors of different positions (1.0: the decoder emits one
             vector for everything), next to the same number for the clean targets (`target_pairwise_cosine`).
@@ -16,6 +21,8 @@ import torch.nn.functional as F
 from ..ddmm import add_noise
 from ..level import chunk_documents
 from ..sampling import check_seed
+from ..sphere import cosine_logits
+from ..tokenization_zonkey import NUM_BYTES
 
 SATURATION = 1e-4
 
@@ -41,6 +48,13 @@ def level_inputs(model, outputs, input_ids: torch.Tensor) -> list[tuple[torch.Te
     return inputs
 
 
+def byte_distribution(model, vectors: torch.Tensor) -> torch.Tensor:
+    """(..., d_0) decoded level-0 vectors -> (..., NUM_BYTES) the decoder's distribution over bytes: the softmax of the
+    2 atanh(cos) logits against the byte embeddings that level 0's reconstruction loss trains."""
+    vocabulary = F.normalize(model.byte_embeddings.weight[:NUM_BYTES].float(), dim=-1)
+    return cosine_logits(F.normalize(vectors.float(), dim=-1) @ vocabulary.T).softmax(-1)
+
+
 @torch.no_grad()
 def denoiser_curve(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, noise_levels: tuple[float, ...],
                    seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
@@ -62,8 +76,12 @@ def denoiser_curve(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             times = torch.full((len(latents),), float(t), device=latents.device)
             decoded = level.decoder(add_noise(latents, times, generator=generator), times).sequence
             if ids is not None:
-                hits = (model.nearest_bytes(decoded.flatten(0, 1)).view(weight.shape) == segments.gather(ids)).float()
-                score = {"accuracy": float((hits * weight).sum() / weight.sum())}
+                true_ids = segments.gather(ids)
+                hits = (model.nearest_bytes(decoded.flatten(0, 1)).view(weight.shape) == true_ids).float()
+                p = byte_distribution(model, decoded)
+                p_true = p.gather(-1, true_ids.clamp_max(p.shape[-1] - 1)[..., None])[..., 0]  # pad: weight 0
+                score = {"accuracy": hits, "true_byte_probability": p_true, "expected_accuracy": p.amax(-1)}
+                score = {name: float((value * weight).sum() / weight.sum()) for name, value in score.items()}
             else:
                 cos = F.cosine_similarity(decoded.float(), targets.float(), dim=-1)
                 score = {"cosine": float((cos * weight).sum() / weight.sum())}

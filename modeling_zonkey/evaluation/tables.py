@@ -36,7 +36,8 @@ def results_markdown(results: dict) -> str:
                          f"{m['exact_segment_match']:.1%} |")
     if results.get("denoiser"):
         lines += ["", "**Denoiser against noise level** (one decode of the latents of a level noised to t, no sampler: "
-                  "byte accuracy at level 0, cos(X_hat, X) above; pairwise = mean cosine between decoded vectors, "
+                  "byte accuracy at level 0 / the share a byte drawn from the decoder's distribution gets right, "
+                  "cos(X_hat, X) above; pairwise = mean cosine between decoded vectors, "
                   "1.000 when the decoder emits one vector for everything; the clean targets' own value in brackets)",
                   "",
                   "| t | " + " | ".join(f"level {name[5:]} {'accuracy' if name == 'level0' else 'cosine'} | "
@@ -47,6 +48,8 @@ def results_markdown(results: dict) -> str:
             for name, per_t in results["denoiser"].items():
                 m = per_t[t]
                 score = f"{m['accuracy']:.1%}" if "accuracy" in m else f"{m['cosine']:.3f}"
+                if "true_byte_probability" in m:  # evaluations written before it was measured have none
+                    score += f" / {m['true_byte_probability']:.1%}"
                 cells += [score, f"{m['pairwise_cosine']:.3f} ({m['target_pairwise_cosine']:.3f})"]
             lines.append(f"| {t[2:]} | " + " | ".join(cells) + " |")
     lines += hierarchy_markdown(results.get("hierarchy", {}))

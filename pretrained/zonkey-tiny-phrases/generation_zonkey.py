@@ -73,9 +73,10 @@ class ZonkeyGenerationConfig(GenerationConfig):
 
     num_steps (alias max_denoising_steps): denoising steps from t = 1 (a noise_level t runs ceil(num_steps * t)).
     sampler: "ddmm" (decode -> recompress -> re-noise to the next t with fresh noise), "ddim" (re-noise with
-        the noise implied by the current latent and the estimate: deterministic given the starting noise) or
-        "deterministic" (no re-noising, as in the paper's release). noise_schedule: "linear", "cosine" (more
-        steps at high noise) or "quadratic" (more steps at low noise).
+        the noise implied by the current latent and the estimate: deterministic given the starting noise),
+        "ancestral" (DDPM's step: the implied noise with fresh noise in proportion to the step's size, so what the
+        latent knew is kept) or "deterministic" (no re-noising, as in the paper's release). noise_schedule:
+        "linear", "cosine" (more steps at high noise) or "quadratic" (more steps at low noise).
         fresh_noise: with "ddim", the share f of fresh noise in each re-noising (eps = sqrt(1 - f^2) eps_hat +
         f eps_new; 0: deterministic, 1: the same as "ddmm"). existence_threshold: where a decoded window ends.
     max_new_tokens: the number of new bytes of each sample (Zonkey's tokens are bytes), for samples from noise,

@@ -9,6 +9,10 @@ The loop (method.md Sec. 7), for t_0 > t_1 > ... > t_K = 0:
     "ddim":          z = renoise(z0, t_{k+1}) with the noise implied by z and z0 (eps_hat = (z - sqrt(1 - t_k) z0)
                      / sqrt(t_k)): deterministic given the starting noise, as DDIM; it keeps what the starting
                      noise decided instead of drawing it anew at every step
+    "ancestral":     z = renoise(z0, t_{k+1}) with eps = sqrt(1 - f^2) eps_hat + f eps_new, f^2 = (t_k - t_{k+1}) /
+                     (t_k (1 - t_{k+1})): DDPM's ancestral step (DDIM with eta = 1), a draw from q(z_{k+1} | z_k, z0):
+                     fresh noise in proportion to the step's size, so z keeps what it knew (f = 1 at t_k = 1: the first
+                     step from pure noise is "ddmm"'s)
     "deterministic": z = z0 (no re-noising; the paper's release)
 and a final Dec(z, 0) (done by the caller). A decoder trained with self-conditioning (ZonkeyConfig.self_conditioning)
 also reads the previous step's z0 at every step after the first, whichever the sampler. Sample i draws all its
@@ -23,7 +27,7 @@ import torch
 from .ddmm import add_noise, deterministic_step, implied_noise
 from .level import ZonkeyLevel
 
-SAMPLERS = ("ddmm", "ddim", "deterministic")
+SAMPLERS = ("ddmm", "ddim", "ancestral", "deterministic")
 NOISE_SCHEDULES = ("linear", "cosine", "quadratic")
 
 
@@ -94,6 +98,13 @@ class Canvas:
         return sequence, existence
 
 
+def ancestral_fresh_share(t: float, t_next: float) -> float:
+    """The share f of fresh noise in DDPM's ancestral step from t to t_next < t (z_t = sqrt(t) eps + sqrt(1 - t) z0):
+    its posterior variance sigma^2 = t_next (t - t_next) / (t (1 - t_next)) over the t_next of the whole noise,
+    f^2 = (t - t_next) / (t (1 - t_next)). 1 at t = 1, -> 0 as the step shrinks."""
+    return math.sqrt(min(1.0, (t - t_next) / (t * (1.0 - t_next))))
+
+
 def denoise(level: ZonkeyLevel, z: torch.Tensor, schedule: list[float], sampler: str,
             generators: list[torch.Generator], owner: torch.Tensor, canvas: Canvas | None = None,
             progress=None, clamp=None, fresh_noise: float = 0.0, on_step=None) -> torch.Tensor:
@@ -127,10 +138,11 @@ def denoise(level: ZonkeyLevel, z: torch.Tensor, schedule: list[float], sampler:
         elif sampler == "ddmm":
             eps = sample_noise(generators, owner, z.shape[1], z.device, z.dtype)
             z = add_noise(estimate, torch.full((len(z),), t_next, device=z.device), noise=eps)
-        elif fresh_noise > 0:  # "ddim" with part of its implied noise drawn anew
+        elif sampler == "ancestral" or fresh_noise > 0:  # part of the implied noise drawn anew
+            share = ancestral_fresh_share(t, t_next) if sampler == "ancestral" else fresh_noise
             eps = implied_noise(z, estimate, torch.full((len(z),), t, device=z.device)).to(z.dtype)
             fresh = sample_noise(generators, owner, z.shape[1], z.device, z.dtype)
-            eps = math.sqrt(1.0 - fresh_noise**2) * eps + fresh_noise * fresh
+            eps = math.sqrt(1.0 - share**2) * eps + share * fresh
             z = add_noise(estimate, torch.full((len(z),), t_next, device=z.device), noise=eps)
         else:  # "ddim": on the sphere of radius nu(D), z ~ sqrt(t) eps + sqrt(1 - t) z0, eps the one z implies
             z = deterministic_step(z, estimate, torch.full((len(z),), t, device=z.device),
