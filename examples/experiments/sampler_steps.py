@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """The DDMM check: does a sampler get better with more steps? Held-out documents are encoded, the latents of one level
 are noised to t, denoised with K steps of a sampler (`model.generate(noise_level=t, level=l)`) and decoded down to
-bytes; printed: 1 - CER for each (model, sampler, level, t) against K. A sampler that uses its steps shows 1 - CER
-rising along each row. Level 0 noises the word latents only; the top level's row is the whole hierarchy's.
+bytes; printed: 1 - CER for each (model, sampler, level, t) against K (the paper's claim: stable with steps; issue
+#24 asked for a rise). Level 0 noises the word latents only; the top level's row is the whole hierarchy's.
 
 Level-0 rows also print two per-byte references from one decode at t (`denoiser_curve`): the nearest byte's accuracy
 (what K = 1 returns, the mode of the decoder's distribution) and the share of bytes a draw from that distribution gets
 right, what a sampler that ends in a sample of the model's posterior can expect. When the draw is below the mode,
-more steps of a sampler that samples cannot raise 1 - CER: the check then measures mode-seeking, not sampling.
+more steps of a sampler that samples cannot raise 1 - CER (docs/research/sampler-steps.md, section 10).
 
     python examples/experiments/sampler_steps.py pretrained/zonkey-tiny-sentences --samplers ddmm ddim
     python examples/experiments/sampler_steps.py runs/a runs/b --noise_levels 0.5 --sampler_steps 1 5 25 --levels 1
