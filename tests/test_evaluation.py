@@ -152,10 +152,11 @@ def test_evaluate_script_writes_every_key_and_picture(make_model, tokenizer, tmp
     for level in ("level0", "level1"):
         inferred = results["stitcher"]["inferred_offsets"][level]
         assert 0.0 <= inferred["byte_accuracy"] <= 1.0 and inferred["cer"] >= 0.0
-    for level, score in (("level0", "accuracy"), ("level1", "cosine")):
+    for level, scores in (("level0", {"accuracy", "true_byte_probability", "expected_accuracy"}),
+                          ("level1", {"cosine"})):
         assert set(results["denoiser"][level]) == {"t=0", "t=0.3"}
         for metrics in results["denoiser"][level].values():
-            assert set(metrics) == {score, "pairwise_cosine", "target_pairwise_cosine"}
+            assert set(metrics) == scores | {"pairwise_cosine", "target_pairwise_cosine"}
             assert all(-1.0 <= value <= 1.0 for value in metrics.values())
     hierarchy = results["hierarchy"]["level1"]
     assert set(hierarchy["sensitivity"]) == {"cos=1", "cos=0.99", "cos=0.95", "cos=0.9", "cos=0.8"}
