@@ -11,6 +11,7 @@ For each level l >= 1 of a trained model, on held-out documents (eval-mode segme
     top: reconstruction from level l with each handoff noise level (the t at which the levels below decode level
         l's estimates), with the encoder's offsets at every level ("oracle"), inferred at level l only, and
         inferred everywhere (as generation does).
+And at the bottom, `level0_errors`: level 0's own byte errors at t = 0 by segment length and by window position.
 """
 
 from dataclasses import dataclass
@@ -141,3 +142,28 @@ def hierarchy_diagnosis(model, batches, cosines: tuple[float, ...] = (1.0, 0.99,
                     for t in handoff_levels},
         }
     return results
+
+
+@torch.no_grad()
+def level0_errors(model, batches) -> dict:
+    """Level 0's own reconstruction errors at t = 0: each byte read from the segment that owns it (ownership > 0.5,
+    eval-mode segmentation), decoded from its segment's clean latent and snapped to the nearest byte embedding.
+    batches: an iterable of (input_ids, attention_mask). Returns {"by_length": {n: {"bytes", "error_rate",
+    "share_of_errors"}} for each segment length n in 1..L_0 that occurs, "error_rate_by_position": [L_0 floats]}."""
+    window = model.config.window_length[0]
+    by_length = torch.zeros(window + 1, 2, dtype=torch.float64)  # [length] (wrong, bytes)
+    by_position = torch.zeros(window, 2, dtype=torch.float64)
+    for input_ids, attention_mask in batches:
+        output = model(input_ids, attention_mask).levels[0]
+        segments, latents = output.segments, output.latents[output.latent_mask]
+        decoded = model.levels[0].decoder(latents, torch.zeros(len(latents), device=latents.device)).sequence
+        wrong = model.nearest_bytes(decoded.flatten(0, 1)).view(decoded.shape[:2]) != segments.gather(input_ids)
+        own = segments.ownership > 0.5
+        wrong, lengths = (wrong & own).double().cpu(), own.sum(1).cpu()
+        by_length[:, 0].index_add_(0, lengths, wrong.sum(1))
+        by_length[:, 1].index_add_(0, lengths, lengths.double())
+        by_position += torch.stack([wrong.sum(0), own.double().cpu().sum(0)], dim=1)
+    total = float(by_length[:, 0].sum())
+    return {"by_length": {n: {"bytes": int(b), "error_rate": w / b, "share_of_errors": w / max(total, 1.0)}
+                          for n, (w, b) in enumerate(by_length.tolist()) if b > 0},
+            "error_rate_by_position": (by_position[:, 0] / by_position[:, 1].clamp_min(1)).tolist()}

@@ -124,3 +124,15 @@ def hierarchy_markdown(hierarchy: dict) -> list[str]:
             lines.append(f"| {t[2:]} | " + " | ".join(f"{o['byte_accuracy']:.1%} / {_f(o['cer'])}"
                                                   for o in offsets.values()) + " |")
     return lines
+
+
+def level0_errors_markdown(errors: dict) -> list[str]:
+    """evaluation/hierarchy.py's `level0_errors` as Markdown lines."""
+    total = sum(m["bytes"] for m in errors["by_length"].values())
+    lines = ["", "**Level 0's own errors** (t = 0, each byte in the segment that owns it)", "",
+             "| segment length (bytes) | share of bytes | error rate | share of the errors |", "|---:|---:|---:|---:|"]
+    for length, m in errors["by_length"].items():
+        lines.append(f"| {length} | {m['bytes'] / total:.1%} | {m['error_rate']:.1%} | {m['share_of_errors']:.1%} |")
+    lines += ["", "Error rate by window position: " + ", ".join(f"{r:.1%}" for r in errors["error_rate_by_position"])
+              + "."]
+    return lines
