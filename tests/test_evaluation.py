@@ -23,9 +23,11 @@ from modeling_zonkey.evaluation.metrics import (
 )
 from modeling_zonkey.evaluation.suite import judge_perplexity
 from modeling_zonkey.evaluation.text_statistics import (
+    LONG_WORD,
     diversity,
     entropy_bits,
     length_statistics,
+    long_word_share,
     memorisation,
     training_ngrams,
     vocabulary_share,
@@ -86,6 +88,9 @@ def test_text_statistics_on_known_texts():
     seen = training_ngrams(["the cat sat on the mat today"])
     assert memorisation(["the cat sat on", "dogs run far away"], seen) == 0.5
     assert vocabulary_share(["the dog"], {"the", "cat"}) == 0.5
+    # the long words (LONG_WORD = 5 characters or more) apart: "kitten" is real, "dogged" is not, "the" is short
+    assert vocabulary_share(["the kitten dogged"], {"the", "kitten"}, min_length=LONG_WORD) == 0.5
+    assert long_word_share(["the kitten dogged"]) == pytest.approx(2 / 3) and long_word_share([""]) == 0.0
     stats = length_statistics(["ab cd. efgh!"])
     assert stats["word_length_mean"] == pytest.approx(8 / 3) and stats["sentence_length_mean"] == 1.5
 
@@ -166,8 +171,8 @@ def test_evaluate_script_writes_every_key_and_picture(make_model, tokenizer, tmp
     generation = results["generation"]
     assert generation["seeds"] == [0, 1] and len(generation["examples"]) == 4
     for side in ("samples", "real"):
-        for key in ("judge_perplexity", "char_entropy", "word_entropy", "vocabulary_share", "div", "mem",
-                    "word_length_mean", "sentence_length_mean"):
+        for key in ("judge_perplexity", "char_entropy", "word_entropy", "vocabulary_share", "vocabulary_share_long",
+                    "long_word_share", "div", "mem", "word_length_mean", "sentence_length_mean"):
             assert math.isfinite(generation[side][key]["mean"]) and generation[side][key]["std"] >= 0.0, (side, key)
     baseline = results["baseline_generation"]
     assert len(baseline["examples"]) == 4 and math.isfinite(baseline["samples"]["judge_perplexity"]["mean"])

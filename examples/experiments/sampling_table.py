@@ -47,7 +47,11 @@ from modeling_zonkey.evaluation.text_statistics import training_ngrams, words
 from modeling_zonkey.training.checkpointing import CHECKPOINT_WEIGHTS, is_checkpoint, model_or_checkpoint
 from modeling_zonkey.training.data import load_text_datasets
 
-COLUMNS = ("judge_perplexity", "char_entropy", "vocabulary_share", "div", "mean_bytes")
+# the samples' metrics and how each is printed; the real text's columns are the first four
+FORMATS = {"judge_perplexity": "{:,.0f}", "char_entropy": "{:.2f}", "vocabulary_share": "{:.0%}",
+           "vocabulary_share_long": "{:.0%}", "long_word_share": "{:.0%}", "div": "{:.2f}", "mean_bytes": "{:.1f}"}
+COLUMNS = tuple(FORMATS)
+REAL_COLUMNS = COLUMNS[:4]
 
 
 def load(folder: str, weights: str = "model") -> ZonkeyModel:
@@ -91,8 +95,8 @@ def main() -> None:
     scoring = (judge, judge_tokenizer, vocabulary, seen)
     tokenizer = ZonkeyTokenizer()
     print("| model | sampler | steps | options | ms / byte | " + " | ".join(COLUMNS) + " | real: "
-          + " | ".join(COLUMNS[:3]) + " | example |")
-    print("|---|---|---:|---|---:|" + "---:|" * (len(COLUMNS) + 3) + "---|")
+          + " | ".join(REAL_COLUMNS) + " | example |")
+    print("|---|---|---:|---|---:|" + "---:|" * (len(COLUMNS) + len(REAL_COLUMNS)) + "---|")
     for folder in args.models:
         model = load(folder, args.weights)
         real = held_out_documents(corpus["validation"]["text"], model.config.document_length[0], 64)
@@ -123,10 +127,8 @@ def print_row(row: tuple, sample, settings: EvaluationSettings, real: list[bytes
     sample, clock = timed(sample)
     with torch.no_grad():
         result = generation_metrics(sample, judge, judge_tokenizer, real, vocabulary, seen, settings)
-    ours = [result["samples"][c]["mean"] for c in COLUMNS]
-    theirs = [result["real"][c]["mean"] for c in COLUMNS[:3]]
-    cells = [f"{ours[0]:,.0f}", f"{ours[1]:.2f}", f"{ours[2]:.0%}", f"{ours[3]:.2f}", f"{ours[4]:.1f}",
-             f"{theirs[0]:,.0f}", f"{theirs[1]:.2f}", f"{theirs[2]:.0%}"]
+    cells = ([FORMATS[c].format(result["samples"][c]["mean"]) for c in COLUMNS]
+             + [FORMATS[c].format(result["real"][c]["mean"]) for c in REAL_COLUMNS])
     speed = 1000 * clock["seconds"] / max(1, clock["bytes"])
     print(f"| {' | '.join(str(label) for label in row)} | {speed:.2f} | " + " | ".join(cells)
           + f" | `{result['examples'][0][:80]!r}` |", flush=True)

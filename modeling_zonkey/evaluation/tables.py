@@ -93,8 +93,11 @@ def generation_markdown(generation: dict, baseline: dict | None = None) -> list[
              + ")", "", "| metric | Zonkey samples | real text |" + (" baseline samples |" if baseline else ""),
              "|---|---:|---:|" + ("---:|" if baseline else "")]
     for key in generation["samples"]:
-        cells = [generation["samples"][key], generation["real"][key]] + ([baseline["samples"][key]] if baseline else [])
-        lines.append(f"| {key} | " + " | ".join(f"{c['mean']:.3f} +- {c['std']:.3f}" for c in cells) + " |")
+        # a baseline column reused from an older evaluation may lack a metric measured since
+        cells = [generation["samples"][key], generation["real"][key]] + ([baseline["samples"].get(key)] if baseline
+                                                                          else [])
+        lines.append(f"| {key} | " + " | ".join("not measured" if c is None else f"{c['mean']:.3f} +- {c['std']:.3f}"
+                                                for c in cells) + " |")
     lines += ["", "Zonkey samples:", ""] + [f"- `{e!r}`" for e in generation["examples"]]
     if baseline:
         lines += ["", "Baseline samples:", ""] + [f"- `{e!r}`" for e in baseline["examples"]]

@@ -51,10 +51,19 @@ def memorisation(texts: list[str], seen: set[int], n: int = 4) -> float:
     return sum(hash(g) in seen for g in grams) / len(grams) if grams else 0.0
 
 
-def vocabulary_share(texts: list[str], vocabulary: set[str]) -> float:
-    """Share of the texts' words found in the training vocabulary."""
-    tokens = [w for text in texts for w in words(text)]
+LONG_WORD = 5  # characters: the words this long or longer (mostly content words), whose share is reported apart
+
+
+def vocabulary_share(texts: list[str], vocabulary: set[str], min_length: int = 1) -> float:
+    """Share of the texts' words (those of at least min_length characters) found in the training vocabulary."""
+    tokens = [w for text in texts for w in words(text) if len(w) >= min_length]
     return sum(w in vocabulary for w in tokens) / len(tokens) if tokens else 0.0
+
+
+def long_word_share(texts: list[str]) -> float:
+    """Share of the texts' words that have at least LONG_WORD characters."""
+    tokens = [w for text in texts for w in words(text)]
+    return sum(len(w) >= LONG_WORD for w in tokens) / len(tokens) if tokens else 0.0
 
 
 def length_statistics(texts: list[str]) -> dict[str, float]:
@@ -72,6 +81,8 @@ def text_statistics(texts: list[str], vocabulary: set[str], seen: set[int]) -> d
         "char_entropy": entropy_bits(ch for text in texts for ch in text),
         "word_entropy": entropy_bits(w for text in texts for w in words(text)),
         "vocabulary_share": vocabulary_share(texts, vocabulary),
+        "vocabulary_share_long": vocabulary_share(texts, vocabulary, LONG_WORD),  # real words among the long ones
+        "long_word_share": long_word_share(texts),
         "div": diversity(texts),
         "mem": memorisation(texts, seen),
         "mean_bytes": sum(len(t.encode("utf-8")) for t in texts) / max(len(texts), 1),
