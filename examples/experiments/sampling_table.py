@@ -47,11 +47,11 @@ from modeling_zonkey.evaluation.text_statistics import training_ngrams, words
 from modeling_zonkey.training.checkpointing import CHECKPOINT_WEIGHTS, is_checkpoint, model_or_checkpoint
 from modeling_zonkey.training.data import load_text_datasets
 
-# the samples' metrics and how each is printed; the real text's columns are the first four
+# the samples' metrics and how each is printed; the real text's columns are the first five
 FORMATS = {"judge_perplexity": "{:,.0f}", "char_entropy": "{:.2f}", "vocabulary_share": "{:.0%}",
            "vocabulary_share_long": "{:.0%}", "long_word_share": "{:.0%}", "div": "{:.2f}", "mean_bytes": "{:.1f}"}
 COLUMNS = tuple(FORMATS)
-REAL_COLUMNS = COLUMNS[:4]
+REAL_COLUMNS = COLUMNS[:5]
 
 
 def load(folder: str, weights: str = "model") -> ZonkeyModel:
