@@ -69,13 +69,16 @@ def main() -> None:
         model.generation_config.validate()
         documents = held_out_documents(validation, model.config.document_length[0], args.documents)
         levels = args.levels or sorted({0, model.config.num_levels - 1})
+        # the one decode's references depend on t only: computed once, shown on every sampler's level-0 row
+        references = {t: per_byte_reference(model, documents, t, args.seed) for t in args.noise_levels} \
+            if 0 in levels else {}
         for sampler in args.samplers:
             model.generation_config.sampler = sampler
             for level in levels:
                 for t in args.noise_levels:
                     started = time.time()
                     scores = [one_minus_cer(model, documents, level, t, k, args.seed) for k in args.sampler_steps]
-                    reference = per_byte_reference(model, documents, t, args.seed) if level == 0 else None
+                    reference = references[t] if level == 0 else None
                     cells = " | ".join(f"{s:.3f}" for s in scores)
                     refs = "" if reference is None else " / ".join(f"{v:.3f}" for v in reference.values())
                     print(f"| {folder} | {sampler} | {level} | {t:g} | {cells} | {refs} | "
