@@ -55,6 +55,7 @@ ARMS = {  # arm -> config overrides of the preset
     "recipe, level-1 weight 0.1": {**RECIPE, "level_weights": [1.0, 0.1]},
     "recipe, no light pass": {**RECIPE, "ddmm_objective": "single_step"},
     "recipe, light pass x (1 - t1)": {**RECIPE, "light_pass_weight": "one_minus_t"},
+    "recipe, denoiser 4": {**RECIPE, "denoiser_layers": [2, 4]},  # level 1's denoiser twice as deep, from the start
     "clean reconstruction only": {**WEIGHT, "ddmm_objective": "single_step",
                                   "loss_weights": {"denoising": 0.0, "stitcher_sequence": 0.0, "masked_vector": 0.0}},
     "direct, level 1 deeper (4 / 2 / 4)": {**DIRECT, "compressor_layers": [2, 4], "decompressor_layers": [1, 2],

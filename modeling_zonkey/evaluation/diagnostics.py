@@ -11,6 +11,8 @@ denoiser_curve: encode a batch (eval-mode segmentation), noise the latents of ev
         level >= 1: mean cos(X_hat, X) (ownership-weighted);
         pairwise_cosine: mean cosine between decoded vectors of different positions (1.0: the decoder emits one
             vector for everything), next to the same number for the clean targets (`target_pairwise_cosine`).
+spell: what level 0 spells from given word latents (level 1's estimates, in sampling) and how sure it is of the
+    bytes: the mean max p of the decoder's distribution over the bytes it keeps.
 bos_saturation: the share of p_bos within 1e-4 of 0 or 1 (the first checkpoint's clip bounds, where its splitter
     got no gradient), per level.
 """
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 
 from ..ddmm import add_noise
 from ..level import chunk_documents
-from ..sampling import check_seed
+from ..sampling import check_seed, kept_length
 from ..sphere import cosine_logits
 from ..tokenization_zonkey import NUM_BYTES
 
@@ -53,6 +55,21 @@ def byte_distribution(model, vectors: torch.Tensor) -> torch.Tensor:
     2 atanh(cos) logits against the byte embeddings that level 0's reconstruction loss trains."""
     vocabulary = F.normalize(model.byte_embeddings.weight[:NUM_BYTES].float(), dim=-1)
     return cosine_logits(F.normalize(vectors.float(), dim=-1) @ vocabulary.T).softmax(-1)
+
+
+@torch.no_grad()
+def spell(model, latents: torch.Tensor, noise_level: float = 0.0) -> list[tuple[bytes, float]]:
+    """(N, C_0 d_0) level-0 latents -> for each, (the bytes level 0 spells from it, level 0's confidence in them).
+
+    Level 0's decoder reads each latent at t = noise_level (what clamping does with `clamp_noise_level`); the bytes are
+    the nearest byte embeddings of the positions kept up to where the decoded existence first falls to the model's
+    existence_threshold (at least one), and the confidence is the mean over those bytes of max_b p(b) under the
+    decoder's distribution (`byte_distribution`): 1 where every kept byte is certain, about 1/256 where none is."""
+    level = model.levels[0]
+    decoded = level.decoder(latents, torch.full((len(latents),), float(noise_level), device=latents.device))
+    best = byte_distribution(model, decoded.sequence).max(-1)
+    lengths = kept_length(decoded.existence, model.config.existence_threshold).tolist()
+    return [(bytes(best.indices[i, :n].tolist()), float(best.values[i, :n].mean())) for i, n in enumerate(lengths)]
 
 
 @torch.no_grad()
