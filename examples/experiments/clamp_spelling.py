@@ -4,7 +4,7 @@
 Clamping (docs/generation.md) hands every word latent that level 1's decoder estimates to level 0, which spells it
 (the nearest byte of each kept position) before the bytes are compressed again. This samples one top-level window
 per sample from noise with the folder's generation config (options may override it) and records, at every step,
-each estimate's spelling and level 0's confidence in it (`spell`: the mean over its bytes of the decoder's max byte
+each kept estimate's spelling and level 0's confidence in it (`spell`: the mean over its bytes of the decoder's max byte
 probability). Printed per step: the real-word share of the spelled short (< 5 characters) and long words, and the
 mean confidence of the short words, of the long real ones and of the long non-words; then the final samples'
 real-word shares. A two-level model (level 1 on top).
@@ -25,19 +25,23 @@ import torch
 from modeling_zonkey import ZonkeyModel
 from modeling_zonkey.evaluation.diagnostics import spell
 from modeling_zonkey.evaluation.text_statistics import LONG_WORD, diversity, long_word_share, vocabulary_share, words
+from modeling_zonkey.sampling import kept_length
 from modeling_zonkey.training.data import load_text_datasets
 from modeling_zonkey.windows import Observers, TopWindows
 
 
 def recording_windows(model, config, gate: float, records: dict) -> TopWindows:
-    """generate()'s window sampler whose clamp first records, into records[t], (word, real?, confidence) for every
-    word level 0 spells from the step's estimates, and clamps only the estimates spelled with confidence >= gate."""
+    """generate()'s window sampler whose clamp first records, into records[t], (bytes, confidence) for every estimate
+    level 0 spells in the step's windows (the positions a window keeps: up to where its existence first falls to the
+    threshold), and clamps only the estimates spelled with confidence >= gate."""
     windows = TopWindows(model, config, Observers())
 
     def clamp_at(level: int):
         def clamp(sequence: torch.Tensor, existence: torch.Tensor, t: float) -> torch.Tensor:
             spelled = spell(model, sequence.flatten(0, 1), config.clamp_noise_level)
-            records[t].append(spelled)
+            kept = kept_length(existence, config.existence_threshold)  # the positions the window would keep
+            in_window = (torch.arange(sequence.shape[1], device=kept.device) < kept[:, None]).flatten().tolist()
+            records[t].append([item for item, keep in zip(spelled, in_window) if keep])
             confidence = torch.tensor([c for _, c in spelled], device=sequence.device).view(sequence.shape[:2])
             chosen = confidence >= gate
             if config.clamp_min_existence > 0:
