@@ -64,8 +64,10 @@ def test_it_records_every_step_and_without_a_gate_samples_as_generate_does(scrip
 def test_a_gate_above_every_confidence_clamps_nothing_and_a_middle_one_changes_the_samples(script, micro_folder,
                                                                                            tmp_path):
     ungated = run(script, micro_folder, tmp_path)["texts"]
-    assert run(script, micro_folder, tmp_path, "--confidence_gate", "1.5")["texts"] == generated_texts(
-        micro_folder, clamp=False)
+    unclamped = generated_texts(micro_folder, clamp=False)
+    assert unclamped != ungated
+    assert run(script, micro_folder, tmp_path, "--confidence_gate", "1.5")["texts"] == unclamped
+    assert run(script, micro_folder, tmp_path, "--options", '{"num_steps": 4, "clamp": false}')["texts"] == unclamped
     confidences = []
     for row in run(script, micro_folder, tmp_path)["steps"]:
         confidences += [row["confidence_short"]]

@@ -42,12 +42,12 @@ def recording_windows(model, config, gate: float, records: dict) -> TopWindows:
             kept = kept_length(existence, config.existence_threshold)  # the positions the window would keep
             in_window = (torch.arange(sequence.shape[1], device=kept.device) < kept[:, None]).flatten().tolist()
             records[t].append([item for item, keep in zip(spelled, in_window) if keep])
+            if not config.clamp or t > config.clamp_max_t:
+                return sequence
             confidence = torch.tensor([c for _, c in spelled], device=sequence.device).view(sequence.shape[:2])
             chosen = confidence >= gate
             if config.clamp_min_existence > 0:
                 chosen &= existence > config.clamp_min_existence
-            if t > config.clamp_max_t:
-                return sequence
             return model.clamp_to_data(sequence, level, chosen, config.clamp_noise_level)
 
         return clamp
