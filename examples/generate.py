@@ -20,7 +20,7 @@ from transformers import AutoModel, AutoTokenizer, TextDiffusionStreamer
 
 import modeling_zonkey  # noqa: F401  (registers the Auto classes)
 from modeling_zonkey.evaluation.inspection import mark_boundaries, segment_text
-from modeling_zonkey.sampling import SAMPLERS
+from modeling_zonkey.sampling import NOISE_SCHEDULES, SAMPLERS
 
 GAP = "[GAP]"
 
@@ -39,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num_steps", "--max_denoising_steps", type=int, default=None,
                         help="denoising steps (default: the folder's generation config)")
     parser.add_argument("--sampler", choices=SAMPLERS, default=None)
-    parser.add_argument("--noise_schedule", choices=["linear", "cosine", "quadratic"], default=None)
+    parser.add_argument("--noise_schedule", choices=NOISE_SCHEDULES, default=None)
     parser.add_argument("--gap_segments", type=int, default=None, help="top-level positions of an --infill gap")
     parser.add_argument("--max_new_tokens", "--max_new_bytes", type=int, default=None,
                         help="new bytes per sample (windows are written until there are this many; an --infill "
